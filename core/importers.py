@@ -1,0 +1,583 @@
+"""Importers: the user's own writing (.txt/.md/.jsonl/.json/.csv) and peer pools (Stack Exchange Posts.xml
+or Posts.xml.gz, JSONL/CSV ``{writer, prompt, text}``).
+
+Every importer follows the same contract: read the whole file, keep each good row, and report each bad
+row with where it is and why it was skipped; then write the good rows in one transaction. A problem that
+stops reading part-way (a truncated download, say) is reported as the report's ``error`` and the rows read
+before it are still kept. A file that cannot be read at all raises :class:`ImportFailed` and changes nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import re
+import time
+import xml.etree.ElementTree as ET
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from core.anonymize import pseudonym, scrub
+from core.errors import IdiolectError, ImportFailed
+from core.store import Store, check_name
+from core.text import bad_bytes, decode, html_to_text, normalize
+
+MAX_TEXT_CHARS = 50_000  # about 8,000 words: longer rows are skipped with a reason (split them first)
+MAX_SAMPLE_FILE_BYTES = 64 * 1024 * 1024
+SAMPLE_SUFFIXES = (".txt", ".md", ".markdown", ".jsonl", ".ndjson", ".json", ".csv", ".tsv")
+PEER_FORMATS = ("auto", "stackexchange", "jsonl", "csv")
+SPLITS = ("blocks", "file")
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Skipped:
+    where: str
+    reason: str
+
+
+@dataclass
+class ImportReport:
+    source: str
+    target: str
+    added: int = 0
+    duplicates: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+    error: str | None = None
+    writers: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def lines(self, max_issues: int = 20) -> list[str]:
+        head = f"{self.source} -> {self.target}: {self.added} added"
+        if self.writers:
+            head += f" ({self.writers} writers)"
+        head += f", {self.duplicates} already there, {len(self.skipped)} skipped"
+        out = [head]
+        for issue in self.skipped[:max_issues]:
+            out.append(f"  skipped {issue.where}: {issue.reason}")
+        if len(self.skipped) > max_issues:
+            out.append(f"  ... and {len(self.skipped) - max_issues} more skipped rows")
+        if self.error:
+            out.append(f"  error: {self.error}")
+        return out
+
+
+def check_text(text, *, field_name: str = "text") -> str | None:
+    """None if ``text`` is fit to store, else why not."""
+    if text is None:
+        return f"missing '{field_name}'"
+    if not isinstance(text, str):
+        return f"'{field_name}' is a {type(text).__name__}, not text"
+    problem = bad_bytes(text)
+    if problem:
+        return problem + "; re-save the file as UTF-8 or pass its encoding"
+    if not text.strip():
+        return f"empty '{field_name}'"
+    if len(text) > MAX_TEXT_CHARS:
+        return f"'{field_name}' is {len(text):,} characters, over the {MAX_TEXT_CHARS:,} limit; split it"
+    return None
+
+
+def _optional(value, field_name: str) -> tuple[str | None, str | None]:
+    """An optional text field: (clean value, problem)."""
+    if value is None or value == "":
+        return None, None
+    if not isinstance(value, str):
+        return None, f"'{field_name}' is a {type(value).__name__}, not text"
+    problem = bad_bytes(value)
+    if problem:
+        return None, f"'{field_name}': {problem}"
+    if len(value) > MAX_TEXT_CHARS:
+        return None, f"'{field_name}' is {len(value):,} characters, over the {MAX_TEXT_CHARS:,} limit"
+    return normalize(value) or None, None
+
+
+def _read_bytes(path: Path, limit: int) -> bytes:
+    if not path.exists():
+        raise ImportFailed(f"{path}: no such file")
+    if path.is_dir():
+        raise ImportFailed(f"{path}: is a folder, not a file")
+    size = path.stat().st_size
+    if size > limit:
+        raise ImportFailed(f"{path.name}: {size / 2**20:.1f} MiB is over the {limit // 2**20} MiB limit per file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImportFailed(f"{path}: cannot read it: {exc.strerror or exc}") from exc
+    if b"\x00" in data[:8192] and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ImportFailed(f"{path.name}: looks like a binary file, not text")
+    return data
+
+
+def _line_of(text: str, offset: int) -> int:
+    return text.count("\n", 0, offset) + 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tabular rows (JSONL / JSON / CSV), shared by own samples and peer pools.
+
+
+def _iter_jsonl(text: str) -> Iterable[tuple[str, object | None, str | None]]:
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"line {lineno}"
+        try:
+            yield where, json.loads(line), None
+        except json.JSONDecodeError as exc:
+            yield where, None, f"not valid JSON ({exc.msg} at column {exc.colno})"
+
+
+def _iter_json(text: str, name: str) -> Iterable[tuple[str, object | None, str | None]]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ImportFailed(f"{name}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from exc
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list):
+        raise ImportFailed(f"{name}: expected a JSON list of objects, found a {type(data).__name__}")
+    for i, item in enumerate(data, 1):
+        yield f"item {i}", item, None
+
+
+def _iter_csv(text: str, name: str, delimiter: str | None) -> Iterable[tuple[str, object | None, str | None]]:
+    csv.field_size_limit(2**31 - 1)  # our own MAX_TEXT_CHARS applies per field, with a clear reason
+    if delimiter is None:
+        try:
+            delimiter = csv.Sniffer().sniff(text[:8192], delimiters=",;\t").delimiter
+        except csv.Error:
+            delimiter = ","
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise ImportFailed(f"{name}: the file is empty") from None
+    except csv.Error as exc:
+        raise ImportFailed(f"{name}: cannot read the header row: {exc}") from exc
+    header = [h.strip().lower() for h in header]
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield f"row ending on line {reader.line_num}", None, f"malformed CSV: {exc}"
+            continue
+        where = f"row ending on line {reader.line_num}"
+        if not any(v.strip() for v in values):
+            continue  # blank line
+        if len(values) != len(header):
+            yield where, None, f"{len(values)} fields where the header has {len(header)} (an unclosed quote?)"
+            continue
+        yield where, dict(zip(header, values, strict=True)), None
+
+
+def _iter_table(path: Path, text: str, fmt: str) -> Iterable[tuple[str, object | None, str | None]]:
+    if fmt == "jsonl":
+        return _iter_jsonl(text)
+    if fmt == "json":
+        return _iter_json(text, path.name)
+    if fmt in ("csv", "tsv"):
+        return _iter_csv(text, path.name, "\t" if fmt == "tsv" else None)
+    raise ValueError(fmt)
+
+
+def _table_format(path: Path) -> str | None:
+    suffix = path.suffix.lower()
+    return {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv"}.get(suffix)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Own writing.
+
+
+def read_samples(
+    path: str | Path, *, split: str = "blocks", encoding: str = "utf-8"
+) -> tuple[list[dict], list[Skipped], str | None]:
+    """Rows ``{prompt, context, text, source}`` from one file of the user's own writing, and what was
+    skipped. ``split``: for .txt/.md, ``blocks`` makes one sample per blank-line-separated block, ``file``
+    one sample per file."""
+    path = Path(path)
+    if split not in SPLITS:
+        raise IdiolectError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+    suffix = path.suffix.lower()
+    if suffix not in SAMPLE_SUFFIXES:
+        raise ImportFailed(
+            f"{path.name}: unsupported file type {suffix or '(none)'}; use {', '.join(SAMPLE_SUFFIXES)}"
+        )
+    try:
+        text = decode(_read_bytes(path, MAX_SAMPLE_FILE_BYTES), encoding)
+    except LookupError:
+        raise IdiolectError(f"unknown encoding {encoding!r}") from None
+    rows: list[dict] = []
+    skipped: list[Skipped] = []
+
+    def add(where: str, text_value, prompt=None, context=None) -> None:
+        problem = check_text(text_value)
+        if problem:
+            skipped.append(Skipped(where, problem))
+            return
+        prompt, p1 = _optional(prompt, "prompt")
+        context, p2 = _optional(context, "context")
+        if p1 or p2:
+            skipped.append(Skipped(where, p1 or p2))
+            return
+        clean = normalize(text_value)
+        if not clean:
+            skipped.append(Skipped(where, "empty 'text' (only control characters)"))
+            return
+        rows.append({"prompt": prompt, "context": context, "text": clean, "source": path.name})
+
+    fmt = _table_format(path)
+    if fmt is None:  # .txt / .md
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+        if split == "file":
+            add("the file", text)
+        else:
+            for n, m in enumerate(re.finditer(r"(?:[^\n]|\n(?![ \t]*\n))+", text), 1):
+                if m.group().strip():
+                    add(f"block {n} (line {_line_of(text, m.start())})", m.group())
+        if not rows and not skipped:
+            skipped.append(Skipped("the file", "empty file"))
+        return rows, skipped, None
+
+    for where, item, problem in _iter_table(path, text, fmt):
+        if problem:
+            skipped.append(Skipped(where, problem))
+        elif isinstance(item, str):
+            add(where, item)
+        elif isinstance(item, dict):
+            add(where, item.get("text"), item.get("prompt"), item.get("context"))
+        else:
+            skipped.append(Skipped(where, f"expected an object with a 'text' field, found {type(item).__name__}"))
+    return rows, skipped, None
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Files named directly, plus the supported files inside any folder named (recursively, sorted)."""
+    out: list[Path] = []
+    for p in paths:
+        p = Path(p).expanduser()
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SAMPLE_SUFFIXES))
+        else:
+            out.append(p)
+    return out
+
+
+def import_samples(
+    store: Store,
+    profile: str,
+    paths: Sequence[str | Path],
+    *,
+    split: str = "blocks",
+    encoding: str = "utf-8",
+) -> list[ImportReport]:
+    """Add the user's own writing from files to a profile (created if new). One report per file; a file
+    that cannot be read gets a report with its error and the other files still land."""
+    profile = check_name(profile)
+    parsed: list[tuple[ImportReport, list[dict]]] = []
+    for path in expand_paths(paths):
+        report = ImportReport(source=str(path), target=f"profile {profile}")
+        rows: list[dict] = []
+        try:
+            rows, report.skipped, report.error = read_samples(path, split=split, encoding=encoding)
+        except ImportFailed as exc:
+            report.error = str(exc)
+        parsed.append((report, rows))
+    if not parsed:
+        raise ImportFailed("no files to import (the folders named hold no .txt/.md/.jsonl/.json/.csv files)")
+    if not any(rows for _, rows in parsed) and store.find_profile(profile) is None:
+        return [report for report, _ in parsed]  # nothing to add: don't create an empty profile
+    with store.write():
+        prof, _ = store.ensure_profile(profile)
+        for report, rows in parsed:
+            if rows:
+                result = store.add_samples(prof["id"], rows)
+                report.added, report.duplicates = len(result.added), len(result.duplicates)
+    return [report for report, _ in parsed]
+
+
+def import_sample_texts(store: Store, profile: str, texts: str, *, split: str = "blocks") -> ImportReport:
+    """Pasted writing: the same rules as a .txt file."""
+    profile = check_name(profile)
+    report = ImportReport(source="pasted text", target=f"profile {profile}")
+    rows, skipped = [], []
+    chunks = [texts] if split == "file" else re.split(r"\n[ \t]*\n", texts.replace("\r\n", "\n"))
+    for n, chunk in enumerate(chunks, 1):
+        if not chunk.strip():
+            continue
+        problem = check_text(chunk)
+        if problem:
+            skipped.append(Skipped(f"block {n}", problem))
+        else:
+            rows.append({"text": normalize(chunk), "source": "pasted"})
+    report.skipped = skipped
+    if not rows and not skipped:
+        report.error = "nothing to add: the text is empty"
+        return report
+    with store.write():
+        prof, _ = store.ensure_profile(profile)
+        result = store.add_samples(prof["id"], rows)
+    report.added, report.duplicates = len(result.added), len(result.duplicates)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Peer pools.
+
+_ROW_START = re.compile(r"<row\b")
+
+
+def _open_maybe_gzip(path: Path):
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+
+
+def _se_site(path: Path) -> str:
+    m = re.match(r"(.+?)_Posts\.xml", path.name, re.IGNORECASE)
+    return m.group(1) if m else ""
+
+
+def _se_license(creation_date: str | None) -> str:
+    return "CC BY-SA 3.0" if (creation_date or "9999") < "2018-05-02" else "CC BY-SA 4.0"
+
+
+def read_stackexchange(
+    path: str | Path, *, site: str | None = None, progress: Progress | None = None
+) -> tuple[list[dict], list[Skipped], str | None]:
+    """Answers from a Stack Exchange ``Posts.xml`` (or ``.gz``): rows ``{original_writer, context, text,
+    source, attribution, license}``, context = question title + body, HTML turned into clean text.
+
+    Reads the dump one ``<row .../>`` at a time (the dump's one-row-per-line layout, though rows may span
+    lines), so a bad row -- invalid UTF-8, broken XML -- costs that row alone, and a truncated file keeps
+    every row before the cut."""
+    path = Path(path)
+    if not path.exists():
+        raise ImportFailed(f"{path}: no such file")
+    if path.is_dir():
+        raise ImportFailed(f"{path}: is a folder, not a file")
+    site = site or _se_site(path)
+    questions: dict[str, tuple[str, str]] = {}
+    answers: list[tuple[str, dict]] = []
+    skipped: list[Skipped] = []
+    error: str | None = None
+    buffer, buffer_line, lineno, saw_posts_end, saw_rows = "", 0, 0, False, False
+    last_report = time.monotonic()
+
+    def handle(element_text: str, line: int) -> None:
+        nonlocal saw_rows
+        where = f"line {line}"
+        try:
+            el = ET.fromstring(element_text)
+        except ET.ParseError as exc:
+            skipped.append(Skipped(where, f"malformed XML row ({exc})"))
+            return
+        saw_rows = True
+        a = el.attrib
+        kind = a.get("PostTypeId")
+        post = a.get("Id")
+        if kind == "1":
+            questions[post] = (a.get("Title", ""), a.get("Body", ""))
+        elif kind == "2":
+            answers.append((f"post {post} ({where})", a))
+        elif kind is None:
+            skipped.append(Skipped(where, "row without PostTypeId (is this a Posts.xml?)"))
+
+    try:
+        with _open_maybe_gzip(path) as fh:
+            for raw in fh:
+                lineno += 1
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    skipped.append(
+                        Skipped(f"line {lineno}", f"invalid UTF-8 (byte 0x{raw[exc.start]:02x}); row dropped")
+                    )
+                    buffer = ""
+                    continue
+                if lineno == 1:
+                    line = line.lstrip("\ufeff")
+                    if not line.lstrip().startswith("<"):
+                        raise ImportFailed(f"{path.name}: not XML (is this a Stack Exchange Posts.xml?)")
+                if "</posts>" in line:
+                    saw_posts_end = True
+                if not buffer:
+                    m = _ROW_START.search(line)
+                    if not m:
+                        continue
+                    buffer, buffer_line = line[m.start():], lineno
+                else:
+                    buffer += line
+                while buffer:
+                    end = buffer.find("/>")
+                    if end < 0:
+                        if len(buffer) > 4 * MAX_TEXT_CHARS * 8:
+                            skipped.append(Skipped(f"line {buffer_line}", "row never closes; dropped"))
+                            buffer = ""
+                        break
+                    handle(buffer[: end + 2], buffer_line)
+                    rest = buffer[end + 2:]
+                    m = _ROW_START.search(rest)
+                    buffer = rest[m.start():] if m else ""
+                if progress and time.monotonic() - last_report > 1.0:
+                    progress(f"read {lineno:,} lines, {len(answers):,} answers")
+                    last_report = time.monotonic()
+    except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as exc:
+        if lineno == 0:
+            raise ImportFailed(f"{path.name}: cannot read it: {exc}") from exc
+        error = f"the file is damaged or cut short after line {lineno} ({exc}); rows before it were kept"
+    if buffer.strip():
+        skipped.append(Skipped(f"line {buffer_line}", "row cut off at the end of the file"))
+    if not saw_rows and not skipped:
+        raise ImportFailed(f"{path.name}: no <row> elements found (is this a Stack Exchange Posts.xml?)")
+    if error is None and not saw_posts_end:
+        error = f"the file ends at line {lineno} without </posts> (cut short?); rows before it were kept"
+
+    rows = []
+    for where, a in answers:
+        owner = a.get("OwnerUserId")
+        if not owner:
+            skipped.append(Skipped(where, "no author (deleted account or community post)"))
+            continue
+        parent = questions.get(a.get("ParentId", ""))
+        if parent is None:
+            skipped.append(Skipped(where, f"its question {a.get('ParentId')} is not in the file"))
+            continue
+        text = scrub(normalize(html_to_text(a.get("Body", ""))))
+        problem = check_text(text)
+        if problem:
+            skipped.append(Skipped(where, problem))
+            continue
+        title, qbody = parent
+        context = scrub(normalize(title.strip() + "\n\n" + html_to_text(qbody)))
+        post_id = a.get("Id")
+        attribution = {
+            "post": f"https://{site}/a/{post_id}" if site else f"post {post_id}",
+            "author": f"https://{site}/users/{owner}" if site else f"user {owner}",
+        }
+        rows.append(
+            {
+                "original_writer": f"{site}:{owner}",
+                "context": context[:MAX_TEXT_CHARS],
+                "text": text,
+                "source": f"{site or path.name} answer {post_id}",
+                "attribution": json.dumps(attribution),
+                "license": _se_license(a.get("CreationDate")),
+            }
+        )
+    return rows, skipped, error
+
+
+def read_peer_table(path: str | Path, *, encoding: str = "utf-8") -> tuple[list[dict], list[Skipped], str | None]:
+    """Rows from JSONL/JSON/CSV ``{writer, prompt (or context), text}`` with optional ``attribution`` and
+    ``license``."""
+    path = Path(path)
+    fmt = _table_format(path)
+    if fmt is None:
+        raise ImportFailed(f"{path.name}: peer tables must be .jsonl, .json, .csv or .tsv")
+    text = decode(_read_bytes(path, 16 * MAX_SAMPLE_FILE_BYTES), encoding)
+    rows: list[dict] = []
+    skipped: list[Skipped] = []
+    for where, item, problem in _iter_table(path, text, fmt):
+        if problem:
+            skipped.append(Skipped(where, problem))
+            continue
+        if not isinstance(item, dict):
+            skipped.append(Skipped(where, f"expected an object with writer and text, found {type(item).__name__}"))
+            continue
+        writer = item.get("writer")
+        if isinstance(writer, int | float):
+            writer = str(writer)
+        problem = check_text(writer, field_name="writer") or check_text(item.get("text"))
+        if problem:
+            skipped.append(Skipped(where, problem))
+            continue
+        context, p1 = _optional(item.get("prompt") or item.get("context"), "prompt")
+        attribution, p2 = _optional(item.get("attribution"), "attribution")
+        license_, p3 = _optional(item.get("license"), "license")
+        if p1 or p2 or p3:
+            skipped.append(Skipped(where, p1 or p2 or p3))
+            continue
+        rows.append(
+            {
+                "original_writer": writer.strip(),
+                "context": scrub(context),
+                "text": scrub(normalize(item["text"])),
+                "source": path.name,
+                "attribution": attribution,
+                "license": license_,
+            }
+        )
+    return rows, skipped, None
+
+
+def detect_peer_format(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith((".xml", ".xml.gz")):
+        return "stackexchange"
+    fmt = _table_format(path)
+    if fmt in ("jsonl", "json"):
+        return "jsonl"
+    if fmt in ("csv", "tsv"):
+        return "csv"
+    raise ImportFailed(
+        f"{path.name}: cannot tell the format from the name; pass --format stackexchange, jsonl or csv"
+    )
+
+
+def import_peers(
+    store: Store,
+    path: str | Path,
+    pool: str,
+    *,
+    fmt: str = "auto",
+    site: str | None = None,
+    description: str | None = None,
+    license: str | None = None,
+    progress: Progress | None = None,
+) -> ImportReport:
+    """Build (or extend) a peer pool from a file, anonymizing on the way in: writer ids become pseudonyms
+    keyed by the pool's salt, and e-mails, URLs, phone numbers and @handles are scrubbed from the texts.
+    Attribution (licence, post and author links) is kept in its own column, never as the writer's name."""
+    path = Path(path).expanduser()
+    pool = check_name(pool, "pool")
+    if fmt not in PEER_FORMATS:
+        raise IdiolectError(f"format must be one of {', '.join(PEER_FORMATS)}, not {fmt!r}")
+    if fmt == "auto":
+        fmt = detect_peer_format(path)
+    if fmt == "stackexchange":
+        rows, skipped, error = read_stackexchange(path, site=site, progress=progress)
+        site = site or _se_site(path)
+        source = f"Stack Exchange {site}".strip()
+        license = license or "CC BY-SA 3.0 (posts before 2018-05-02) / 4.0 (after); attribution per text"
+    else:
+        rows, skipped, error = read_peer_table(path)
+        source = path.name
+    report = ImportReport(source=str(path), target=f"pool {pool}", skipped=skipped, error=error)
+    if not rows and store.find_pool(pool) is None:
+        return report  # nothing to add: don't create an empty pool
+    if progress:
+        progress(f"writing {len(rows):,} texts to pool {pool}")
+    with store.write():
+        pool_row = store.ensure_pool(pool, description=description, source=source, license=license)
+        for row in rows:
+            row["writer"] = pseudonym(pool_row["salt"], row.pop("original_writer"))
+        result = store.add_peer_texts(pool_row["id"], rows)
+    report.added, report.duplicates = len(result.added), len(result.duplicates)
+    added_idx = set(range(len(rows))) - set(result.duplicates)
+    report.writers = len({rows[i]["writer"] for i in added_idx})
+    return report

@@ -1,0 +1,21 @@
+"""Where Idiolect keeps its files by default (the user's data directory, via platformdirs).
+
+``IDIOLECT_HOME`` overrides the data directory (tests and portable installs use it)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+
+APP_NAME = "idiolect"
+
+
+def data_dir() -> Path:
+    home = os.environ.get("IDIOLECT_HOME")
+    return Path(home).expanduser() if home else Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+
+
+def default_db_path() -> Path:
+    return data_dir() / "idiolect.db"

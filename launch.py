@@ -1,0 +1,28 @@
+"""Idiolect's one entry point.
+
+    python launch.py                 open the app in the browser (127.0.0.1, a free port)
+    python launch.py SUBCOMMAND ...  headless: import-peers, add-samples, stats (see --help)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry, before anything imports Gradio
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from core.cli import build_parser, run
+
+    args = build_parser().parse_args(argv)
+    if args.command is not None:
+        return run(args)
+    from app.main import launch_app
+
+    return launch_app(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
