@@ -152,14 +152,16 @@ def _iter_json(text: str, name: str) -> Iterable[tuple[str, object | None, str |
         yield f"item {i}", item, None
 
 
-def _iter_csv(text: str, name: str, delimiter: str | None) -> Iterable[tuple[str, object | None, str | None]]:
+def _iter_csv(
+    text: str, name: str, delimiter: str | None, required: Sequence[str]
+) -> Iterable[tuple[str, object | None, str | None]]:
     csv.field_size_limit(2**31 - 1)  # our own MAX_TEXT_CHARS applies per field, with a clear reason
     if delimiter is None:
         try:
             delimiter = csv.Sniffer().sniff(text[:8192], delimiters=",;\t").delimiter
         except csv.Error:
             delimiter = ","
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     try:
         header = next(reader)
     except StopIteration:
@@ -167,15 +169,25 @@ def _iter_csv(text: str, name: str, delimiter: str | None) -> Iterable[tuple[str
     except csv.Error as exc:
         raise ImportFailed(f"{name}: cannot read the header row: {exc}") from exc
     header = [h.strip().lower() for h in header]
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise ImportFailed(
+            f"{name}: the header has no {', '.join(repr(c) for c in missing)} column "
+            f"(found: {', '.join(header) or 'nothing'})"
+        )
+    last_end = reader.line_num
     while True:
         try:
             values = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
-            yield f"row ending on line {reader.line_num}", None, f"malformed CSV: {exc}"
+            reason = "an unclosed quote runs to the end of the file" if "end of data" in str(exc) else str(exc)
+            yield _lines(last_end + 1, reader.line_num), None, f"malformed CSV: {reason}"
+            last_end = reader.line_num
             continue
-        where = f"row ending on line {reader.line_num}"
+        where = _lines(last_end + 1, reader.line_num)
+        last_end = reader.line_num
         if not any(v.strip() for v in values):
             continue  # blank line
         if len(values) != len(header):
@@ -184,13 +196,20 @@ def _iter_csv(text: str, name: str, delimiter: str | None) -> Iterable[tuple[str
         yield where, dict(zip(header, values, strict=True)), None
 
 
-def _iter_table(path: Path, text: str, fmt: str) -> Iterable[tuple[str, object | None, str | None]]:
+def _lines(start: int, end: int) -> str:
+    return f"line {end}" if start >= end else f"lines {start}-{end}"
+
+
+def _iter_table(
+    path: Path, text: str, fmt: str, required: Sequence[str]
+) -> Iterable[tuple[str, object | None, str | None]]:
+    """(where, item, problem) per row. CSV headers must hold the ``required`` columns."""
     if fmt == "jsonl":
         return _iter_jsonl(text)
     if fmt == "json":
         return _iter_json(text, path.name)
     if fmt in ("csv", "tsv"):
-        return _iter_csv(text, path.name, "\t" if fmt == "tsv" else None)
+        return _iter_csv(text, path.name, "\t" if fmt == "tsv" else None, required)
     raise ValueError(fmt)
 
 
@@ -253,7 +272,7 @@ def read_samples(
             skipped.append(Skipped("the file", "empty file"))
         return rows, skipped, None
 
-    for where, item, problem in _iter_table(path, text, fmt):
+    for where, item, problem in _iter_table(path, text, fmt, ("text",)):
         if problem:
             skipped.append(Skipped(where, problem))
         elif isinstance(item, str):
@@ -492,7 +511,7 @@ def read_peer_table(path: str | Path, *, encoding: str = "utf-8") -> tuple[list[
     text = decode(_read_bytes(path, 16 * MAX_SAMPLE_FILE_BYTES), encoding)
     rows: list[dict] = []
     skipped: list[Skipped] = []
-    for where, item, problem in _iter_table(path, text, fmt):
+    for where, item, problem in _iter_table(path, text, fmt, ("writer", "text")):
         if problem:
             skipped.append(Skipped(where, problem))
             continue

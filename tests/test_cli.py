@@ -1,0 +1,95 @@
+"""The headless CLI as a user runs it: `python launch.py SUBCOMMAND ...` in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import subprocess
+import sys
+
+from conftest import ROOT
+
+EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}")
+URL = re.compile(r"https?://|\bwww\.|\b[\w-]+\.(?:com|org|net|io|edu|gov)\b", re.IGNORECASE)
+
+
+def cli(*args, env_home=None):
+    env = None
+    if env_home is not None:
+        import os
+
+        env = {**os.environ, "IDIOLECT_HOME": str(env_home)}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "launch.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=env,
+    )
+
+
+def test_help_documents_every_subcommand():
+    out = cli("--help")
+    assert out.returncode == 0
+    for sub in ("import-peers", "add-samples", "stats"):
+        assert sub in out.stdout
+        sub_help = cli(sub, "--help")
+        assert sub_help.returncode == 0 and "--db" in sub_help.stdout
+
+
+def test_import_real_stackexchange_dump(tmp_path, beer_posts):
+    db = tmp_path / "x.db"
+    out = cli("import-peers", beer_posts, "--pool", "beer", "--db", db)
+    assert out.returncode == 0, out.stderr
+    assert "added" in out.stdout
+    stats = json.loads(cli("stats", "--json", "--db", db).stdout)
+    beer = stats["pools"]["beer"]
+    assert beer["writers_with_3_plus"] >= 100
+    assert stats["pools"]["default"]["writers"] >= 30  # the bundled pool is loaded on first start
+    conn = sqlite3.connect(db)
+    rows = conn.execute(
+        "SELECT t.text, t.context, t.writer, t.attribution FROM peer_texts t JOIN peer_pools p ON p.id = t.pool_id "
+        "WHERE p.name = 'beer'"
+    ).fetchall()
+    assert len(rows) == beer["texts"] > 1000
+    leaks = [(text[:80], m.group()) for text, ctx, *_ in rows for s in (text, ctx) for m in [EMAIL.search(s or "") or URL.search(s or "")] if m]
+    assert leaks == []
+    # Attribution is kept, but apart: never the writer's name.
+    assert all(a and "users/" in a for *_, a in rows)
+    assert all(re.fullmatch(r"peer-[0-9a-f]{10}", w) for _, _, w, _ in rows)
+    # Importing the same file again adds nothing.
+    again = cli("import-peers", beer_posts, "--pool", "beer", "--db", db, "--json")
+    assert json.loads(again.stdout)["added"] == 0
+
+
+def test_add_samples_reports_bad_rows_and_exit_code(tmp_path):
+    db = tmp_path / "x.db"
+    good = tmp_path / "mine.txt"
+    good.write_text("My first note.\n\nMy second note.")
+    bad = tmp_path / "mine.jsonl"
+    bad.write_text('{"text": "fine"}\n{oops\n')
+    out = cli("add-samples", good, bad, "--profile", "sam", "--db", db)
+    assert out.returncode == 0, out.stderr
+    assert "mine.txt -> profile sam: 2 added" in out.stdout
+    assert "skipped line 2: not valid JSON" in out.stdout
+    assert "profile sam: 3 samples in all" in out.stdout
+    missing = cli("add-samples", tmp_path / "nope.txt", "--profile", "sam", "--db", db)
+    assert missing.returncode == 1 and "no such file" in missing.stdout
+    stats = json.loads(cli("stats", "--json", "--db", db).stdout)
+    assert stats["profiles"]["sam"]["samples"] == 3
+
+
+def test_errors_are_one_line_without_traceback(tmp_path):
+    out = cli("import-peers", tmp_path / "missing.xml", "--pool", "p", "--db", tmp_path / "x.db")
+    assert out.returncode == 1
+    assert out.stderr.strip().startswith("error:") and "Traceback" not in out.stderr
+    out = cli("add-samples", tmp_path, "--profile", "../evil", "--db", tmp_path / "x.db")
+    assert out.returncode == 1 and "invalid profile name" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_default_db_lives_in_the_data_dir(tmp_path):
+    out = cli("stats", "--json", env_home=tmp_path / "home")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["db"] == str(tmp_path / "home" / "idiolect.db")

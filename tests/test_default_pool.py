@@ -1,0 +1,84 @@
+"""The bundled peer pool: enough writers, enough texts each, and voices that really differ."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter, defaultdict
+
+from core.peers import DEFAULT_POOL, DEFAULT_POOL_DIR, bundled_prompt_sets, ensure_defaults
+
+EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}")
+URL = re.compile(r"https?://|\bwww\.", re.IGNORECASE)
+
+
+def load_pool() -> dict[str, list[dict]]:
+    by_writer = defaultdict(list)
+    for path in sorted(DEFAULT_POOL_DIR.glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                by_writer[row["writer"]].append(row)
+    return by_writer
+
+
+def test_pool_size_and_shared_prompts():
+    pool = load_pool()
+    prompts = {p["key"]: p["text"] for p in bundled_prompt_sets()["everyday"]}
+    assert len(pool) >= 30
+    for writer, rows in pool.items():
+        assert len(rows) >= 12, writer
+        for row in rows:
+            assert prompts[row["prompt_id"]] == row["prompt"]
+            assert row["text"].strip()
+            assert not EMAIL.search(row["text"]) and not URL.search(row["text"]), (writer, row["text"][:60])
+    # Everyone answers the same everyday prompts, so differences are voice, not topic.
+    answered = Counter(r["prompt_id"] for rows in pool.values() for r in rows)
+    assert all(n >= 30 for n in answered.values())
+
+
+def _features(text: str) -> Counter:
+    t = f" {text} "
+    return Counter(t[i : i + 3] for i in range(len(t) - 2))
+
+
+def _cosine(a: Counter, b: Counter) -> float:
+    dot = sum(v * b.get(k, 0) for k, v in a.items())
+    na = math.sqrt(sum(v * v for v in a.values()))
+    nb = math.sqrt(sum(v * v for v in b.values()))
+    return dot / (na * nb) if na and nb else 0.0
+
+
+def test_voices_are_distinct_enough_to_tell_apart():
+    """Leave-one-out authorship attribution with character trigram profiles: if the voices are really
+    different, a held-out text is closest to its own writer's other texts far more often than chance."""
+    pool = load_pool()
+    feats = {w: [_features(r["text"]) for r in rows] for w, rows in pool.items()}
+    totals = {w: sum(fs, Counter()) for w, fs in feats.items()}
+    hits = n = 0
+    for writer, fs in feats.items():
+        for f in fs:
+            own = totals[writer] - f
+            best = max(totals, key=lambda w: _cosine(f, own if w == writer else totals[w]))
+            hits += best == writer
+            n += 1
+    accuracy = hits / n
+    assert accuracy > 0.6, f"attribution accuracy {accuracy:.2f} (chance {1 / len(pool):.2f})"
+
+
+def test_lengths_vary_across_writers():
+    pool = load_pool()
+    mean_words = sorted(sum(len(r["text"].split()) for r in rows) / len(rows) for rows in pool.values())
+    assert mean_words[-1] / mean_words[0] > 4
+
+
+def test_loaded_on_first_start_and_only_once(store):
+    ensure_defaults(store)
+    pool = store.get_pool(DEFAULT_POOL)
+    stats = store.pool_stats(pool["id"])
+    assert stats["writers"] == len(load_pool()) and stats["writers_with_3_plus"] >= 30
+    assert len(store.list_prompts()) == len(bundled_prompt_sets()["everyday"])
+    ensure_defaults(store)
+    assert store.pool_stats(pool["id"]) == stats
+    assert len(store.list_prompts()) == len(bundled_prompt_sets()["everyday"])
