@@ -1,7 +1,7 @@
 """Idiolect's one entry point.
 
-    python launch.py                 open the app in the browser (127.0.0.1, a free port)
-    python launch.py SUBCOMMAND ...  headless: import-peers, add-samples, stats (see --help)
+python launch.py                 open the app in the browser (127.0.0.1, a free port)
+python launch.py SUBCOMMAND ...  headless: import-peers, add-samples, stats (see --help)
 """
 
 from __future__ import annotations

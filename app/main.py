@@ -47,7 +47,10 @@ def build_ui(store: Store) -> gr.Blocks:
         prof = store.find_profile(profile) if profile else None
         if prof is None:
             return []
-        return [[s["id"], s["source"] or "", (s["prompt"] or "")[:80], s["text"][:200]] for s in store.list_samples(prof["id"])]
+        return [
+            [s["id"], s["source"] or "", (s["prompt"] or "")[:80], s["text"][:200]]
+            for s in store.list_samples(prof["id"])
+        ]
 
     def create(name: str):
         try:
@@ -55,7 +58,11 @@ def build_ui(store: Store) -> gr.Blocks:
         except IdiolectError as exc:
             gr.Warning(str(exc))
             return gr.update(), gr.update(), gr.update()
-        return gr.update(choices=profiles(), value=name.strip()), status(name.strip()), samples_table(name.strip())
+        return (
+            gr.update(choices=profiles(), value=name.strip()),
+            status(name.strip()),
+            samples_table(name.strip()),
+        )
 
     def add_paste(profile: str | None, text: str):
         if not profile:
@@ -85,7 +92,9 @@ def build_ui(store: Store) -> gr.Blocks:
         return status(profile), samples_table(profile)
 
     def pools_table() -> list[list]:
-        return [[p["name"], *store.pool_stats(p["id"]).values(), p["license"] or ""] for p in store.list_pools()]
+        return [
+            [p["name"], *store.pool_stats(p["id"]).values(), p["license"] or ""] for p in store.list_pools()
+        ]
 
     def add_pool(path, name: str):
         if not path:
@@ -97,7 +106,9 @@ def build_ui(store: Store) -> gr.Blocks:
         return _report_md([report]), pools_table()
 
     with gr.Blocks(title="Idiolect") as demo:
-        gr.Markdown("# Idiolect\nTune a language model to *your* writing, on this machine. Nothing leaves it.")
+        gr.Markdown(
+            "# Idiolect\nTune a language model to *your* writing, on this machine. Nothing leaves it."
+        )
         with gr.Tab("Profile & writing"):
             with gr.Row():
                 profile = gr.Dropdown(profiles(), label="Profile", value=(profiles() or [None])[0], scale=2)
@@ -135,10 +146,14 @@ def build_ui(store: Store) -> gr.Blocks:
                 "Writers get pseudonyms and contact details are scrubbed on import."
             )
             pools = gr.Dataframe(
-                pools_table(), headers=["pool", "texts", "writers", "writers with 3+", "license"], interactive=False
+                pools_table(),
+                headers=["pool", "texts", "writers", "writers with 3+", "license"],
+                interactive=False,
             )
             with gr.Row():
-                pool_file = gr.File(label="Peer file", file_types=[".xml", ".gz", ".jsonl", ".json", ".csv", ".tsv"])
+                pool_file = gr.File(
+                    label="Peer file", file_types=[".xml", ".gz", ".jsonl", ".json", ".csv", ".tsv"]
+                )
                 pool_name = gr.Textbox(label="Pool name", value="imported")
             pool_btn = gr.Button("Import peers")
             pool_report = gr.Markdown()

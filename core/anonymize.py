@@ -18,7 +18,9 @@ URL_RE = re.compile(
     rf"|\b(?:[A-Za-z0-9-]+\.)+(?:{_TLDS})\b(?:/[^\s<>\"]*)?",
     re.IGNORECASE,
 )
-PHONE_RE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,5}\)\s?|\d{2,5}[\s.-])\d{3,4}[\s.-]?\d{3,4}(?!\w)")
+PHONE_RE = re.compile(
+    r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,5}\)\s?|\d{2,5}[\s.-])\d{3,4}[\s.-]?\d{3,4}(?!\w)"
+)
 HANDLE_RE = re.compile(r"(?<![\w@.\-/])@[A-Za-z0-9_]{2,30}\b")
 _TRAILING = ".,;:!?)]}'\""
 
@@ -27,7 +29,7 @@ def _url(m: re.Match) -> str:
     url = m.group()
     stripped = url.rstrip(_TRAILING)
     # Keep an opening parenthesis balanced: "(see example.com/x)" keeps its ")".
-    return "[link]" + url[len(stripped):]
+    return "[link]" + url[len(stripped) :]
 
 
 def _phone(m: re.Match) -> str:
@@ -49,5 +51,7 @@ def scrub(text: str | None) -> str | None:
 def pseudonym(salt: str, original_id: str) -> str:
     """A stable pseudonym for a writer within one pool (keyed by the pool's secret salt, so ids that are
     easy to guess, such as small user numbers, cannot be recovered by hashing them)."""
-    digest = hmac.new(salt.encode(), str(original_id).strip().encode("utf-8", "surrogatepass"), hashlib.sha256)
+    digest = hmac.new(
+        salt.encode(), str(original_id).strip().encode("utf-8", "surrogatepass"), hashlib.sha256
+    )
     return "peer-" + digest.hexdigest()[:10]

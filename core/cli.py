@@ -34,10 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_db(parser, top=True)
     ui = parser.add_argument_group("app options (no subcommand)")
-    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    ui.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)"
+    )
     ui.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
     ui.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
-    ui.add_argument("--share", action="store_true", help="also make a public Gradio share link (off by default)")
+    ui.add_argument(
+        "--share", action="store_true", help="also make a public Gradio share link (off by default)"
+    )
     ui.add_argument(
         "--auth",
         metavar="USER:PASSWORD",
@@ -59,8 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("path", help="the file to import")
     p.add_argument("--pool", required=True, help="pool name (created if new)")
-    p.add_argument("--format", choices=PEER_FORMATS, default="auto", help="file format (default: from the name)")
-    p.add_argument("--site", help="Stack Exchange site host for attribution links (default: from the file name)")
+    p.add_argument(
+        "--format", choices=PEER_FORMATS, default="auto", help="file format (default: from the name)"
+    )
+    p.add_argument(
+        "--site", help="Stack Exchange site host for attribution links (default: from the file name)"
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_db(p)
 
@@ -77,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders")
     p.add_argument("--profile", required=True, help="profile name (created if new)")
-    p.add_argument("--split", choices=SPLITS, default="blocks", help=".txt/.md: samples per block or per file")
+    p.add_argument(
+        "--split", choices=SPLITS, default="blocks", help=".txt/.md: samples per block or per file"
+    )
     p.add_argument("--encoding", default="utf-8", help="text encoding of the files (default: utf-8)")
     p.add_argument("--json", action="store_true", help="print the reports as JSON")
     _add_db(p)
@@ -96,7 +106,10 @@ def open_store(db: str | None) -> Store:
     """Open (and migrate) the database, and load the bundled defaults on first start."""
     store = Store(db or default_db_path())
     if store.backup_path:
-        print(f"note: upgraded the database; the previous version is saved as {store.backup_path}", file=sys.stderr)
+        print(
+            f"note: upgraded the database; the previous version is saved as {store.backup_path}",
+            file=sys.stderr,
+        )
     ensure_defaults(store)
     return store
 
@@ -110,7 +123,9 @@ def _progress(message: str) -> None:
 
 def cmd_import_peers(args) -> int:
     with open_store(args.db) as store:
-        report = import_peers(store, args.path, args.pool, fmt=args.format, site=args.site, progress=_progress)
+        report = import_peers(
+            store, args.path, args.pool, fmt=args.format, site=args.site, progress=_progress
+        )
         if sys.stderr.isatty():
             print(file=sys.stderr)
         if args.json:
@@ -120,8 +135,10 @@ def cmd_import_peers(args) -> int:
             pool = store.find_pool(args.pool)
             if pool:
                 s = store.pool_stats(pool["id"])
-                print(f"pool {args.pool}: {s['texts']} texts by {s['writers']} writers "
-                      f"({s['writers_with_3_plus']} with 3 or more texts)")
+                print(
+                    f"pool {args.pool}: {s['texts']} texts by {s['writers']} writers "
+                    f"({s['writers_with_3_plus']} with 3 or more texts)"
+                )
     return 0 if report.ok else 1
 
 
@@ -149,7 +166,9 @@ def cmd_stats(args) -> int:
     for table, n in stats["tables"].items():
         print(f"  {table:<12} {n:>8}")
     for name, s in stats["pools"].items():
-        print(f"pool {name}: {s['texts']} texts, {s['writers']} writers ({s['writers_with_3_plus']} with 3+ texts)")
+        print(
+            f"pool {name}: {s['texts']} texts, {s['writers']} writers ({s['writers_with_3_plus']} with 3+ texts)"
+        )
     for name, s in stats["profiles"].items():
         print(
             f"profile {name}: {s['samples']} samples, {s['generations']} generations, "

@@ -110,7 +110,9 @@ def _read_bytes(path: Path, limit: int) -> bytes:
         raise ImportFailed(f"{path}: is a folder, not a file")
     size = path.stat().st_size
     if size > limit:
-        raise ImportFailed(f"{path.name}: {size / 2**20:.1f} MiB is over the {limit // 2**20} MiB limit per file")
+        raise ImportFailed(
+            f"{path.name}: {size / 2**20:.1f} MiB is over the {limit // 2**20} MiB limit per file"
+        )
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -143,7 +145,9 @@ def _iter_json(text: str, name: str) -> Iterable[tuple[str, object | None, str |
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ImportFailed(f"{name}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from exc
+        raise ImportFailed(
+            f"{name}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+        ) from exc
     if isinstance(data, dict):
         data = [data]
     if not isinstance(data, list):
@@ -182,7 +186,9 @@ def _iter_csv(
         except StopIteration:
             return
         except csv.Error as exc:
-            reason = "an unclosed quote runs to the end of the file" if "end of data" in str(exc) else str(exc)
+            reason = (
+                "an unclosed quote runs to the end of the file" if "end of data" in str(exc) else str(exc)
+            )
             yield _lines(last_end + 1, reader.line_num), None, f"malformed CSV: {reason}"
             last_end = reader.line_num
             continue
@@ -280,7 +286,9 @@ def read_samples(
         elif isinstance(item, dict):
             add(where, item.get("text"), item.get("prompt"), item.get("context"))
         else:
-            skipped.append(Skipped(where, f"expected an object with a 'text' field, found {type(item).__name__}"))
+            skipped.append(
+                Skipped(where, f"expected an object with a 'text' field, found {type(item).__name__}")
+            )
     return rows, skipped, None
 
 
@@ -438,7 +446,7 @@ def read_stackexchange(
                     m = _ROW_START.search(line)
                     if not m:
                         continue
-                    buffer, buffer_line = line[m.start():], lineno
+                    buffer, buffer_line = line[m.start() :], lineno
                 else:
                     buffer += line
                 while buffer:
@@ -449,9 +457,9 @@ def read_stackexchange(
                             buffer = ""
                         break
                     handle(buffer[: end + 2], buffer_line)
-                    rest = buffer[end + 2:]
+                    rest = buffer[end + 2 :]
                     m = _ROW_START.search(rest)
-                    buffer = rest[m.start():] if m else ""
+                    buffer = rest[m.start() :] if m else ""
                 if progress and time.monotonic() - last_report > 1.0:
                     progress(f"read {lineno:,} lines, {len(answers):,} answers")
                     last_report = time.monotonic()
@@ -501,7 +509,9 @@ def read_stackexchange(
     return rows, skipped, error
 
 
-def read_peer_table(path: str | Path, *, encoding: str = "utf-8") -> tuple[list[dict], list[Skipped], str | None]:
+def read_peer_table(
+    path: str | Path, *, encoding: str = "utf-8"
+) -> tuple[list[dict], list[Skipped], str | None]:
     """Rows from JSONL/JSON/CSV ``{writer, prompt (or context), text}`` with optional ``attribution`` and
     ``license``."""
     path = Path(path)
@@ -516,7 +526,9 @@ def read_peer_table(path: str | Path, *, encoding: str = "utf-8") -> tuple[list[
             skipped.append(Skipped(where, problem))
             continue
         if not isinstance(item, dict):
-            skipped.append(Skipped(where, f"expected an object with writer and text, found {type(item).__name__}"))
+            skipped.append(
+                Skipped(where, f"expected an object with writer and text, found {type(item).__name__}")
+            )
             continue
         writer = item.get("writer")
         if isinstance(writer, int | float):

@@ -38,14 +38,18 @@ def ensure_defaults(store: Store) -> list[ImportReport]:
     """Load the bundled prompt sets and the default peer pool into a database that lacks them.
     Idempotent and cheap when they are already there."""
     reports: list[ImportReport] = []
-    bundled = {r[0] for r in store.conn.execute("SELECT DISTINCT set_name FROM prompts WHERE profile_id IS NULL")}
+    bundled = {
+        r[0] for r in store.conn.execute("SELECT DISTINCT set_name FROM prompts WHERE profile_id IS NULL")
+    }
     for name, items in bundled_prompt_sets().items():
         if name not in bundled:
             store.add_prompts(items, set_name=name)
     if store.find_pool(DEFAULT_POOL) is None:
         files = sorted(DEFAULT_POOL_DIR.glob("*.jsonl"))
         if not files:
-            raise IdiolectError(f"the default peer pool is missing from {DEFAULT_POOL_DIR}; reinstall Idiolect")
+            raise IdiolectError(
+                f"the default peer pool is missing from {DEFAULT_POOL_DIR}; reinstall Idiolect"
+            )
         with store.write():  # all files or none, so a crash never leaves half a default pool
             for path in files:
                 reports.append(

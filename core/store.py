@@ -194,7 +194,7 @@ def _migration_1(conn: sqlite3.Connection) -> None:
             manifest TEXT NOT NULL DEFAULT '{}',
             created_at TEXT NOT NULL
         );
-        """
+        """,
     )
 
 
@@ -206,7 +206,10 @@ def _migration_2(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE samples ADD COLUMN content_hash TEXT")
     conn.execute("ALTER TABLE peer_texts ADD COLUMN content_hash TEXT")
     conn.execute("ALTER TABLE runs ADD COLUMN heartbeat_at TEXT")
-    for table, cols in (("samples", ("prompt", "context", "text")), ("peer_texts", ("writer", "context", "text"))):
+    for table, cols in (
+        ("samples", ("prompt", "context", "text")),
+        ("peer_texts", ("writer", "context", "text")),
+    ):
         rows = conn.execute(f"SELECT id, {', '.join(cols)} FROM {table}").fetchall()
         conn.executemany(
             f"UPDATE {table} SET content_hash = ? WHERE id = ?",
@@ -389,9 +392,11 @@ class Store:
         with self.write() as db:
             if self.find_profile(name) is not None:
                 raise IdiolectError(f"a profile named {name!r} already exists")
-            return db["profiles"].insert(
-                {"name": name, "settings": json.dumps(settings or {}), "created_at": utcnow()}
-            ).last_pk
+            return (
+                db["profiles"]
+                .insert({"name": name, "settings": json.dumps(settings or {}), "created_at": utcnow()})
+                .last_pk
+            )
 
     def find_profile(self, name: str) -> dict | None:
         rows = list(self.db.query("SELECT * FROM profiles WHERE name = ?", [name.strip()]))
@@ -479,7 +484,9 @@ class Store:
 
     # -- prompts ----------------------------------------------------------------------------------------
 
-    def add_prompts(self, rows: Iterable[dict], *, profile_id: int | None = None, set_name: str = "user") -> int:
+    def add_prompts(
+        self, rows: Iterable[dict], *, profile_id: int | None = None, set_name: str = "user"
+    ) -> int:
         now = utcnow()
         with self.write() as db:
             existing = {
@@ -529,18 +536,22 @@ class Store:
         prompt_id: int | None = None,
     ) -> int:
         with self.write() as db:
-            return db["generations"].insert(
-                {
-                    "profile_id": profile_id,
-                    "prompt_id": prompt_id,
-                    "prompt": prompt,
-                    "text": text,
-                    "model": model,
-                    "adapter": adapter,
-                    "params": json.dumps(params or {}),
-                    "created_at": utcnow(),
-                }
-            ).last_pk
+            return (
+                db["generations"]
+                .insert(
+                    {
+                        "profile_id": profile_id,
+                        "prompt_id": prompt_id,
+                        "prompt": prompt,
+                        "text": text,
+                        "model": model,
+                        "adapter": adapter,
+                        "params": json.dumps(params or {}),
+                        "created_at": utcnow(),
+                    }
+                )
+                .last_pk
+            )
 
     def add_feedback(self, generation_id: int, rating: int, edited_text: str | None = None) -> int:
         if rating not in (-1, 1):
@@ -548,14 +559,18 @@ class Store:
         with self.write() as db:
             if db.execute("SELECT 1 FROM generations WHERE id = ?", [generation_id]).fetchone() is None:
                 raise IdiolectError(f"no generation with id {generation_id}")
-            return db["feedback"].insert(
-                {
-                    "generation_id": generation_id,
-                    "rating": rating,
-                    "edited_text": edited_text or None,
-                    "created_at": utcnow(),
-                }
-            ).last_pk
+            return (
+                db["feedback"]
+                .insert(
+                    {
+                        "generation_id": generation_id,
+                        "rating": rating,
+                        "edited_text": edited_text or None,
+                        "created_at": utcnow(),
+                    }
+                )
+                .last_pk
+            )
 
     def list_feedback(self, profile_id: int) -> list[dict]:
         return list(
@@ -581,7 +596,12 @@ class Store:
         return pool
 
     def ensure_pool(
-        self, name: str, *, description: str | None = None, source: str | None = None, license: str | None = None
+        self,
+        name: str,
+        *,
+        description: str | None = None,
+        source: str | None = None,
+        license: str | None = None,
     ) -> dict:
         name = check_name(name, "pool")
         with self.write() as db:
@@ -618,7 +638,8 @@ class Store:
 
     def pool_stats(self, pool_id: int, min_texts: int = 3) -> dict:
         counts = [
-            r[0] for r in self.conn.execute(
+            r[0]
+            for r in self.conn.execute(
                 "SELECT count(*) FROM peer_texts WHERE pool_id = ? GROUP BY writer", [pool_id]
             )
         ]
@@ -632,16 +653,20 @@ class Store:
 
     def create_run(self, profile_id: int, objective: str, model: str | None, config: dict) -> int:
         with self.write() as db:
-            return db["runs"].insert(
-                {
-                    "profile_id": profile_id,
-                    "objective": objective,
-                    "model": model,
-                    "config": json.dumps(config),
-                    "status": "queued",
-                    "created_at": utcnow(),
-                }
-            ).last_pk
+            return (
+                db["runs"]
+                .insert(
+                    {
+                        "profile_id": profile_id,
+                        "objective": objective,
+                        "model": model,
+                        "config": json.dumps(config),
+                        "status": "queued",
+                        "created_at": utcnow(),
+                    }
+                )
+                .last_pk
+            )
 
     def update_run(self, run_id: int, **fields) -> None:
         if "status" in fields and fields["status"] not in RUN_STATUSES:
@@ -694,17 +719,21 @@ class Store:
             version = db.execute(
                 "SELECT coalesce(max(version), 0) + 1 FROM summaries WHERE profile_id = ?", [profile_id]
             ).fetchone()[0]
-            pk = db["summaries"].insert(
-                {
-                    "profile_id": profile_id,
-                    "version": version,
-                    "text": text.strip(),
-                    "source": source,
-                    "score": score,
-                    "details": json.dumps(details or {}),
-                    "created_at": utcnow(),
-                }
-            ).last_pk
+            pk = (
+                db["summaries"]
+                .insert(
+                    {
+                        "profile_id": profile_id,
+                        "version": version,
+                        "text": text.strip(),
+                        "source": source,
+                        "score": score,
+                        "details": json.dumps(details or {}),
+                        "created_at": utcnow(),
+                    }
+                )
+                .last_pk
+            )
         return {"id": pk, "version": version}
 
     def list_summaries(self, profile_id: int) -> list[dict]:
@@ -728,17 +757,21 @@ class Store:
         summary_id: int | None = None,
     ) -> int:
         with self.write() as db:
-            return db["exports"].insert(
-                {
-                    "profile_id": profile_id,
-                    "run_id": run_id,
-                    "summary_id": summary_id,
-                    "path": str(path),
-                    "formats": json.dumps(list(formats)),
-                    "manifest": json.dumps(manifest),
-                    "created_at": utcnow(),
-                }
-            ).last_pk
+            return (
+                db["exports"]
+                .insert(
+                    {
+                        "profile_id": profile_id,
+                        "run_id": run_id,
+                        "summary_id": summary_id,
+                        "path": str(path),
+                        "formats": json.dumps(list(formats)),
+                        "manifest": json.dumps(manifest),
+                        "created_at": utcnow(),
+                    }
+                )
+                .last_pk
+            )
 
     # -- overview ---------------------------------------------------------------------------------------
 
@@ -764,7 +797,9 @@ class Store:
         profiles = {}
         for p in self.list_profiles():
             profiles[p["name"]] = {
-                "samples": conn.execute("SELECT count(*) FROM samples WHERE profile_id = ?", [p["id"]]).fetchone()[0],
+                "samples": conn.execute(
+                    "SELECT count(*) FROM samples WHERE profile_id = ?", [p["id"]]
+                ).fetchone()[0],
                 "generations": conn.execute(
                     "SELECT count(*) FROM generations WHERE profile_id = ?", [p["id"]]
                 ).fetchone()[0],
@@ -778,7 +813,9 @@ class Store:
                     "WHERE g.profile_id = ? AND f.rating = -1",
                     [p["id"]],
                 ).fetchone()[0],
-                "runs": conn.execute("SELECT count(*) FROM runs WHERE profile_id = ?", [p["id"]]).fetchone()[0],
+                "runs": conn.execute("SELECT count(*) FROM runs WHERE profile_id = ?", [p["id"]]).fetchone()[
+                    0
+                ],
             }
         return {
             "db": str(self.path),

@@ -25,7 +25,9 @@ def store(tmp_path):
 def shared_file(name: str) -> Path:
     path = STACKEXCHANGE / name
     if not path.exists():
-        pytest.skip(f"{path} is absent: the shared Stack Exchange samples live beside the repository in ../shared")
+        pytest.skip(
+            f"{path} is absent: the shared Stack Exchange samples live beside the repository in ../shared"
+        )
     return path
 
 

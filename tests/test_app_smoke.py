@@ -37,7 +37,9 @@ def test_app_serves_on_loopback_only(tmp_path):
                 time.sleep(0.5)
         assert "Idiolect" in html
         listening = [
-            c.laddr for c in psutil.Process().net_connections(kind="inet") if c.status == "LISTEN" and c.laddr.port == port
+            c.laddr
+            for c in psutil.Process().net_connections(kind="inet")
+            if c.status == "LISTEN" and c.laddr.port == port
         ]
         assert listening and all(addr.ip == "127.0.0.1" for addr in listening)
     finally:

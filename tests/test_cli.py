@@ -54,7 +54,13 @@ def test_import_real_stackexchange_dump(tmp_path, beer_posts):
         "WHERE p.name = 'beer'"
     ).fetchall()
     assert len(rows) == beer["texts"] > 1000
-    leaks = [(text[:80], m.group()) for text, ctx, *_ in rows for s in (text, ctx) for m in [EMAIL.search(s or "") or URL.search(s or "")] if m]
+    leaks = [
+        (text[:80], m.group())
+        for text, ctx, *_ in rows
+        for s in (text, ctx)
+        for m in [EMAIL.search(s or "") or URL.search(s or "")]
+        if m
+    ]
     assert leaks == []
     # Attribution is kept, but apart: never the writer's name.
     assert all(a and "users/" in a for *_, a in rows)

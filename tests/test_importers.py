@@ -252,8 +252,12 @@ def test_peer_jsonl_and_csv(tmp_path, store):
     f.write_text(
         "\n".join(
             [
-                json.dumps({"writer": "Alice Smith", "prompt": "Hi?", "text": "Hello! Mail alice@example.com"}),
-                json.dumps({"writer": "Alice Smith", "prompt": "Bye?", "text": "Bye, see www.alice.example.org"}),
+                json.dumps(
+                    {"writer": "Alice Smith", "prompt": "Hi?", "text": "Hello! Mail alice@example.com"}
+                ),
+                json.dumps(
+                    {"writer": "Alice Smith", "prompt": "Bye?", "text": "Bye, see www.alice.example.org"}
+                ),
                 json.dumps({"writer": 17, "text": "numeric writer id"}),
                 json.dumps({"text": "no writer"}),
             ]

@@ -27,7 +27,9 @@ def test_migration_from_v1_keeps_rows_and_leaves_a_backup(tmp_path):
     # Two identical old samples: the migration must keep both (nothing the user wrote is dropped).
     for _ in range(2):
         c.execute("INSERT INTO samples (profile_id, text, created_at) VALUES (1, 'same words', 't')")
-    c.execute("INSERT INTO samples (profile_id, prompt, text, created_at) VALUES (1, 'p', 'other words', 't')")
+    c.execute(
+        "INSERT INTO samples (profile_id, prompt, text, created_at) VALUES (1, 'p', 'other words', 't')"
+    )
     c.execute("INSERT INTO peer_pools (id, name, salt, created_at) VALUES (1, 'pool', 's', 't')")
     c.execute("INSERT INTO peer_texts (pool_id, writer, text, created_at) VALUES (1, 'w', 'peer text', 't')")
     c.execute("INSERT INTO runs (profile_id, objective, created_at) VALUES (1, 'cbpo', 't')")

@@ -20,7 +20,10 @@ from core.text import bad_bytes, decode, html_to_text, normalize
         ("thanks @hop_head!", "thanks [user]!"),
         # Things that must survive.
         ("brewed on 2014-01-21 at 12.5 C, e.g. stouts", "brewed on 2014-01-21 at 12.5 C, e.g. stouts"),
-        ("OG 1.050, FG 1.010, 5.2% ABV, 30 IBU, 1,000,000 bottles", "OG 1.050, FG 1.010, 5.2% ABV, 30 IBU, 1,000,000 bottles"),
+        (
+            "OG 1.050, FG 1.010, 5.2% ABV, 30 IBU, 1,000,000 bottles",
+            "OG 1.050, FG 1.010, 5.2% ABV, 30 IBU, 1,000,000 bottles",
+        ),
         ("the U.S. and node.js and a.m.", "the U.S. and node.js and a.m."),
         ("C# and F@ther", "C# and F@ther"),
     ],
