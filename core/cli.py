@@ -93,6 +93,38 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db(p)
 
     p = sub.add_parser(
+        "generate",
+        help="generate text from a model (Hugging Face id, local folder or GGUF file), streamed",
+        description=(
+            "Generate a continuation of --prompt, streamed to stdout. --backend hf runs transformers (with a PEFT "
+            "adapter folder as --adapter); --backend llama runs llama.cpp (a GGUF file, or an HF folder converted "
+            "to GGUF once and cached; --adapter takes a GGUF LoRA). The model's chat template is used where it "
+            "has one."
+        ),
+    )
+    p.add_argument("--model", required=True, help="Hugging Face id, model folder, or .gguf file")
+    p.add_argument("--prompt", required=True, help="the prompt")
+    p.add_argument("--system", help="a system message (e.g. a preference summary)")
+    p.add_argument("--adapter", help="PEFT adapter folder (hf) or GGUF LoRA file (llama)")
+    p.add_argument("--backend", choices=("hf", "llama"), default="hf", help="inference backend (default: hf)")
+    p.add_argument("--max-tokens", type=int, default=200, help="most new tokens (default: 200)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 for greedy (default: 0.8)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (default: 0.95)")
+    p.add_argument("--seed", type=int, default=None, help="random seed for repeatable sampling")
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="hf backend device")
+    _add_db(p)
+
+    p = sub.add_parser(
+        "models",
+        help="list the recommended base models, or download one",
+        description="List the recommended base models; with --download ID, fetch one into the Hugging Face cache.",
+    )
+    p.add_argument("--download", metavar="ID", help="download this model (with progress)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _add_db(p)
+
+    p = sub.add_parser(
         "stats",
         help="counts per table, peer pool and profile",
         description="Counts of rows per table, texts and writers per peer pool, and per-profile counts.",
@@ -177,7 +209,59 @@ def cmd_stats(args) -> int:
     return 0
 
 
-COMMANDS = {"import-peers": cmd_import_peers, "add-samples": cmd_add_samples, "stats": cmd_stats}
+def cmd_generate(args) -> int:
+    from core.generation import SamplingParams, open_generator
+
+    params = SamplingParams(
+        max_new_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop=args.stop,
+    )
+    gen = open_generator(args.model, backend=args.backend, adapter=args.adapter, device=args.device)
+    for piece in gen.stream(args.prompt, params, system=args.system):
+        print(piece, end="", flush=True)
+    print()
+    return 0
+
+
+def cmd_models(args) -> int:
+    from core.models import RECOMMENDED, download
+
+    if args.download:
+        last = [0.0]
+
+        def progress(done: int, total: int, name: str) -> None:
+            import time
+
+            now = time.monotonic()
+            if now - last[0] > 0.5 or done == total:
+                last[0] = now
+                pct = f"{100 * done / total:5.1f}%" if total else ""
+                _progress(f"downloading {name[:40]} {done / 1e6:8.1f} MB {pct}")
+
+        path = download(args.download, progress=progress)
+        if sys.stderr.isatty():
+            print(file=sys.stderr)
+        print(path)
+        return 0
+    if args.json:
+        print(json.dumps([m.to_dict() for m in RECOMMENDED], indent=2))
+        return 0
+    for m in RECOMMENDED:
+        gated = " (gated)" if m.gated else ""
+        print(f"{m.id:<40} {m.params_b:>5.2f}B  ~{m.download_gb:>4.1f} GB  {m.license}{gated}  {m.notes}")
+    return 0
+
+
+COMMANDS = {
+    "import-peers": cmd_import_peers,
+    "add-samples": cmd_add_samples,
+    "generate": cmd_generate,
+    "models": cmd_models,
+    "stats": cmd_stats,
+}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -34,3 +34,36 @@ def shared_file(name: str) -> Path:
 @pytest.fixture
 def beer_posts() -> Path:
     return shared_file("beer.stackexchange.com_Posts.xml.gz")
+
+
+def _tokenizer_corpus() -> list[str]:
+    """Real text to train the tiny tokenizers on: the bundled peer pool (and the README as a fallback)."""
+    import json
+
+    texts = []
+    for path in sorted((ROOT / "assets" / "peers" / "default").glob("*.jsonl")):
+        texts += [
+            json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+        ]
+    return texts or [(ROOT / "README.md").read_text(encoding="utf-8")] * 5
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """Tiny llama and qwen2 models saved as Hugging Face folders (built once per test session)."""
+    from core.tinymodels import ARCHS, save_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny")
+    corpus = _tokenizer_corpus()
+    return {arch: save_tiny_model(root / arch, arch, corpus, vocab_size=512, seed=0) for arch in ARCHS}
+
+
+@pytest.fixture(scope="session")
+def tiny_ggufs(tiny_models, tmp_path_factory) -> dict[str, Path]:
+    from core.gguf_writer import convert_hf_to_gguf
+
+    root = tmp_path_factory.mktemp("gguf")
+    return {
+        arch: convert_hf_to_gguf(path, root / f"{arch}.gguf", dtype="f32")
+        for arch, path in tiny_models.items()
+    }

@@ -1,0 +1,388 @@
+"""Text generation behind one interface, with two backends:
+
+- :class:`HFGenerator` -- transformers, optionally with PEFT adapters; adapters are loaded once onto the same
+  base and switched (or turned off) without reloading it.
+- :class:`LlamaCppGenerator` -- llama-cpp-python over a GGUF base, optionally with a GGUF LoRA.
+
+Both take the same :class:`SamplingParams`, format the prompt the same way (the model's chat template, else
+the plain format of :func:`core.models.render_prompt`), stream text pieces as they are produced, stop at stop
+strings, and stop early when their :class:`Cancel` is set (or when the consumer stops iterating).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from core.errors import IdiolectError
+from core.gguf_writer import gguf_context_length
+from core.models import load_hf_model, render_prompt
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 200
+    temperature: float = 0.8  # 0 = greedy
+    top_p: float = 0.95
+    top_k: int = 50
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise IdiolectError("max tokens must be at least 1")
+        if self.temperature < 0:
+            raise IdiolectError("temperature cannot be negative")
+        if not 0 < self.top_p <= 1:
+            raise IdiolectError("top_p must be in (0, 1]")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Cancel:
+    """Set it from any thread to stop a generation at the next token."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+
+class _StopText:
+    """Holds back text that might be the start of a stop string; reports when one is complete."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.buffer = ""
+        self.done = False
+
+    def feed(self, piece: str) -> str:
+        if not self.stops:
+            return piece
+        self.buffer += piece
+        cut = min((i for i in (self.buffer.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.done = True
+            out, self.buffer = self.buffer[:cut], ""
+            return out
+        keep = max(
+            (k for s in self.stops for k in range(1, len(s)) if self.buffer.endswith(s[:k])),
+            default=0,
+        )
+        out = self.buffer[: len(self.buffer) - keep]
+        self.buffer = self.buffer[len(out) :]
+        return out
+
+    def flush(self) -> str:
+        out, self.buffer = self.buffer, ""
+        return out
+
+
+class Generator:
+    """The interface both backends implement."""
+
+    name = "base"
+    model_ref = ""
+
+    def format(self, prompt: str, *, system: str | None = None, context: str | None = None) -> str:
+        raise NotImplementedError
+
+    def _stream_formatted(self, text: str, params: SamplingParams, cancel: Cancel) -> Iterator[str]:
+        raise NotImplementedError
+
+    def stream(
+        self,
+        prompt: str,
+        params: SamplingParams | None = None,
+        *,
+        system: str | None = None,
+        context: str | None = None,
+        cancel: Cancel | None = None,
+    ) -> Iterator[str]:
+        """Yield text pieces as they are generated."""
+        params = params or SamplingParams()
+        cancel = cancel or Cancel()
+        stopper = _StopText(params.stop)
+        pieces = self._stream_formatted(self.format(prompt, system=system, context=context), params, cancel)
+        try:
+            for piece in pieces:
+                out = stopper.feed(piece)
+                if out:
+                    yield out
+                if stopper.done or cancel.is_set():
+                    break
+            else:
+                tail = stopper.flush()
+                if tail:
+                    yield tail
+        finally:
+            cancel.set()
+            pieces.close()
+
+    def generate(self, prompt: str, params: SamplingParams | None = None, **kwargs) -> str:
+        return "".join(self.stream(prompt, params, **kwargs))
+
+
+class HFGenerator(Generator):
+    name = "hf"
+
+    def __init__(self, model, tokenizer, *, model_ref: str = "") -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_ref = model_ref
+        self.adapters: dict[str, str] = {}
+        self.active_adapter: str | None = None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_dir: str | Path,
+        *,
+        adapter: str | Path | None = None,
+        device: str = "auto",
+        quantize: str = "auto",
+    ) -> HFGenerator:
+        model, tokenizer, _ = load_hf_model(model_dir, device=device, quantize=quantize)
+        gen = cls(model, tokenizer, model_ref=str(model_dir))
+        if adapter:
+            gen.load_adapter(adapter)
+        return gen
+
+    # -- adapters ---------------------------------------------------------------------------------------
+
+    def load_adapter(self, path: str | Path, name: str | None = None) -> str:
+        """Load a PEFT adapter onto the base (once) and make it active."""
+        from peft import PeftModel
+
+        path = Path(path)
+        if not (path / "adapter_config.json").exists():
+            raise IdiolectError(f"{path}: not a PEFT adapter folder (no adapter_config.json)")
+        name = name or re.sub(r"\W", "_", path.name) or "adapter"
+        if name in self.adapters:
+            self.set_adapter(name)
+            return name
+        try:
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(str(path), adapter_name=name)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
+        except Exception as exc:  # noqa: BLE001
+            raise IdiolectError(f"cannot load the adapter {path}: {exc}") from exc
+        self.model.eval()
+        self.adapters[name] = str(path)
+        self.set_adapter(name)
+        return name
+
+    def set_adapter(self, name: str | None) -> None:
+        """Switch to a loaded adapter, or to the plain base with None."""
+        if name is not None:
+            if name not in self.adapters:
+                raise IdiolectError(
+                    f"no adapter {name!r} loaded (loaded: {', '.join(self.adapters) or 'none'})"
+                )
+            self.model.set_adapter(name)
+        self.active_adapter = name
+
+    # -- generation -------------------------------------------------------------------------------------
+
+    def format(self, prompt: str, *, system: str | None = None, context: str | None = None) -> str:
+        return render_prompt(self.tokenizer, prompt, system=system, context=context)
+
+    def encode(self, text: str) -> list[int]:
+        # A chat template writes its own special tokens (BOS included); the plain format relies on the
+        # tokenizer's usual ones.
+        return self.tokenizer(text, add_special_tokens=not self.tokenizer.chat_template)["input_ids"]
+
+    def _stream_formatted(self, text: str, params: SamplingParams, cancel: Cancel) -> Iterator[str]:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        class _CancelCriteria(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.full(
+                    (input_ids.shape[0],), cancel.is_set(), dtype=torch.bool, device=input_ids.device
+                )
+
+        device = next(self.model.parameters()).device
+        ids = torch.tensor([self.encode(text)], device=device)
+        streamer = TextIteratorStreamer(
+            self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600
+        )
+        kwargs = dict(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=params.max_new_tokens,
+            do_sample=params.temperature > 0,
+            repetition_penalty=params.repetition_penalty,
+            stopping_criteria=StoppingCriteriaList([_CancelCriteria()]),
+            streamer=streamer,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        if params.temperature > 0:
+            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                if params.seed is not None:
+                    torch.manual_seed(params.seed)
+                adapter_off = self.active_adapter is None and self.adapters
+                with torch.inference_mode():
+                    if adapter_off:
+                        with self.model.disable_adapter():
+                            self.model.generate(**kwargs)
+                    else:
+                        self.model.generate(**kwargs)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer's thread
+                errors.append(exc)
+                streamer.end()
+
+        thread = threading.Thread(target=run, name="hf-generate", daemon=True)
+        thread.start()
+        try:
+            yield from streamer
+        finally:
+            cancel.set()
+            thread.join()
+        if errors:
+            exc = errors[0]
+            if isinstance(exc, torch.cuda.OutOfMemoryError):
+                raise IdiolectError("out of GPU memory while generating: lower max tokens") from exc
+            raise exc
+
+
+class LlamaCppGenerator(Generator):
+    name = "llama"
+
+    def __init__(
+        self,
+        gguf_path: str | Path,
+        *,
+        lora_path: str | Path | None = None,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        n_gpu_layers: int = 0,
+        exact: bool = False,
+    ) -> None:
+        """``exact`` keeps the KV cache in f32 (llama.cpp's default f16 costs about 1e-3 relative in the
+        logits); the parity tests use it."""
+        import llama_cpp
+
+        gguf_path = Path(gguf_path)
+        if not gguf_path.is_file():
+            raise IdiolectError(f"{gguf_path}: no such GGUF file")
+        if lora_path is not None and not Path(lora_path).is_file():
+            raise IdiolectError(f"{lora_path}: no such GGUF LoRA file")
+        n_ctx = min(n_ctx, gguf_context_length(gguf_path) or n_ctx)
+        kwargs = dict(
+            model_path=str(gguf_path),
+            n_ctx=n_ctx,
+            n_threads=n_threads or max(1, os.cpu_count() or 1),
+            n_gpu_layers=n_gpu_layers,
+            lora_path=str(lora_path) if lora_path else None,
+            verbose=False,
+        )
+        if exact:
+            kwargs.update(type_k=0, type_v=0)  # GGML_TYPE_F32
+        try:
+            self.llm = llama_cpp.Llama(**kwargs)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise IdiolectError(f"llama.cpp cannot load {gguf_path}: {exc}") from exc
+        self.model_ref = str(gguf_path)
+        self.lora_path = str(lora_path) if lora_path else None
+        self.chat_template = self.llm.metadata.get("tokenizer.chat_template")
+        self.add_bos = self.llm.metadata.get("tokenizer.ggml.add_bos_token", "false") == "true"
+
+    def format(self, prompt: str, *, system: str | None = None, context: str | None = None) -> str:
+        return render_prompt(self.chat_template, prompt, system=system, context=context)
+
+    def encode(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=self.add_bos, special=True)
+
+    def _stream_formatted(self, text: str, params: SamplingParams, cancel: Cancel) -> Iterator[str]:
+        tokens = self.encode(text)
+        if len(tokens) + params.max_new_tokens > self.llm.n_ctx():
+            raise IdiolectError(
+                f"the prompt ({len(tokens)} tokens) plus max tokens ({params.max_new_tokens}) exceed the context "
+                f"size {self.llm.n_ctx()}"
+            )
+        self.llm.reset()
+        chunks = self.llm.create_completion(
+            tokens,
+            max_tokens=params.max_new_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k if params.temperature > 0 else 1,
+            min_p=0.0,
+            repeat_penalty=params.repetition_penalty,
+            seed=params.seed,
+            stream=True,
+        )
+        try:
+            for chunk in chunks:
+                if cancel.is_set():
+                    break
+                piece = chunk["choices"][0]["text"]
+                if piece:
+                    yield piece
+        finally:
+            chunks.close()
+
+
+def open_generator(
+    model: str,
+    *,
+    backend: str = "hf",
+    adapter: str | None = None,
+    device: str = "auto",
+    quantize: str = "auto",
+    gguf_cache: Path | None = None,
+) -> Generator:
+    """A generator for what the user named. With the llama backend an HF model is converted to GGUF first
+    (cached by folder and modification time)."""
+    from core.models import local_model_dir, resolve
+
+    if backend not in ("hf", "llama"):
+        raise IdiolectError(f"backend must be hf or llama, not {backend!r}")
+    source = resolve(model)
+    if backend == "hf":
+        return HFGenerator.from_pretrained(
+            local_model_dir(model), adapter=adapter, device=device, quantize=quantize
+        )
+    if adapter and not str(adapter).endswith(".gguf"):
+        raise IdiolectError("the llama backend takes a GGUF LoRA file as --adapter (export one first)")
+    if source.kind == "gguf":
+        path = source.path
+    else:
+        path = gguf_for(local_model_dir(model), gguf_cache)
+    return LlamaCppGenerator(path, lora_path=adapter)
+
+
+def gguf_for(model_dir: Path, cache: Path | None = None) -> Path:
+    """The GGUF conversion of an HF folder, written once into the cache and reused."""
+    import hashlib
+
+    from core.gguf_writer import convert_hf_to_gguf
+    from core.paths import data_dir
+
+    cache = cache or data_dir() / "gguf"
+    stamp = max(f.stat().st_mtime_ns for f in model_dir.iterdir() if f.is_file())
+    key = hashlib.sha256(f"{model_dir.resolve()}:{stamp}".encode()).hexdigest()[:12]
+    out = cache / f"{model_dir.name}-{key}.gguf"
+    if not out.exists():
+        tmp = out.with_suffix(".partial")
+        convert_hf_to_gguf(model_dir, tmp, dtype="f16")
+        tmp.replace(out)
+    return out
