@@ -127,7 +127,15 @@ def _hub_error(exc: Exception, model_id: str) -> IdiolectError:
         )
     if isinstance(exc, hf_errors.RevisionNotFoundError | hf_errors.EntryNotFoundError):
         return IdiolectError(f"{model_id}: the files asked for are not in the repository ({exc})")
-    if isinstance(exc, hf_errors.LocalEntryNotFoundError | hf_errors.OfflineModeIsEnabled | OSError):
+    # The Hub client's HTTP library has changed between releases (requests, httpx, httpx2): recognise its
+    # transport failures by class name rather than by one library's types.
+    transport = {c.__name__ for c in type(exc).__mro__} & {
+        "TransportError",
+        "ConnectionError",
+        "TimeoutException",
+    }
+    offline = (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled, OSError)
+    if transport or isinstance(exc, offline):
         return IdiolectError(
             f"cannot reach Hugging Face to download {model_id} (no network?), and it is not in the local cache"
         )
@@ -141,7 +149,8 @@ def _progress_tqdm(progress: Progress | None):
 
     class _Tqdm(tqdm):
         def __init__(self, *args, **kwargs):
-            kwargs["disable"] = progress is None and kwargs.get("disable", False)
+            if progress is not None:  # the caller shows progress its own way
+                kwargs["file"] = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the bar
             super().__init__(*args, **kwargs)
 
         def update(self, n=1):

@@ -1,0 +1,156 @@
+"""Resolving model names and downloading through huggingface_hub, against a stand-in hub on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import re
+import shutil
+import threading
+from collections import namedtuple
+from urllib.parse import unquote, urlparse
+
+import pytest
+
+from core.errors import IdiolectError
+from core.models import RECOMMENDED, download, local_model_dir, resolve
+
+SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+class FakeHub:
+    """Answers the few Hub API calls a download makes, like the real Hub does, for one repository; other
+    repositories get the Hub's error codes (RepoNotFound, GatedRepo)."""
+
+    def __init__(self, repo: str, folder):
+        self.repo = repo
+        self.files = {f.name: f.read_bytes() for f in folder.iterdir() if f.is_file()}
+        self.gated = set()
+        self.requests = []
+        hub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, code, body=b"", headers=None, head=False):
+                self.send_response(code)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if not head:
+                    self.wfile.write(body)
+
+            def _handle(self, head):
+                hub.requests.append(self.path)
+                path = unquote(urlparse(self.path).path)
+                m = re.match(r"/(?:api/models/)?([^/]+/[^/?]+)", path)
+                repo = m.group(1) if m else ""
+                if repo in hub.gated:
+                    return self._send(403, b'{"error": "gated"}', {"X-Error-Code": "GatedRepo"}, head)
+                if repo != hub.repo:
+                    return self._send(404, b'{"error": "not found"}', {"X-Error-Code": "RepoNotFound"}, head)
+                if path.startswith(f"/api/models/{repo}/tree/"):
+                    tree = [
+                        {"type": "file", "path": n, "size": len(b), "oid": hashlib.sha1(b).hexdigest()}
+                        for n, b in hub.files.items()
+                    ]
+                    return self._send(
+                        200, json.dumps(tree).encode(), {"Content-Type": "application/json"}, head
+                    )
+                if path.startswith(f"/api/models/{repo}"):
+                    info = {
+                        "id": repo,
+                        "sha": SHA,
+                        "siblings": [{"rfilename": n, "size": len(b)} for n, b in hub.files.items()],
+                    }
+                    return self._send(
+                        200, json.dumps(info).encode(), {"Content-Type": "application/json"}, head
+                    )
+                m = re.match(rf"/{re.escape(repo)}/resolve/[^/]+/(.+)", path)
+                if m and m.group(1) in hub.files:
+                    body = hub.files[m.group(1)]
+                    etag = '"' + hashlib.sha256(body).hexdigest() + '"'
+                    return self._send(200, body, {"X-Repo-Commit": SHA, "ETag": etag}, head)
+                return self._send(404, b"{}", {"X-Error-Code": "EntryNotFound"}, head)
+
+            def do_GET(self):
+                self._handle(False)
+
+            def do_HEAD(self):
+                self._handle(True)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def hub(tiny_models):
+    h = FakeHub("acme/tiny-chat", tiny_models["qwen2"])
+    yield h
+    h.close()
+
+
+def test_download_with_progress_then_from_cache_offline(hub, tmp_path):
+    seen = []
+    path = download(
+        "acme/tiny-chat",
+        endpoint=hub.endpoint,
+        cache_dir=tmp_path,
+        progress=lambda d, t, n: seen.append((d, t)),
+    )
+    assert (path / "config.json").exists() and (path / "model.safetensors").exists()
+    total = len(hub.files["model.safetensors"])
+    assert seen and max(d for d, _ in seen) >= total  # progress reached the end of the largest file
+    hub.close()  # no network from here on: the cache answers
+    again = download("acme/tiny-chat", endpoint=hub.endpoint, cache_dir=tmp_path)
+    assert again == path
+
+
+def test_download_errors_are_readable(hub, tmp_path, monkeypatch):
+    with pytest.raises(IdiolectError, match="no model called acme/missing"):
+        download("acme/missing", endpoint=hub.endpoint, cache_dir=tmp_path)
+    hub.gated.add("acme/locked")
+    with pytest.raises(IdiolectError, match="acme/locked is gated: accept its licence"):
+        download("acme/locked", endpoint=hub.endpoint, cache_dir=tmp_path)
+    Usage = namedtuple("Usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: Usage(10**9, 10**9, 1000))
+    with pytest.raises(IdiolectError, match=r"needs 0\.0 GB but only 0\.0 GB is free"):
+        download("acme/tiny-chat", endpoint=hub.endpoint, cache_dir=tmp_path)
+    monkeypatch.undo()
+    with pytest.raises(
+        IdiolectError, match=r"cannot reach Hugging Face to download acme/tiny-chat \(no network\?\)"
+    ):
+        download("acme/tiny-chat", endpoint="http://127.0.0.1:9", cache_dir=tmp_path / "other")
+
+
+def test_resolve(tmp_path, tiny_models, tiny_ggufs):
+    assert resolve(str(tiny_models["llama"])).kind == "folder"
+    assert resolve(str(tiny_ggufs["llama"])).kind == "gguf"
+    assert resolve("Qwen/Qwen2.5-0.5B-Instruct").kind == "hub"
+    for bad, msg in [
+        ("", "no model given"),
+        ("./nowhere/model", "no such file or folder"),
+        ("not an id", "not a Hugging Face id"),
+    ]:
+        with pytest.raises(IdiolectError, match=msg):
+            resolve(bad)
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(IdiolectError, match="must be .gguf"):
+        resolve(str(tmp_path / "weights.bin"))
+    with pytest.raises(IdiolectError, match="llama.cpp backend"):
+        local_model_dir(str(tiny_ggufs["llama"]))
+
+
+def test_recommended_list_is_well_formed():
+    ids = [m.id for m in RECOMMENDED]
+    assert len(ids) == len(set(ids)) >= 5
+    assert all(resolve(i).kind == "hub" for i in ids)
+    assert any(m.gated for m in RECOMMENDED) and all(m.params_b > 0 for m in RECOMMENDED)
