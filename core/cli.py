@@ -125,6 +125,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db(p)
 
     p = sub.add_parser(
+        "bench",
+        help="benchmarks that write JSON + a Markdown table",
+        description="Run a benchmark; each writes NAME.json and NAME.md into its --out folder.",
+    )
+    bench_sub = p.add_subparsers(dest="bench", metavar="NAME", required=True)
+    from bench import generation as bench_generation
+
+    bp = bench_sub.add_parser(
+        "generation",
+        help="tokens/s of the transformers and llama.cpp backends on the same model",
+        description=bench_generation.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench_generation.add_arguments(bp)
+    _add_db(p)
+
+    p = sub.add_parser(
         "stats",
         help="counts per table, peer pool and profile",
         description="Counts of rows per table, texts and writers per peer pool, and per-profile counts.",
@@ -255,11 +272,19 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from bench import generation as bench_generation
+
+    {"generation": bench_generation.run}[args.bench](args)
+    return 0
+
+
 COMMANDS = {
     "import-peers": cmd_import_peers,
     "add-samples": cmd_add_samples,
     "generate": cmd_generate,
     "models": cmd_models,
+    "bench": cmd_bench,
     "stats": cmd_stats,
 }
 

@@ -42,7 +42,7 @@ def train_bpe_tokenizer(
     if add_bos:
         bos_id = tok.token_to_id(BOS)
         tok.post_processor = processors.TemplateProcessing(
-            single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
+            single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, bos_id)]
         )
     else:
         tok.post_processor = processors.ByteLevel(trim_offsets=False)

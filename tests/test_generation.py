@@ -58,8 +58,10 @@ def test_backends_agree_on_greedy_token_ids(hf_qwen, cpp_qwen):
 @pytest.mark.parametrize("backend", ["hf", "llama"])
 def test_streaming_is_incremental_and_cancellable(backend, hf_qwen, cpp_qwen):
     gen = hf_qwen if backend == "hf" else cpp_qwen
-    pieces = list(gen.stream("Say something.", SamplingParams(max_new_tokens=30, temperature=0.7, seed=1)))
-    assert len(pieces) >= 5 and all(pieces)
+    params = SamplingParams(max_new_tokens=60, temperature=0.7, seed=1)
+    pieces = list(gen.stream("Say something.", params))
+    assert len(pieces) >= 3 and all(pieces)
+    assert "".join(pieces) == gen.generate("Say something.", params)
     cancel = Cancel()
     got = []
     for piece in gen.stream(
@@ -161,3 +163,19 @@ def test_cli_generate_streams_and_fails_in_one_line(tiny_models, tmp_path):
     )  # fmt: skip
     assert bad.returncode == 1
     assert bad.stderr.strip().count("\n") == 0 and bad.stderr.startswith("error: ")
+
+
+def test_generation_benchmark_writes_json_and_markdown(tiny_models, tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "launch.py"), "bench", "generation", "--model", str(tiny_models["llama"]),
+         "--tokens", "8", "--runs", "2", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    import json
+
+    result = json.loads((tmp_path / "out" / "generation.json").read_text())
+    assert [r["backend"] for r in result["rows"]] == ["transformers fp32", "llama.cpp f32", "llama.cpp f16"]
+    assert all(r["decode tokens/s (median)"] > 0 for r in result["rows"])
+    assert result["matmul_gflops_fp32"] > 0
+    assert "| transformers fp32 |" in (tmp_path / "out" / "generation.md").read_text()

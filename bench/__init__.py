@@ -1,0 +1,1 @@
+"""Benchmarks, run through `python launch.py bench NAME ...`; each writes JSON and a Markdown table."""
