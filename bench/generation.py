@@ -76,7 +76,9 @@ def run(args: argparse.Namespace) -> dict:
         llm = gen.llm
         eos = llm.token_eos()
         t = time.perf_counter()
-        for count, _ in enumerate(llm.generate(ids, top_k=1, temp=0.0, reset=True, logits_processor=[_ban(eos)]), 1):
+        for count, _ in enumerate(
+            llm.generate(ids, top_k=1, temp=0.0, reset=True, logits_processor=[_ban(eos)]), 1
+        ):
             if count == n:
                 break
         return n / (time.perf_counter() - t)

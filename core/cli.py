@@ -116,6 +116,42 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db(p)
 
     p = sub.add_parser(
+        "train",
+        help="train the profile's LoRA adapter (C-BPO, or a baseline), with a progress bar",
+        description=(
+            "Train a LoRA adapter for a profile (QLoRA on CUDA, fp32 LoRA on CPU). cbpo: C-BPO -- your texts, "
+            "thumbs-up and edits are positives, thumbs-down are negatives, the peer pool is the unlabeled set with "
+            "the PU correction; bco: BCO with peers as plain negatives; sft: plain fine-tuning on your texts; "
+            "cbpo_pi0: C-BPO without the PU correction. Ctrl-C stops after a checkpoint; --resume RUN_ID "
+            "continues a stopped, cancelled or crashed run. The adapter is saved as a PEFT folder and recorded."
+        ),
+    )
+    p.add_argument("--profile", help="profile name")
+    p.add_argument("--model", help="Hugging Face id or local model folder")
+    p.add_argument("--objective", choices=("cbpo", "sft", "bco", "cbpo_pi0"), default="cbpo")
+    p.add_argument("--pool", default="default", help="peer pool (default: the bundled pool)")
+    p.add_argument("--steps", type=int, help="optimizer steps (default: epochs x batches per epoch)")
+    p.add_argument("--epochs", type=int, default=3, help="passes over your texts (default: 3)")
+    p.add_argument(
+        "--batch-size", type=int, default=4, help="your texts per batch; as many peer texts (default: 4)"
+    )
+    p.add_argument("--grad-accum", type=int, default=1, help="batches per optimizer step (default: 1)")
+    p.add_argument("--lr", type=float, default=1e-4, help="learning rate (default: 1e-4)")
+    p.add_argument("--beta", type=float, default=0.1, help="reward scale (default: 0.1)")
+    p.add_argument("--pi", type=float, help="class prior of target-like peer texts (default: estimated)")
+    p.add_argument(
+        "--max-length", type=int, default=512, help="tokens per sample, prompt included (default: 512)"
+    )
+    p.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default: 8)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--quantize", choices=("auto", "4bit", "none"), default="auto", help="auto: 4-bit on CUDA")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps (default: 50)")
+    p.add_argument("--resume", type=int, metavar="RUN_ID", help="continue this run instead of starting one")
+    p.add_argument("--background", action="store_true", help="start a worker process and return at once")
+    _add_db(p)
+
+    p = sub.add_parser(
         "models",
         help="list the recommended base models, or download one",
         description="List the recommended base models; with --download ID, fetch one into the Hugging Face cache.",
@@ -243,6 +279,75 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    import time
+
+    from core import worker
+    from core.train import TrainConfig, Trainer, create_run
+
+    with open_store(args.db) as store:
+        if args.resume is not None:
+            run = worker.status(store, args.resume)
+            if run["status"] == "completed":
+                raise IdiolectError(
+                    f"run {args.resume} has finished already; its adapter is {run['adapter_path']}"
+                )
+            if run["status"] in worker.ACTIVE and run["pid"] and worker._alive(run["pid"]):
+                raise IdiolectError(f"run {args.resume} is training in process {run['pid']}")
+            store.update_run(args.resume, cancel_requested=0)
+            run_id = args.resume
+        else:
+            if not args.profile or not args.model:
+                raise IdiolectError("train needs --profile and --model (or --resume RUN_ID)")
+            cfg = TrainConfig(
+                model=args.model, objective=args.objective, pool=args.pool, steps=args.steps, epochs=args.epochs,
+                batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, beta=args.beta, pi=args.pi,
+                max_length=args.max_length, lora_r=args.lora_r, lora_alpha=2 * args.lora_r, device=args.device,
+                quantize=args.quantize, seed=args.seed, save_every=args.save_every,
+            )  # fmt: skip
+            store.get_profile(args.profile)
+            if args.background:
+                run_id = worker.start(store, args.profile, cfg)
+                print(f"run {run_id} started in the background; `launch.py stats` shows it")
+                return 0
+            run_id = create_run(store, args.profile, cfg)
+        started = time.monotonic()
+
+        def progress(step: int, total: int, m: dict) -> None:
+            elapsed = time.monotonic() - started
+            eta = elapsed / max(1, step - first[0]) * (total - step) if step > first[0] else 0
+            bar = "#" * int(30 * step / total)
+            _progress(
+                f"run {run_id} [{bar:<30}] {step}/{total} loss {m.get('loss', 0):.4f} "
+                f"margin {m.get('reward_margin', 0):+.3f} {m.get('tokens_per_s', 0):,.0f} tok/s ETA {eta:,.0f}s"
+            )
+
+        first = [store.get_run(run_id)["step"]]
+        print(f"run {run_id}: training {store.get_run(run_id)['objective']} ...", file=sys.stderr)
+        try:
+            result = Trainer(store, run_id, progress=progress).run()
+        except KeyboardInterrupt:
+            print(f"\nstopped; continue with: launch.py train --resume {run_id}", file=sys.stderr)
+            return 130
+        if sys.stderr.isatty():
+            print(file=sys.stderr)
+        run = store.get_run(run_id)
+        if result.get("status") != "completed":
+            print(f"run {run_id} {result.get('status')} at step {result.get('step')}")
+            return 1
+        ev = result["eval"]
+        print(f"run {run_id} completed: adapter in {run['adapter_path']}")
+        print(f"  pi = {result['pi'].get('pi')} ({result['pi'].get('source')})")
+        for who in ("target", "peer"):
+            lift = ev.get(f"heldout_{who}_lift")
+            if lift is not None:
+                print(
+                    f"  held-out {who} texts: log-likelihood per token {ev[f'heldout_{who}_ll_base']:.4f} -> "
+                    f"{ev[f'heldout_{who}_ll']:.4f} ({lift:+.4f})"
+                )
+    return 0
+
+
 def cmd_models(args) -> int:
     from core.models import RECOMMENDED, download
 
@@ -283,6 +388,7 @@ COMMANDS = {
     "import-peers": cmd_import_peers,
     "add-samples": cmd_add_samples,
     "generate": cmd_generate,
+    "train": cmd_train,
     "models": cmd_models,
     "bench": cmd_bench,
     "stats": cmd_stats,

@@ -36,7 +36,7 @@ import sqlite_utils
 
 from core.errors import IdiolectError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 30_000
 RUN_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 PROFILE_NAME_RE = re.compile(r"^[^\W_][\w .'-]{0,63}$")
@@ -219,7 +219,21 @@ def _migration_2(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX idx_peer_texts_hash ON peer_texts(pool_id, content_hash)")
 
 
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migration_1, 2: _migration_2}
+def _migration_3(conn: sqlite3.Connection) -> None:
+    """What a training worker needs to report and be steered: its process id, progress, a cancel request from
+    the UI or CLI, and the final result (held-out metrics, pi, counts)."""
+    conn.execute("ALTER TABLE runs ADD COLUMN pid INTEGER")
+    conn.execute("ALTER TABLE runs ADD COLUMN step INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE runs ADD COLUMN total_steps INTEGER")
+    conn.execute("ALTER TABLE runs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE runs ADD COLUMN result TEXT NOT NULL DEFAULT '{}'")
+
+
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: _migration_1,
+    2: _migration_2,
+    3: _migration_3,
+}
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))
 
 
@@ -418,6 +432,12 @@ class Store:
                 return profile, False
             self.create_profile(name)
             return self.get_profile(name), True
+
+    def profile_by_id(self, profile_id: int) -> dict:
+        rows = list(self.db.query("SELECT * FROM profiles WHERE id = ?", [profile_id]))
+        if not rows:
+            raise IdiolectError(f"no profile with id {profile_id}")
+        return rows[0]
 
     def list_profiles(self) -> list[dict]:
         return list(self.db.query("SELECT * FROM profiles ORDER BY name"))
@@ -671,8 +691,9 @@ class Store:
     def update_run(self, run_id: int, **fields) -> None:
         if "status" in fields and fields["status"] not in RUN_STATUSES:
             raise ValueError(f"unknown run status {fields['status']!r}")
-        if "config" in fields:
-            fields["config"] = json.dumps(fields["config"])
+        for key in ("config", "result"):
+            if key in fields:
+                fields[key] = json.dumps(fields[key])
         fields["heartbeat_at"] = utcnow()
         with self.write() as db:
             db["runs"].update(run_id, fields)
@@ -683,13 +704,19 @@ class Store:
             raise IdiolectError(f"no training run with id {run_id}")
         run = rows[0]
         run["config"] = _loads(run["config"], {})
+        run["result"] = _loads(run["result"], {})
         return run
 
     def list_runs(self, profile_id: int) -> list[dict]:
         runs = list(self.db.query("SELECT * FROM runs WHERE profile_id = ? ORDER BY id DESC", [profile_id]))
         for run in runs:
             run["config"] = _loads(run["config"], {})
+            run["result"] = _loads(run["result"], {})
         return runs
+
+    def cancel_requested(self, run_id: int) -> bool:
+        row = self.conn.execute("SELECT cancel_requested FROM runs WHERE id = ?", [run_id]).fetchone()
+        return bool(row and row[0])
 
     def log_metrics(self, run_id: int, step: int, metrics: dict) -> None:
         now = utcnow()

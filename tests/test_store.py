@@ -43,7 +43,8 @@ def test_migration_from_v1_keeps_rows_and_leaves_a_backup(tmp_path):
     assert [s["text"] for s in samples] == ["same words", "same words", "other words"]
     assert all(s["content_hash"] for s in samples)
     assert new.peer_texts(1)[0]["content_hash"]
-    assert new.list_runs(1)[0]["objective"] == "cbpo"
+    run = new.list_runs(1)[0]
+    assert run["objective"] == "cbpo" and run["step"] == 0 and run["cancel_requested"] == 0
     # New code paths work on the migrated rows: re-adding an existing text is a duplicate.
     result = new.add_samples(1, [{"text": "other words", "prompt": "p"}, {"text": "brand new"}])
     assert len(result.added) == 1 and result.duplicates == [0]

@@ -1,0 +1,63 @@
+"""The class prior pi of C-BPO: how much of the peer (unlabeled) set is target-like.
+
+Estimated once per user before training: a classifier g separates the user's texts (labeled) from other
+writers' texts (unlabeled), with cross-validated scores so no text is scored by a model that saw it. If peers
+are a mix of a share pi of target-like texts and (1 - pi) true negatives, then for any threshold t,
+P_peers(g > t) = pi * P_user(g > t) + (1 - pi) * P_neg(g > t). Taking t where true negatives rarely score (the
+median score of the user's own texts) gives ``pi ~= P_peers(g > t) / P_user(g > t)`` (an upper bound that is
+tight when the classes separate), capped at 0.9 since the PU risk divides by 1 - pi.
+
+Why ranks and not the Elkan & Noto ratio of mean probabilities: a regularised text classifier's probabilities
+sit near 0.5 even when it ranks perfectly (measured on the bundled pool: AUC 1.0 yet mean-ratio pi ~0.7), and a
+ratio of ranks does not depend on calibration. Users whose writing is much like everyone else's get a higher
+pi, so less of the shared task knowledge is penalized.
+
+Features: TF-IDF of word 1-2-grams and character 2-4-grams (style and content), logistic regression with
+balanced class weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def estimate_class_prior(
+    target_texts: Sequence[str], peer_texts: Sequence[str], *, cap: float = 0.9, folds: int = 5, seed: int = 0
+) -> dict:
+    """``{"pi", "auc", "threshold", "peers_above", "target_above", "n_target", "n_peers"}``; pi is 0 when there
+    are too few texts to estimate it (fewer than 4 on either side)."""
+    from scipy.sparse import hstack
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    n_t, n_p = len(target_texts), len(peer_texts)
+    out = {"n_target": n_t, "n_peers": n_p}
+    if min(n_t, n_p) < 4:
+        return {**out, "pi": 0.0, "auc": None, "note": "too few texts to estimate pi; using 0"}
+    texts = list(target_texts) + list(peer_texts)
+    y = np.array([1] * n_t + [0] * n_p)
+    words = TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True, max_features=50_000)
+    chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True, max_features=50_000)
+    # Fitting the vocabularies on all texts leaks no labels; the classifier itself is cross-validated.
+    x = hstack([words.fit_transform(texts), chars.fit_transform(texts)]).tocsr()
+    k = max(2, min(folds, n_t, n_p))
+    clf = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000)
+    g = cross_val_predict(
+        clf, x, y, cv=StratifiedKFold(k, shuffle=True, random_state=seed), method="predict_proba"
+    )[:, 1]
+    g_t, g_p = g[y == 1], g[y == 0]
+    threshold = float(np.median(g_t))
+    above_t, above_p = float((g_t > threshold).mean()), float((g_p > threshold).mean())
+    pi = min(cap, above_p / above_t) if above_t > 0 else cap
+    return {
+        **out,
+        "pi": round(pi, 4),
+        "auc": round(float(roc_auc_score(y, g)), 4),
+        "threshold": threshold,
+        "peers_above": above_p,
+        "target_above": above_t,
+    }

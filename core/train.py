@@ -1,0 +1,509 @@
+"""Training a profile's LoRA adapter (QLoRA on CUDA) with C-BPO or a baseline, for one run of the runs table.
+
+The loop: load the base (4-bit NF4 on CUDA, fp32 on CPU) and wrap it with LoRA; assemble and tokenize the three
+sets (core.training_data); estimate pi (core.pu_prior) unless given; compute every training sample's reference
+log-probability once with the adapter disabled (the base is frozen, so it never changes); then take optimizer
+steps on batches that each hold target and peer samples (and thumbs-down ones when there are any), logging the
+loss, the risk terms, reward means and margin, tokens/s and memory to ``run_metrics`` at every step.
+
+Speed levers: reference log-probs are precomputed; batches are length-grouped; the LM head and log-softmax run
+only on response tokens, in chunks that are recomputed in the backward pass instead of keeping a
+(batch x length x vocab) logits tensor; gradient checkpointing on GPU.
+
+Checkpoints (adapter + optimizer/scheduler/RNG/delta state) are written every ``save_every`` steps and on a
+cancel, atomically (written to a temporary folder, then renamed); a run started again resumes from the last one
+and ends at the same total number of steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import resource
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint
+
+from core.errors import IdiolectError
+from core.objectives import OBJECTIVES, ObjectiveConfig, RewardShift, objective_loss
+from core.store import Store, utcnow
+from core.training_data import (
+    AUX,
+    NEG,
+    TAR,
+    Example,
+    TrainingSets,
+    load_sets,
+    plan_batches,
+    steps_per_epoch,
+    tokenize,
+)
+
+LOGIT_CHUNK = 1024  # response tokens per LM-head chunk
+
+
+@dataclass
+class TrainConfig:
+    model: str
+    objective: str = "cbpo"
+    pool: str = "default"
+    steps: int | None = None  # default: epochs x (target batches per epoch)
+    epochs: int = 3
+    batch_size: int = 4  # target samples per batch
+    aux_per_batch: int | None = None  # peer samples per batch (default: batch_size)
+    neg_per_batch: int = 2
+    grad_accum: int = 1
+    lr: float = 1e-4
+    warmup: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    target_modules: list[str] | str = "all-linear"
+    max_length: int = 512
+    device: str = "auto"
+    quantize: str = "auto"
+    gradient_checkpointing: bool | None = None  # default: on with CUDA
+    seed: int = 0
+    save_every: int = 50
+    peer_cap: int | None = None
+    heldout_fraction: float = 0.1
+    beta: float = 0.1
+    pi: float | None = None
+    lambda_n: float = 1.0
+    lambda_sft: float = 0.0
+    delta_decay: float = 0.95
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise IdiolectError(f"objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}")
+        for name in ("epochs", "batch_size", "grad_accum", "max_length", "save_every", "lora_r"):
+            if getattr(self, name) < 1:
+                raise IdiolectError(f"{name.replace('_', ' ')} must be at least 1")
+        if self.steps is not None and self.steps < 1:
+            raise IdiolectError("steps must be at least 1")
+        if self.lr <= 0:
+            raise IdiolectError("the learning rate must be positive")
+        self.objective_config()  # validates beta, pi, delta_decay
+
+    def objective_config(self) -> ObjectiveConfig:
+        try:
+            return ObjectiveConfig(
+                name=self.objective,
+                beta=self.beta,
+                pi=self.pi,
+                lambda_n=self.lambda_n,
+                lambda_sft=self.lambda_sft,
+                delta_decay=self.delta_decay,
+            )
+        except ValueError as exc:
+            raise IdiolectError(str(exc)) from None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Log-probabilities of responses
+
+
+def _parts(model):
+    """(decoder, lm_head) of a causal LM, PEFT-wrapped or not (LoRA layers live inside both)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings()
+
+
+def _chunk_logps(lm_head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = lm_head(hidden).float()
+    return torch.gather(F.log_softmax(logits, dim=-1), 1, targets[:, None])[:, 0]
+
+
+def response_logps(model, examples: list[Example], device, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per example: the sum of log p(response token | prefix) over response tokens, and the token count."""
+    longest = max(e.length for e in examples)
+    ids = torch.full((len(examples), longest), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(examples), longest), dtype=torch.long)
+    resp = torch.zeros((len(examples), longest), dtype=torch.bool)
+    for b, e in enumerate(examples):
+        seq = e.prompt_ids + e.response_ids
+        ids[b, : len(seq)] = torch.tensor(seq)
+        attn[b, : len(seq)] = 1
+        resp[b, len(e.prompt_ids) : len(seq)] = True
+    ids, attn, resp = ids.to(device), attn.to(device), resp.to(device)
+    decoder, lm_head = _parts(model)
+    hidden = decoder(input_ids=ids, attention_mask=attn).last_hidden_state
+    select = resp[:, 1:]  # token t is predicted at position t-1
+    h = hidden[:, :-1][select]
+    targets = ids[:, 1:][select]
+    rows = torch.arange(len(examples), device=device)[:, None].expand_as(select)[select]
+    pieces = []
+    for start in range(0, h.shape[0], LOGIT_CHUNK):
+        hs, ts = h[start : start + LOGIT_CHUNK], targets[start : start + LOGIT_CHUNK]
+        if torch.is_grad_enabled() and hs.requires_grad:
+            pieces.append(
+                torch.utils.checkpoint.checkpoint(_chunk_logps, lm_head, hs, ts, use_reentrant=False)
+            )
+        else:
+            pieces.append(_chunk_logps(lm_head, hs, ts))
+    token_lp = torch.cat(pieces) if pieces else h.new_zeros(0)
+    sums = torch.zeros(len(examples), device=device, dtype=torch.float32).index_add(0, rows, token_lp)
+    counts = torch.zeros(len(examples), device=device, dtype=torch.float32).index_add(
+        0, rows, torch.ones_like(token_lp)
+    )
+    return sums, counts
+
+
+def batched(examples: list[Example], max_tokens: int):
+    """Length-sorted batches of at most ``max_tokens`` padded tokens (for no-grad passes)."""
+    order = sorted(range(len(examples)), key=lambda i: examples[i].length)
+    batch: list[int] = []
+    for i in order:
+        if batch and (len(batch) + 1) * examples[i].length > max_tokens:
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
+
+
+@torch.no_grad()
+def logps_of(model, examples: list[Example], device, pad_id: int, *, adapter: bool, max_tokens: int = 8192):
+    """Sums and counts for many examples without gradients; ``adapter=False`` = the frozen base."""
+    sums = torch.zeros(len(examples))
+    counts = torch.zeros(len(examples))
+    if not examples:
+        return sums, counts
+    was_training = model.training
+    model.eval()
+    try:
+        for idx in batched(examples, max_tokens):
+            chunk = [examples[i] for i in idx]
+            if adapter or not hasattr(model, "disable_adapter"):
+                s, c = response_logps(model, chunk, device, pad_id)
+            else:
+                with model.disable_adapter():
+                    s, c = response_logps(model, chunk, device, pad_id)
+            sums[idx], counts[idx] = s.float().cpu(), c.float().cpu()
+    finally:
+        model.train(was_training)
+    return sums, counts
+
+
+def mean_token_ll(model, examples, device, pad_id, *, adapter: bool) -> float | None:
+    if not examples:
+        return None
+    s, c = logps_of(model, examples, device, pad_id, adapter=adapter)
+    return float(s.sum() / c.sum())
+
+
+# --------------------------------------------------------------------------------------------------------
+# The run
+
+
+def _peak_memory_mb(device: str) -> float:
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def run_dir(store: Store, run_id: int) -> Path:
+    return store.path.parent / "runs" / str(run_id)
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    ckpts = sorted(directory.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return ckpts[-1] if ckpts else None
+
+
+def build_peft_model(cfg: TrainConfig, model, device: str):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    gc = cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else device == "cuda"
+    if getattr(model, "is_loaded_in_4bit", False):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc)
+    elif gc:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+class Trainer:
+    """One training run, driven by :meth:`run`. ``progress(step, total, metrics)`` is called after each step;
+    ``should_stop()`` is polled between steps (the CLI's Ctrl-C, the UI's cancel)."""
+
+    def __init__(
+        self,
+        store: Store,
+        run_id: int,
+        *,
+        progress: Callable[[int, int, dict], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.progress = progress
+        self.should_stop = should_stop or (lambda: False)
+        run = store.get_run(run_id)
+        self.cfg = TrainConfig.from_dict(run["config"])
+        self.profile = store.profile_by_id(run["profile_id"])["name"]
+        self.dir = run_dir(store, run_id)
+
+    def run(self) -> dict:
+        self.store.update_run(self.run_id, status="running", pid=os.getpid(), started_at=utcnow(), error=None)
+        try:
+            result = self._run()
+        except torch.cuda.OutOfMemoryError as exc:
+            msg = (
+                f"out of GPU memory at batch size {self.cfg.batch_size} and max length {self.cfg.max_length}: "
+                "lower --batch-size (and raise --grad-accum to keep the effective batch) or --max-length"
+            )
+            self.store.update_run(self.run_id, status="failed", error=msg, finished_at=utcnow())
+            raise IdiolectError(msg) from exc
+        except KeyboardInterrupt:
+            self.store.update_run(self.run_id, status="cancelled", finished_at=utcnow())
+            raise
+        except BaseException as exc:
+            msg = str(exc) if isinstance(exc, IdiolectError) else f"{type(exc).__name__}: {exc}"
+            self.store.update_run(self.run_id, status="failed", error=msg, finished_at=utcnow())
+            raise
+        return result
+
+    def _run(self) -> dict:
+        from core.models import load_hf_model, local_model_dir
+
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        model_dir = local_model_dir(cfg.model)
+        base, tokenizer, desc = load_hf_model(model_dir, device=cfg.device, quantize=cfg.quantize)
+        device = desc["device"]
+        model = build_peft_model(cfg, base, device)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+        sets = load_sets(
+            self.store,
+            self.profile,
+            pool=cfg.pool,
+            peer_cap=cfg.peer_cap,
+            heldout_fraction=cfg.heldout_fraction,
+            seed=cfg.seed,
+        )
+        for group in (sets.train, sets.heldout):
+            for examples in group.values():
+                tokenize(examples, tokenizer, cfg.max_length)
+        aux_per_batch = cfg.aux_per_batch or cfg.batch_size
+        total = cfg.steps or cfg.epochs * steps_per_epoch(
+            len(sets.train[TAR]), cfg.batch_size * cfg.grad_accum
+        )
+
+        ckpt = latest_checkpoint(self.dir)
+        state = torch.load(ckpt / "state.pt", weights_only=False) if ckpt else None
+        pi_info = state["pi_info"] if state else self._estimate_pi(sets)
+        pi = pi_info["pi"]
+        ocfg = cfg.objective_config()
+        ref = self._reference(model, sets, device, pad_id)
+        self.store.update_run(self.run_id, total_steps=total, model=str(model_dir))
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        warmup = int(cfg.warmup * total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total, warmup))
+        shift = RewardShift("pooled" if cfg.objective == "bco" else "separate", cfg.delta_decay)
+        start = 0
+        if state:
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            set_peft_model_state_dict(model, load_file(str(ckpt / "adapter_model.safetensors")))
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            shift.load_state_dict(state["shift"])
+            torch.set_rng_state(state["torch_rng"])
+            random.setstate(state["py_rng"])
+            start = state["step"]
+
+        plan = plan_batches(
+            sets,
+            cfg.batch_size,
+            aux_per_batch,
+            cfg.neg_per_batch,
+            cfg.epochs,
+            total * cfg.grad_accum,
+            cfg.seed,
+        )
+        model.train()
+        tar, aux, neg = sets.train[TAR], sets.train[AUX], sets.train[NEG]
+        for step in range(start, total):
+            if self.should_stop() or self.store.cancel_requested(self.run_id):
+                self._checkpoint(model, optimizer, scheduler, shift, step, pi_info)
+                self.store.update_run(self.run_id, status="cancelled", step=step, finished_at=utcnow())
+                return {"status": "cancelled", "step": step}
+            t0 = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            agg: dict[str, float] = {}
+            n_tokens = 0
+            for micro in range(cfg.grad_accum):
+                t_idx, a_idx, n_idx = plan[step * cfg.grad_accum + micro]
+                batch = [tar[i] for i in t_idx] + [aux[i] for i in a_idx] + [neg[i] for i in n_idx]
+                sums, counts = response_logps(model, batch, device, pad_id)
+                ref_b = torch.cat([ref[TAR][t_idx], ref[AUX][a_idx], ref[NEG][n_idx]]).to(sums.device)
+                rewards = ocfg.beta * (sums - ref_b)
+                nt, na = len(t_idx), len(a_idx)
+                r_tar, r_aux, r_neg = rewards[:nt], rewards[nt : nt + na], rewards[nt + na :]
+                nll_tar = -(sums[:nt].sum() / counts[:nt].sum())
+                loss, terms = objective_loss(ocfg, pi, shift.value, r_tar, r_aux, r_neg, nll_tar)
+                (loss / cfg.grad_accum).backward()
+                shift.update(r_tar, r_aux, r_neg)
+                terms.update(
+                    reward_tar=float(r_tar.detach().mean()),
+                    reward_aux=float(r_aux.detach().mean()) if na else 0.0,
+                    reward_margin=float(r_tar.detach().mean() - (r_aux.detach().mean() if na else 0.0)),
+                )
+                if len(r_neg):
+                    terms["reward_neg"] = float(r_neg.detach().mean())
+                for k, v in terms.items():
+                    agg[k] = agg.get(k, 0.0) + v / cfg.grad_accum
+                n_tokens += sum(e.length for e in batch)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+            optimizer.step()
+            scheduler.step()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+            metrics = {
+                **agg,
+                "grad_norm": grad_norm,
+                "lr": scheduler.get_last_lr()[0],
+                "tokens": n_tokens,
+                "tokens_per_s": n_tokens / dt,
+                "seconds": dt,
+                "peak_memory_mb": _peak_memory_mb(device),
+            }
+            self.store.log_metrics(self.run_id, step + 1, metrics)
+            self.store.update_run(self.run_id, step=step + 1)
+            if self.progress:
+                self.progress(step + 1, total, metrics)
+            if (step + 1) % cfg.save_every == 0 and step + 1 < total:
+                self._checkpoint(model, optimizer, scheduler, shift, step + 1, pi_info)
+
+        adapter_dir = self.dir / "adapter"
+        model.save_pretrained(adapter_dir)
+        (adapter_dir / "idiolect.json").write_text(
+            json.dumps(
+                {
+                    "run_id": self.run_id,
+                    "profile": self.profile,
+                    "objective": cfg.objective,
+                    "base": str(model_dir),
+                }
+            )
+        )
+        result = {
+            "pi": pi_info,
+            "counts": sets.counts(),
+            "steps": total,
+            **self._evaluate(model, sets, device, pad_id),
+        }
+        self.store.update_run(
+            self.run_id,
+            status="completed",
+            adapter_path=str(adapter_dir),
+            result=result,
+            finished_at=utcnow(),
+        )
+        for old in self.dir.glob("checkpoint-*"):
+            shutil.rmtree(old, ignore_errors=True)
+        return {"status": "completed", **result}
+
+    def _estimate_pi(self, sets: TrainingSets) -> dict:
+        if self.cfg.pi is not None:
+            return {"pi": self.cfg.pi, "source": "given"}
+        if self.cfg.objective != "cbpo":
+            return {"pi": 0.0, "source": f"not used by {self.cfg.objective}"}
+        from core.pu_prior import estimate_class_prior
+
+        info = estimate_class_prior(
+            [e.text for e in sets.train[TAR]], [e.text for e in sets.train[AUX]], seed=self.cfg.seed
+        )
+        return {**info, "source": "estimated"}
+
+    def _reference(self, model, sets: TrainingSets, device, pad_id: int) -> dict[str, torch.Tensor]:
+        """Reference log-probs of every training sample under the frozen base, computed once and cached."""
+        path = self.dir / "reference_logps.pt"
+        if path.exists():
+            cached = torch.load(path, weights_only=True)
+            if all(len(cached[k]) == len(sets.train[k]) for k in (TAR, AUX, NEG)):
+                return cached
+        ref = {k: logps_of(model, sets.train[k], device, pad_id, adapter=False)[0] for k in (TAR, AUX, NEG)}
+        torch.save(ref, path)
+        return ref
+
+    def _evaluate(self, model, sets: TrainingSets, device, pad_id: int) -> dict:
+        """Held-out mean per-token log-likelihood, base vs adapter, on the user's and on other writers' texts."""
+        out = {}
+        for key, name in ((TAR, "target"), (AUX, "peer")):
+            base = mean_token_ll(model, sets.heldout[key], device, pad_id, adapter=False)
+            tuned = mean_token_ll(model, sets.heldout[key], device, pad_id, adapter=True)
+            out[f"heldout_{name}_ll_base"] = base
+            out[f"heldout_{name}_ll"] = tuned
+            out[f"heldout_{name}_lift"] = None if base is None else tuned - base
+        return {"eval": out}
+
+    def _checkpoint(self, model, optimizer, scheduler, shift, step: int, pi_info: dict) -> Path:
+        final = self.dir / f"checkpoint-{step}"
+        tmp = self.dir / f".tmp-checkpoint-{step}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        torch.save(
+            {
+                "step": step,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "shift": shift.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "py_rng": random.getstate(),
+                "pi_info": pi_info,
+            },
+            tmp / "state.pt",
+        )
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in self.dir.glob("checkpoint-*"):
+            if old != final and int(old.name.split("-")[1]) < step:
+                shutil.rmtree(old, ignore_errors=True)
+        return final
+
+
+def create_run(store: Store, profile: str, cfg: TrainConfig) -> int:
+    prof = store.get_profile(profile)
+    return store.create_run(prof["id"], cfg.objective, cfg.model, cfg.to_dict())

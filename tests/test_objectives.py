@@ -1,0 +1,101 @@
+"""The C-BPO loss and its baselines against values computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from core.objectives import ObjectiveConfig, RewardShift, objective_loss
+
+
+def lp(r, d):  # -log sigmoid(r - d)
+    return math.log1p(math.exp(-(r - d)))
+
+
+def lm(r, d):  # -log sigmoid(-(r - d))
+    return math.log1p(math.exp(r - d))
+
+
+def mean(xs):
+    return sum(xs) / len(xs)
+
+
+T, A, N = [1.0, -0.5], [0.2, -1.0, 0.5], [0.3]
+D, PI = 0.1, 0.3
+
+
+def tensors(*lists):
+    return [torch.tensor(x, requires_grad=True) for x in lists]
+
+
+def test_cbpo_matches_hand_computation():
+    r_t, r_a, r_n = tensors(T, A, N)
+    cfg = ObjectiveConfig("cbpo", lambda_n=0.5)
+    loss, terms = objective_loss(cfg, PI, D, r_t, r_a, r_n)
+    l_pos = mean([lp(r, D) for r in T])
+    pure = mean([lm(r, D) for r in A]) - PI * mean([lm(r, D) for r in T])
+    assert pure > 0
+    expected = l_pos + pure / (1 - PI) + 0.5 * mean([lm(r, D) for r in N])
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+    assert terms["l_pure_neg"] == pytest.approx(pure, rel=1e-6) and terms["pu_clamped"] == 0.0
+
+
+def test_cbpo_clamps_a_negative_pu_term_and_stops_its_gradient():
+    high_t = [3.0, 2.5]  # targets far above delta: the subtracted positive bias outweighs the peers' loss
+    r_t, r_a, r_n = tensors(high_t, [-2.0, -3.0], [])
+    loss, terms = objective_loss(ObjectiveConfig("cbpo"), 0.8, 0.0, r_t, r_a, r_n)
+    pure = mean([lm(r, 0.0) for r in [-2.0, -3.0]]) - 0.8 * mean([lm(r, 0.0) for r in high_t])
+    assert pure < 0 and terms["pu_clamped"] == 1.0
+    assert float(loss) == pytest.approx(mean([lp(r, 0.0) for r in high_t]), rel=1e-6)
+    loss.backward()
+    assert r_a.grad is None or torch.all(r_a.grad == 0)  # peers get no push while the PU risk estimate is negative
+
+
+def test_pi_zero_ablation_and_bco_and_sft():
+    r_t, r_a, r_n = tensors(T, A, N)
+    loss, terms = objective_loss(ObjectiveConfig("cbpo_pi0"), PI, D, r_t, r_a, r_n)
+    expected = mean([lp(r, D) for r in T]) + mean([lm(r, D) for r in A]) + mean([lm(r, D) for r in N])
+    assert float(loss) == pytest.approx(expected, rel=1e-6) and terms["pi"] == 0.0
+    # BCO: one count-weighted mean over every sample, peers as plain negatives.
+    loss, _ = objective_loss(ObjectiveConfig("bco"), PI, D, *tensors(T, A, N))
+    all_losses = [lp(r, D) for r in T] + [lm(r, D) for r in A] + [lm(r, D) for r in N]
+    assert float(loss) == pytest.approx(mean(all_losses), rel=1e-6)
+    nll = torch.tensor(2.5)
+    loss, terms = objective_loss(ObjectiveConfig("sft"), PI, D, *tensors(T, A, N), nll_tar=nll)
+    assert float(loss) == 2.5 and terms["sft"] == 2.5
+
+
+def test_lambda_sft_adds_the_target_nll():
+    base, _ = objective_loss(ObjectiveConfig("cbpo"), PI, D, *tensors(T, A, []))
+    with_sft, _ = objective_loss(ObjectiveConfig("cbpo", lambda_sft=0.5), PI, D, *tensors(T, A, []), nll_tar=torch.tensor(3.0))
+    assert float(with_sft) == pytest.approx(float(base) + 1.5, rel=1e-6)
+
+
+def test_a_cbpo_step_raises_target_rewards_and_lowers_peer_rewards():
+    r_t, r_a, r_n = tensors([0.0, 0.0], [0.0, 0.0, 0.0], [])
+    loss, _ = objective_loss(ObjectiveConfig("cbpo"), 0.2, 0.0, r_t, r_a, r_n)
+    loss.backward()
+    assert torch.all(r_t.grad < 0) and torch.all(r_a.grad > 0)  # descent: targets up, peers down
+
+
+def test_reward_shift_separate_and_pooled():
+    sep = RewardShift("separate", decay=0.5)
+    sep.update(torch.tensor([2.0, 4.0]), torch.tensor([0.0, -2.0, -4.0]))
+    assert (sep.mean_tar, sep.mean_aux) == (1.5, -1.0)
+    assert sep.value == pytest.approx(0.25)
+    sep.update(torch.tensor([1.0]), torch.tensor([1.0]))
+    assert sep.mean_tar == pytest.approx(1.25) and sep.mean_aux == pytest.approx(0.0)
+    pooled = RewardShift("pooled")
+    pooled.update(torch.tensor([2.0, 4.0]), torch.tensor([0.0, -2.0, -4.0]), torch.tensor([6.0]))
+    assert pooled.value == pytest.approx(1.0)  # (2 + 4 + 0 - 2 - 4 + 6) / 6: the bigger set dominates
+    clone = RewardShift()
+    clone.load_state_dict(sep.state_dict())
+    assert clone.value == sep.value
+
+
+def test_invalid_settings_are_refused():
+    for kwargs in ({"name": "dpo"}, {"pi": 0.95}, {"beta": 0}, {"delta_decay": 1.0}):
+        with pytest.raises(ValueError):
+            ObjectiveConfig(**kwargs)
