@@ -67,3 +67,53 @@ def tiny_ggufs(tiny_models, tmp_path_factory) -> dict[str, Path]:
         arch: convert_hf_to_gguf(path, root / f"{arch}.gguf", dtype="f32")
         for arch, path in tiny_models.items()
     }
+
+
+TARGET_WRITER = (
+    "ada"  # the bundled writer the training tests personalize to (never a peer, never pretrained on)
+)
+
+
+def default_pool_files() -> list[Path]:
+    return sorted((ROOT / "assets" / "peers" / "default").glob("*.jsonl"))
+
+
+@pytest.fixture(scope="session")
+def pretrained_base(tmp_path_factory) -> Path:
+    """A tiny qwen2 LM pretrained (about 10 s) on the bundled pool minus the target writer: a base that has
+    learned some English, so fine-tuning effects on likelihood mean something."""
+    import json
+
+    from core.pretrain import pretrain
+
+    texts = [
+        json.loads(line)["text"]
+        for f in default_pool_files()
+        if f.stem != TARGET_WRITER
+        for line in f.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
+    return pretrain(texts * 3, tmp_path_factory.mktemp("pretrained") / "base", steps=300, seed=0)
+
+
+@pytest.fixture
+def target_store(tmp_path):
+    """A store with profile 'me' holding the target writer's texts and a pool 'others' of everyone else."""
+    import json
+
+    from core.importers import import_peers
+
+    s = Store(tmp_path / "train.db")
+    for f in default_pool_files():
+        if f.stem != TARGET_WRITER:
+            import_peers(s, f, "others")
+    pid = s.create_profile("me")
+    rows = [
+        json.loads(line)
+        for line in (ROOT / "assets" / "peers" / "default" / f"{TARGET_WRITER}.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    s.add_samples(pid, [{"prompt": r["prompt"], "text": r["text"]} for r in rows])
+    yield s
+    s.close()

@@ -50,7 +50,9 @@ def test_cbpo_clamps_a_negative_pu_term_and_stops_its_gradient():
     assert pure < 0 and terms["pu_clamped"] == 1.0
     assert float(loss) == pytest.approx(mean([lp(r, 0.0) for r in high_t]), rel=1e-6)
     loss.backward()
-    assert r_a.grad is None or torch.all(r_a.grad == 0)  # peers get no push while the PU risk estimate is negative
+    assert r_a.grad is None or torch.all(
+        r_a.grad == 0
+    )  # peers get no push while the PU risk estimate is negative
 
 
 def test_pi_zero_ablation_and_bco_and_sft():
@@ -69,7 +71,9 @@ def test_pi_zero_ablation_and_bco_and_sft():
 
 def test_lambda_sft_adds_the_target_nll():
     base, _ = objective_loss(ObjectiveConfig("cbpo"), PI, D, *tensors(T, A, []))
-    with_sft, _ = objective_loss(ObjectiveConfig("cbpo", lambda_sft=0.5), PI, D, *tensors(T, A, []), nll_tar=torch.tensor(3.0))
+    with_sft, _ = objective_loss(
+        ObjectiveConfig("cbpo", lambda_sft=0.5), PI, D, *tensors(T, A, []), nll_tar=torch.tensor(3.0)
+    )
     assert float(with_sft) == pytest.approx(float(base) + 1.5, rel=1e-6)
 
 

@@ -1,0 +1,136 @@
+"""Training: C-BPO personalizes (held-out likelihood), runs survive kills, cancels and out-of-memory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import ROOT
+
+from core import worker
+from core.errors import IdiolectError
+from core.train import TrainConfig, Trainer, create_run, run_dir
+
+
+def config(base, **kw) -> TrainConfig:
+    defaults = dict(
+        model=str(base), pool="others", steps=40, batch_size=4, lr=1e-3, heldout_fraction=0.3, save_every=1000
+    )
+    return TrainConfig(**{**defaults, **kw})
+
+
+def test_cbpo_raises_target_likelihood_more_than_peers(pretrained_base, target_store):
+    run = create_run(target_store, "me", config(pretrained_base))
+    result = Trainer(target_store, run).run()
+    ev = result["eval"]
+    assert result["status"] == "completed" and result["counts"]["heldout_tar"] >= 3
+    assert ev["heldout_target_lift"] > 0, ev
+    assert ev["heldout_target_lift"] > ev["heldout_peer_lift"], ev
+    metrics = target_store.run_metrics(run)
+    assert [m["step"] for m in metrics] == list(range(1, 41))
+    assert metrics[-1]["loss"] < metrics[0]["loss"]
+    assert metrics[-1]["reward_margin"] > 0  # the user's texts now score above other writers'
+    for key in ("l_pos", "l_pure_neg", "delta", "tokens_per_s", "peak_memory_mb", "reward_tar", "reward_aux"):
+        assert key in metrics[-1]
+    saved = target_store.get_run(run)
+    assert saved["status"] == "completed" and (ROOT / saved["adapter_path"] / "adapter_config.json").exists()
+    assert 0 <= result["pi"]["pi"] <= 0.9 and result["pi"]["source"] == "estimated"
+
+
+def test_baselines_run_on_the_same_path(pretrained_base, target_store):
+    results = {}
+    for objective in ("sft", "bco"):
+        run = create_run(target_store, "me", config(pretrained_base, objective=objective, steps=10))
+        results[objective] = Trainer(target_store, run).run()["eval"]
+    assert results["sft"]["heldout_target_lift"] > 0  # SFT raises the user's likelihood ...
+    assert results["sft"]["heldout_peer_lift"] > 0  # ... and everyone else's with it
+
+
+def _wait(predicate, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    raise AssertionError("timed out")
+
+
+def test_a_killed_worker_resumes_and_finishes_with_the_same_steps(pretrained_base, target_store):
+    cfg = config(pretrained_base, steps=12, save_every=3)
+    run = worker.start(target_store, "me", cfg)
+    _wait(lambda: target_store.get_run(run)["step"] >= 7)
+    os.kill(target_store.get_run(run)["pid"], signal.SIGKILL)
+    _wait(lambda: worker.status(target_store, run)["status"] == "failed", 30)
+    failed = worker.status(target_store, run)
+    assert "stopped unexpectedly" in failed["error"] and "resume continues from step" in failed["error"]
+    assert target_store.integrity_check() == "ok"
+    worker.resume(target_store, run)
+    _wait(lambda: worker.status(target_store, run)["status"] in ("completed", "failed"))
+    done = worker.status(target_store, run)
+    assert done["status"] == "completed", done["error"]
+    assert done["step"] == done["total_steps"] == 12
+    assert [m["step"] for m in target_store.run_metrics(run)] == list(range(1, 13))
+    assert not list(run_dir(target_store, run).glob("checkpoint-*"))  # cleaned up after the finish
+
+
+def test_cancel_checkpoints_and_resume_finishes(pretrained_base, target_store):
+    run = worker.start(target_store, "me", config(pretrained_base, steps=200, save_every=1000))
+    _wait(lambda: target_store.get_run(run)["step"] >= 2)
+    with pytest.raises(IdiolectError, match="still training"):
+        worker.start(target_store, "me", config(pretrained_base))
+    worker.cancel(target_store, run)
+    _wait(lambda: worker.status(target_store, run)["status"] == "cancelled")
+    stopped = target_store.get_run(run)["step"]
+    assert list(run_dir(target_store, run).glob(f"checkpoint-{stopped}"))
+    target_store.update_run(run, config={**target_store.get_run(run)["config"], "steps": stopped + 3})
+    worker.resume(target_store, run)
+    _wait(lambda: worker.status(target_store, run)["status"] == "completed")
+    assert target_store.get_run(run)["step"] == stopped + 3
+
+
+def test_out_of_memory_is_one_clear_error(pretrained_base, target_store, monkeypatch):
+    import core.train as train
+
+    def boom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(train, "response_logps", boom)
+    monkeypatch.setattr(
+        train, "logps_of", lambda model, ex, *a, **k: (torch.zeros(len(ex)), torch.ones(len(ex)))
+    )
+    run = create_run(target_store, "me", config(pretrained_base, steps=3))
+    with pytest.raises(
+        IdiolectError, match="out of GPU memory at batch size 4 and max length 512: lower --batch-size"
+    ):
+        Trainer(target_store, run).run()
+    assert target_store.get_run(run)["status"] == "failed"
+
+
+def test_too_little_writing_is_refused(pretrained_base, target_store):
+    target_store.create_profile("newbie")
+    target_store.add_samples(target_store.get_profile("newbie")["id"], [{"text": "only one"}])
+    run = create_run(target_store, "newbie", config(pretrained_base))
+    with pytest.raises(IdiolectError, match="add at least 4 samples"):
+        Trainer(target_store, run).run()
+
+
+def test_cli_train_shows_progress_and_results(pretrained_base, target_store):
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "launch.py"), "train", "--profile", "me", "--model", str(pretrained_base),
+         "--pool", "others", "--steps", "4", "--lr", "1e-3", "--db", str(target_store.path)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "4/4 loss" in out.stderr
+    assert "completed: adapter in" in out.stdout and "held-out target texts" in out.stdout
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "launch.py"), "train", "--profile", "ghost", "--model", str(pretrained_base),
+         "--db", str(target_store.path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert bad.returncode == 1 and bad.stderr.startswith("error: no profile named 'ghost'")
