@@ -2,8 +2,9 @@
 
     python launch.py bench generation [--model DIR] [--tokens 128] [--runs 5] [--out bench/results]
 
-Without --model it builds a small llama model (hidden 256, 4 layers, BPE vocab 2048 trained on the bundled
-pool) in a cache folder, so the figures mean the same on any machine. EOS is banned so every run decodes
+Without --model it builds a small llama model (hidden 256, 4 layers, a BPE of 2048 tokens trained on the bundled
+pool, embeddings padded to a 32,768-token vocabulary as real small models have) in a cache folder, so the figures
+mean the same on any machine. EOS is banned so every run decodes
 exactly --tokens tokens; decoding is greedy.
 """
 
@@ -23,7 +24,7 @@ def small_model(cache: Path, arch: str = "llama") -> Path:
     from core.peers import DEFAULT_POOL_DIR
     from core.tinymodels import save_tiny_model
 
-    path = cache / f"bench-small-{arch}"
+    path = cache / f"bench-small-{arch}-v32k"
     if not (path / "config.json").exists():
         import json
 
@@ -35,7 +36,7 @@ def small_model(cache: Path, arch: str = "llama") -> Path:
         ] or [(ROOT / "README.md").read_text()] * 5
         save_tiny_model(
             path, arch, texts, vocab_size=2048, hidden_size=256, layers=4, heads=8, kv_heads=4,
-            intermediate_size=768, max_positions=1024, init_std=0.05,
+            intermediate_size=768, max_positions=1024, init_std=0.05, pad_vocab_to=32768,
         )  # fmt: skip
     return path
 

@@ -175,6 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench_generation.add_arguments(bp)
+    from bench import training as bench_training
+
+    bp = bench_sub.add_parser(
+        "training",
+        help="training tokens/s and memory: Idiolect C-BPO vs TRL's KTOTrainer on the same work",
+        description=bench_training.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench_training.add_arguments(bp)
     _add_db(p)
 
     p = sub.add_parser(
@@ -379,8 +388,9 @@ def cmd_models(args) -> int:
 
 def cmd_bench(args) -> int:
     from bench import generation as bench_generation
+    from bench import training as bench_training
 
-    {"generation": bench_generation.run}[args.bench](args)
+    {"generation": bench_generation.run, "training": bench_training.run}[args.bench](args)
     return 0
 
 

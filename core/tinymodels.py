@@ -70,13 +70,15 @@ def build_tiny_model(
     max_positions: int = 512,
     init_std: float = 0.2,
     seed: int = 0,
+    pad_vocab_to: int | None = None,
 ):
-    """A randomly initialised model. A wide init (std 0.2) spreads the logits, so greedy decoding has no
+    """A randomly initialised model. ``pad_vocab_to`` pads the embedding and LM head beyond the tokenizer (as real
+    models do; benchmarks use it to give a small model a realistic vocabulary cost). A wide init (std 0.2) spreads the logits, so greedy decoding has no
     near-ties and two backends can be compared token by token."""
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {ARCHS}")
     common = dict(
-        vocab_size=len(tokenizer),
+        vocab_size=max(len(tokenizer), pad_vocab_to or 0),
         hidden_size=hidden_size,
         num_hidden_layers=layers,
         num_attention_heads=heads,
