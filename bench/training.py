@@ -9,8 +9,7 @@ the reference, run twice: with its defaults (reference log-probs recomputed ever
 ``precompute_ref_log_probs=True`` (Idiolect always precomputes them). Each engine runs in its own process (so peak
 memory is its own); step times skip the first 3 steps. Throughput = samples/s x the mean tokens per sample of the
 shared data (both draw uniformly from it), so padding and KTO's extra KL pass count as cost, not as work.
-Memory on CPU: peak RSS, and its growth over the RSS right after the model loaded (training overhead); on CUDA:
-peak allocated.
+Memory: the process's peak RSS on CPU (imports, model, data and training together), peak allocated on CUDA.
 """
 
 from __future__ import annotations
@@ -201,7 +200,6 @@ def run(args: argparse.Namespace) -> dict:
             "samples/s": round(r["samples_per_s"], 2),
             "median step s": round(r["median_step_s"], 3),
             "peak MB": round(r["peak_mb"]),
-            "training overhead MB": round(r["peak_mb"] - r["rss_before_train_mb"]),
         }
         for r in results
     ]

@@ -134,3 +134,19 @@ def test_cli_train_shows_progress_and_results(pretrained_base, target_store):
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert bad.returncode == 1 and bad.stderr.startswith("error: no profile named 'ghost'")
+
+
+def test_training_benchmark_writes_its_table(tiny_models, tmp_path):
+    pytest.importorskip("trl")
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "launch.py"), "bench", "training", "--model", str(tiny_models["qwen2"]),
+         "--steps", "5", "--max-length", "64", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    import json
+
+    result = json.loads((tmp_path / "training.json").read_text())
+    assert [r["engine"].split(" (")[0] for r in result["rows"]] == ["idiolect C-BPO", "TRL KTOTrainer", "TRL KTOTrainer"]
+    assert result["speedup_vs_trl"] > 0 and all(r["peak MB"] > 0 for r in result["rows"])
+    assert "Against TRL's defaults" in (tmp_path / "training.md").read_text()
