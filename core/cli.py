@@ -152,6 +152,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db(p)
 
     p = sub.add_parser(
+        "export",
+        help="write the adapter (PEFT, GGUF LoRA, merged) and the preference summary to a folder",
+        description=(
+            "Export a profile's latest trained adapter and preference summary into --out: peft (adapter folder), "
+            "gguf (GGUF LoRA + the base as GGUF, for llama.cpp / llama-cpp-python / Ollama), merged (base + adapter "
+            "as one HF model), summary (plain text, OpenAI chat JSON, a Python snippet, an Ollama Modelfile, "
+            "llama.cpp command lines). A manifest.json lists every file with its SHA-256."
+        ),
+    )
+    p.add_argument("--profile", required=True)
+    p.add_argument("--out", required=True, help="the folder to write into (created if needed)")
+    p.add_argument(
+        "--formats",
+        default=None,
+        help="comma-separated: peft,gguf,merged,summary (default: peft,gguf,summary)",
+    )
+    p.add_argument("--run", type=int, help="export this training run (default: the latest completed one)")
+    p.add_argument(
+        "--gguf-dtype", choices=("f16", "f32"), default="f16", help="GGUF precision (default: f16)"
+    )
+    _add_db(p)
+
+    p = sub.add_parser(
         "models",
         help="list the recommended base models, or download one",
         description="List the recommended base models; with --download ID, fetch one into the Hugging Face cache.",
@@ -357,6 +380,22 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from core.export import export
+
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()] if args.formats else None
+    with open_store(args.db) as store:
+        result = export(
+            store, args.profile, args.out, formats=formats, run_id=args.run, gguf_dtype=args.gguf_dtype
+        )
+    print(f"exported to {result.folder}:")
+    for path in result.files:
+        print(f"  {path.relative_to(result.folder)}")
+    for fmt, why in result.skipped.items():
+        print(f"  skipped {fmt}: {why}")
+    return 0
+
+
 def cmd_models(args) -> int:
     from core.models import RECOMMENDED, download
 
@@ -399,6 +438,7 @@ COMMANDS = {
     "add-samples": cmd_add_samples,
     "generate": cmd_generate,
     "train": cmd_train,
+    "export": cmd_export,
     "models": cmd_models,
     "bench": cmd_bench,
     "stats": cmd_stats,

@@ -236,3 +236,82 @@ def gguf_context_length(path: str | Path) -> int | None:
         return int(reader.fields[f"{arch}.context_length"].contents())
     except (KeyError, ValueError, OSError):
         return None
+
+
+def convert_lora_to_gguf(
+    adapter_dir: str | Path, base_dir: str | Path, out_path: str | Path, *, dtype: str = "f32"
+) -> Path:
+    """Write a PEFT LoRA adapter as a GGUF LoRA for llama.cpp (``--lora``; llama-cpp-python ``lora_path``).
+
+    ``general.type = adapter``, ``adapter.type = lora``, ``adapter.lora.alpha``; each adapted weight W of the base
+    gets ``<gguf name>.weight.lora_a`` (A, rank x in) and ``.lora_b`` (B, out x rank), so W' = W + alpha/r * B A;
+    for the llama architecture B of q/k is row-permuted like the base weights (permuting W's rows is permuting B's).
+    """
+    from safetensors.torch import load_file
+
+    adapter_dir, base_dir, out_path = Path(adapter_dir), Path(base_dir), Path(out_path)
+    cfg_path = adapter_dir / "adapter_config.json"
+    if not cfg_path.exists():
+        raise IdiolectError(f"{adapter_dir}: not a PEFT adapter folder (no adapter_config.json)")
+    acfg = json.loads(cfg_path.read_text())
+    if acfg.get("peft_type", "LORA") != "LORA":
+        raise IdiolectError(
+            f"{adapter_dir}: a {acfg.get('peft_type')} adapter, only LoRA can be written to GGUF"
+        )
+    if acfg.get("use_dora") or acfg.get("use_rslora"):
+        raise IdiolectError(
+            f"{adapter_dir}: DoRA / rsLoRA adapters are not supported by llama.cpp LoRA files"
+        )
+    config, arch = read_config(base_dir)
+    n_layers = config["num_hidden_layers"]
+    n_head = config["num_attention_heads"]
+    n_kv = config.get("num_key_value_heads", n_head)
+    name_map = gguf.get_tensor_name_map(_GGUF_ARCH[arch], n_layers)
+    weights_path = adapter_dir / "adapter_model.safetensors"
+    if not weights_path.exists():
+        raise IdiolectError(f"{adapter_dir}: no adapter_model.safetensors")
+    tensors = load_file(str(weights_path))
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        for part in ("lora_A", "lora_B"):
+            marker = f".{part}."
+            if marker in key:
+                module = key.split(marker)[0]
+                pairs.setdefault(module, {})[part] = value
+                break
+        else:
+            raise IdiolectError(
+                f"{adapter_dir}: tensor {key} is not a LoRA A/B matrix (modules_to_save is not supported)"
+            )
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(out_path), arch)
+    writer.add_string("general.type", "adapter")
+    writer.add_string("adapter.type", "lora")
+    writer.add_float32("adapter.lora.alpha", float(acfg.get("lora_alpha", acfg.get("r", 8))))
+    writer.add_name(f"{adapter_dir.name} (LoRA for {base_dir.name})")
+    count = 0
+    for module, ab in sorted(pairs.items()):
+        if set(ab) != {"lora_A", "lora_B"}:
+            raise IdiolectError(f"{adapter_dir}: {module} lacks its lora_A or lora_B")
+        hf_name = module.removeprefix("base_model.model.")
+        gguf_name = name_map.get_name(hf_name)
+        if gguf_name is None:
+            raise IdiolectError(f"{adapter_dir}: {hf_name} has no GGUF name for the {arch} architecture")
+        a = ab["lora_A"].to(torch.float32).numpy()
+        b = ab["lora_B"].to(torch.float32).numpy()
+        if arch == "llama" and hf_name.endswith("q_proj"):
+            b = permute_qk(b, n_head)
+        elif arch == "llama" and hf_name.endswith("k_proj"):
+            b = permute_qk(b, n_kv)
+        if dtype == "f16":
+            a, b = a.astype(np.float16), b.astype(np.float16)
+        writer.add_tensor(f"{gguf_name}.weight.lora_a", np.ascontiguousarray(a))
+        writer.add_tensor(f"{gguf_name}.weight.lora_b", np.ascontiguousarray(b))
+        count += 1
+    if not count:
+        raise IdiolectError(f"{adapter_dir}: the adapter holds no LoRA weights")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out_path

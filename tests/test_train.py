@@ -147,6 +147,10 @@ def test_training_benchmark_writes_its_table(tiny_models, tmp_path):
     import json
 
     result = json.loads((tmp_path / "training.json").read_text())
-    assert [r["engine"].split(" (")[0] for r in result["rows"]] == ["idiolect C-BPO", "TRL KTOTrainer", "TRL KTOTrainer"]
+    assert [r["engine"].split(" (")[0] for r in result["rows"]] == [
+        "idiolect C-BPO",
+        "TRL KTOTrainer",
+        "TRL KTOTrainer",
+    ]
     assert result["speedup_vs_trl"] > 0 and all(r["peak MB"] > 0 for r in result["rows"])
     assert "Against TRL's defaults" in (tmp_path / "training.md").read_text()

@@ -1,0 +1,259 @@
+"""Exporting a profile's adapter and preference summary to a folder the user picks.
+
+Formats:
+- ``peft``: the PEFT adapter folder (``PeftModel.from_pretrained``);
+- ``gguf``: the GGUF LoRA for llama.cpp, and the base model as GGUF (f16) to load it onto -- skipped when the
+  base already is a GGUF file;
+- ``merged``: base + adapter merged into one Hugging Face model (safetensors);
+- ``summary``: the preference summary as plain text, an OpenAI chat-completions JSON body with the summary as the
+  system message, a Python snippet with the official ``openai`` client, an Ollama Modelfile (FROM / ADAPTER /
+  SYSTEM) and llama.cpp command lines;
+and always ``manifest.json``: base model, training run and its metrics, summary version and score, SHA-256 of
+every file written, date.
+
+File names come from the profile name through :func:`safe_name`, so no name can leave the chosen folder.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import re
+import shlex
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.errors import IdiolectError
+from core.store import Store
+
+FORMATS = ("peft", "gguf", "merged", "summary")
+DEFAULT_FORMATS = ("peft", "gguf", "summary")
+EXAMPLE_PROMPT = "Write a short note to a friend about your weekend."
+API_MODEL = "gpt-4o-mini"
+
+
+def safe_name(name: str, fallback: str = "profile") -> str:
+    """A file-name-safe slug: letters, digits, '.', '-', '_' only, no leading dots, at most 64 characters."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name or "").strip(".-_")[:64]
+    return slug or fallback
+
+
+@dataclass
+class ExportResult:
+    folder: Path
+    files: list[Path] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    manifest: dict = field(default_factory=dict)
+    export_id: int | None = None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _latest_completed_run(store: Store, profile_id: int, run_id: int | None) -> dict | None:
+    if run_id is not None:
+        run = store.get_run(run_id)
+        if run["profile_id"] != profile_id:
+            raise IdiolectError(f"run {run_id} belongs to another profile")
+        if run["status"] != "completed" or not run["adapter_path"]:
+            raise IdiolectError(f"run {run_id} has no finished adapter (status: {run['status']})")
+        return run
+    for run in store.list_runs(profile_id):
+        if run["status"] == "completed" and run["adapter_path"] and Path(run["adapter_path"]).exists():
+            return run
+    return None
+
+
+def summary_files(
+    folder: Path, slug: str, summary: str, *, base_gguf: str | None, lora_gguf: str | None
+) -> list[Path]:
+    """The summary in every form an API model or a local runner takes."""
+    written = []
+    txt = folder / f"{slug}-summary.txt"
+    txt.write_text(summary.strip() + "\n", encoding="utf-8")
+    body = {
+        "model": API_MODEL,
+        "messages": [
+            {"role": "system", "content": summary.strip()},
+            {"role": "user", "content": EXAMPLE_PROMPT},
+        ],
+    }
+    chat = folder / f"{slug}-openai-chat.json"
+    chat.write_text(json.dumps(body, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    snippet = folder / f"{slug}-openai.py"
+    snippet.write_text(
+        f'''"""Use the preference summary with any OpenAI-compatible chat API (set OPENAI_API_KEY; for a local server,
+also OPENAI_BASE_URL, e.g. http://127.0.0.1:8000/v1)."""
+from openai import OpenAI
+
+SUMMARY = {json.dumps(summary.strip(), ensure_ascii=False)}
+
+client = OpenAI()
+reply = client.chat.completions.create(
+    model={json.dumps(API_MODEL)},
+    messages=[{{"role": "system", "content": SUMMARY}}, {{"role": "user", "content": {json.dumps(EXAMPLE_PROMPT)}}}],
+)
+print(reply.choices[0].message.content)
+''',
+        encoding="utf-8",
+    )
+    written += [txt, chat, snippet]
+    base_ref = f"./{base_gguf}" if base_gguf else "YOUR-BASE-MODEL.gguf"
+    modelfile = folder / "Modelfile"
+    lines = [f"FROM {base_ref}"]
+    if lora_gguf:
+        lines.append(f"ADAPTER ./{lora_gguf}")
+    escaped = summary.strip().replace('"""', '\\"\\"\\"')
+    lines.append(f'SYSTEM """{escaped}"""')
+    modelfile.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    written.append(modelfile)
+    lora_arg = f" --lora {shlex.quote(lora_gguf)}" if lora_gguf else ""
+    lora_path = f" --lora_path {shlex.quote(lora_gguf)}" if lora_gguf else ""
+    cmd = folder / f"{slug}-llama-cpp.sh"
+    cmd.write_text(
+        "#!/bin/sh\n# Run from this folder. llama.cpp's CLI:\n"
+        f'llama-cli -m {shlex.quote(base_ref)}{lora_arg} -sys "$(cat {shlex.quote(txt.name)})" -cnv\n'
+        "# or an OpenAI-compatible server (pip install 'llama-cpp-python[server]'); send "
+        f"{chat.name} to it:\n"
+        f"# python -m llama_cpp.server --model {shlex.quote(base_ref)}{lora_path} --host 127.0.0.1 --port 8000\n",
+        encoding="utf-8",
+    )
+    written.append(cmd)
+    return written
+
+
+def export(
+    store: Store,
+    profile: str,
+    out_dir: str | Path,
+    *,
+    formats: tuple[str, ...] | list[str] | None = None,
+    run_id: int | None = None,
+    gguf_dtype: str = "f16",
+) -> ExportResult:
+    from core.gguf_writer import convert_hf_to_gguf, convert_lora_to_gguf
+    from core.models import local_model_dir, resolve
+
+    prof = store.get_profile(profile)
+    asked = tuple(formats) if formats else None
+    wanted = asked or DEFAULT_FORMATS
+    unknown = [f for f in wanted if f not in FORMATS]
+    if unknown:
+        raise IdiolectError(f"unknown export format {', '.join(unknown)} (choose from {', '.join(FORMATS)})")
+    run = _latest_completed_run(store, prof["id"], run_id)
+    summaries = store.list_summaries(prof["id"])
+    summary = summaries[0] if summaries else None
+    needs_run = [f for f in wanted if f in ("peft", "gguf", "merged")]
+    if needs_run and run is None and (asked or not summary):
+        raise IdiolectError(
+            f"profile {profile!r} has no trained adapter yet: train one first (launch.py train)"
+        )
+    if "summary" in wanted and summary is None and asked and "summary" in asked:
+        raise IdiolectError(
+            f"profile {profile!r} has no preference summary yet: make one first (launch.py summary)"
+        )
+
+    folder = Path(out_dir).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise IdiolectError(f"cannot create the export folder {folder}: {exc.strerror or exc}") from exc
+    slug = safe_name(prof["name"])
+    result = ExportResult(folder=folder.resolve())
+    adapter_dir = Path(run["adapter_path"]) if run else None
+    base_spec = run["config"].get("model") if run else None
+    base_dir = None
+    base_gguf_name = lora_gguf_name = None
+
+    for fmt in ("peft", "gguf", "merged"):
+        if fmt in wanted and run is None:
+            result.skipped[fmt] = "no trained adapter"
+    if run and ("gguf" in wanted or "merged" in wanted):
+        if resolve(base_spec).kind == "gguf":
+            for fmt in ("gguf", "merged"):
+                if fmt in wanted:
+                    result.skipped[fmt] = (
+                        "the base model is a GGUF file; this format needs its Hugging Face weights"
+                    )
+        else:
+            base_dir = local_model_dir(base_spec)
+
+    if run and "peft" in wanted:
+        dest = folder / f"{slug}-peft"
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(adapter_dir, dest)
+        result.files += sorted(p for p in dest.rglob("*") if p.is_file())
+    if base_dir is not None and "gguf" in wanted:
+        lora_gguf = folder / f"{slug}-lora.gguf"
+        convert_lora_to_gguf(adapter_dir, base_dir, lora_gguf, dtype="f32" if gguf_dtype == "f32" else "f16")
+        base_gguf = folder / f"{safe_name(base_dir.name, 'base')}-{gguf_dtype}.gguf"
+        convert_hf_to_gguf(base_dir, base_gguf, dtype=gguf_dtype)
+        base_gguf_name, lora_gguf_name = base_gguf.name, lora_gguf.name
+        result.files += [lora_gguf, base_gguf]
+    if base_dir is not None and "merged" in wanted:
+        result.files += _merge(base_dir, adapter_dir, folder / f"{slug}-merged")
+
+    if "summary" in wanted:
+        if summary:
+            result.files += summary_files(
+                folder, slug, summary["text"], base_gguf=base_gguf_name, lora_gguf=lora_gguf_name
+            )
+        else:
+            result.skipped["summary"] = "no preference summary yet"
+
+    manifest = {
+        "idiolect_export": 1,
+        "profile": prof["name"],
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "formats": [f for f in wanted if f not in result.skipped],
+        "skipped": result.skipped,
+        "base_model": base_spec,
+        "base_model_dir": str(base_dir) if base_dir else None,
+        "training_run": None
+        if run is None
+        else {
+            "id": run["id"],
+            "objective": run["objective"],
+            "config": run["config"],
+            "result": run["result"],
+            "finished_at": run["finished_at"],
+        },
+        "summary": None
+        if summary is None
+        else {"version": summary["version"], "source": summary["source"], "score": summary["score"]},
+        "files": {str(p.relative_to(folder)): _sha256(p) for p in result.files},
+    }
+    manifest_path = folder / "manifest.json"
+    manifest_path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    result.files.append(manifest_path)
+    result.manifest = manifest
+    result.export_id = store.add_export(
+        prof["id"],
+        str(result.folder),
+        manifest["formats"],
+        manifest,
+        run_id=run["id"] if run else None,
+        summary_id=summary["id"] if summary else None,
+    )
+    return result
+
+
+def _merge(base_dir: Path, adapter_dir: Path, dest: Path) -> list[Path]:
+    """Base + adapter in full precision (never onto a 4-bit base), merged and saved with the tokenizer."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    shutil.rmtree(dest, ignore_errors=True)
+    merged.save_pretrained(dest)
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(dest)
+    return sorted(p for p in dest.rglob("*") if p.is_file())

@@ -1,0 +1,195 @@
+"""Export: the GGUF LoRA gives the PEFT model's logits in llama.cpp, a real OpenAI client talks to llama.cpp's
+server with the exported files, the merged model matches base + adapter, names stay inside the folder."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT
+
+from core.errors import IdiolectError
+from core.export import export, safe_name
+from core.gguf_writer import convert_lora_to_gguf
+
+llama_cpp = pytest.importorskip("llama_cpp")
+SUMMARY = "Writes short, plain sentences. Prefers concrete details over adjectives. Never uses emoji."
+
+
+def random_adapter(base_dir, out_dir, seed=1):
+    """A LoRA with non-zero A and B on every linear layer, saved as a PEFT folder."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    peft_model = get_peft_model(
+        model,
+        LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", init_lora_weights=False),
+    )
+    peft_model.save_pretrained(out_dir)
+    return peft_model.eval()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_gguf_lora_matches_peft_in_llama_cpp(arch, tiny_models, tiny_ggufs, tmp_path):
+    from transformers import AutoTokenizer
+
+    peft_model = random_adapter(tiny_models[arch], tmp_path / "adapter")
+    lora = convert_lora_to_gguf(tmp_path / "adapter", tiny_models[arch], tmp_path / "lora.gguf")
+    tok = AutoTokenizer.from_pretrained(tiny_models[arch])
+    ids = tok("My weekend: a long walk, two coffees and a very good book about rivers.")["input_ids"]
+    with torch.no_grad():
+        tuned = peft_model(torch.tensor([ids])).logits[0].numpy()
+        with peft_model.disable_adapter():
+            base = peft_model(torch.tensor([ids])).logits[0].numpy()
+    llm = llama_cpp.Llama(
+        str(tiny_ggufs[arch]),
+        lora_path=str(lora),
+        n_ctx=256,
+        logits_all=True,
+        verbose=False,
+        type_k=0,
+        type_v=0,
+    )
+    llm.eval(ids)
+    cpp = np.asarray(llm.scores[: len(ids)])
+    scale = np.abs(tuned).max()
+    assert np.abs(tuned - cpp).max() / scale < 1e-3
+    assert (
+        np.abs(tuned - base).max() / scale > 0.1
+    )  # the adapter matters: ignoring it would fail the line above
+
+
+def test_bad_adapters_are_refused(tiny_models, tmp_path):
+    with pytest.raises(IdiolectError, match="not a PEFT adapter"):
+        convert_lora_to_gguf(tmp_path, tiny_models["llama"], tmp_path / "x.gguf")
+
+
+def _trained_profile(store, tiny_models, tmp_path, arch="qwen2"):
+    """A profile whose latest completed run points at a real (random, non-zero) adapter."""
+    pid = store.create_profile("Sam O'Neil")
+    random_adapter(tiny_models[arch], tmp_path / "run-adapter", seed=2)
+    run = store.create_run(pid, "cbpo", str(tiny_models[arch]), {"model": str(tiny_models[arch]), "steps": 3})
+    store.update_run(
+        run, status="completed", adapter_path=str(tmp_path / "run-adapter"), result={"eval": {"x": 1}}
+    )
+    store.add_summary(pid, SUMMARY, "dpl", score=0.12)
+    return pid, run
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_export_all_formats_and_serve_with_openai_client(store, tiny_models, tmp_path):
+    openai = pytest.importorskip("openai")
+    _, run = _trained_profile(store, tiny_models, tmp_path)
+    out = tmp_path / "export"
+    result = export(store, "Sam O'Neil", out, formats=["peft", "gguf", "merged", "summary"], gguf_dtype="f32")
+    names = {p.name for p in result.files}
+    slug = safe_name("Sam O'Neil")
+    assert slug == "Sam-O-Neil"
+    for expected in (f"{slug}-lora.gguf", f"{slug}-summary.txt", f"{slug}-openai-chat.json", f"{slug}-openai.py",
+                     "Modelfile", f"{slug}-llama-cpp.sh", "manifest.json", "adapter_config.json"):  # fmt: skip
+        assert expected in names, expected
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["training_run"]["id"] == run and manifest["summary"]["version"] == 1
+    assert set(manifest["formats"]) == {"peft", "gguf", "merged", "summary"} and not manifest["skipped"]
+    for rel, digest in manifest["files"].items():
+        import hashlib
+
+        assert hashlib.sha256((out / rel).read_bytes()).hexdigest() == digest
+    modelfile = (out / "Modelfile").read_text()
+    base_gguf = next(p for p in result.files if p.suffix == ".gguf" and "lora" not in p.name)
+    assert (
+        f"FROM ./{base_gguf.name}" in modelfile
+        and f"ADAPTER ./{slug}-lora.gguf" in modelfile
+        and SUMMARY in modelfile
+    )
+    body = json.loads((out / f"{slug}-openai-chat.json").read_text())
+    assert body["messages"][0] == {"role": "system", "content": SUMMARY}
+    compile((out / f"{slug}-openai.py").read_text(), "snippet", "exec")
+    assert store.stats()["tables"]["exports"] == 1
+
+    # llama.cpp's OpenAI-compatible server with the exported base + LoRA, spoken to by the official client.
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(base_gguf), "--lora_path", str(out / f"{slug}-lora.gguf"),
+         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "512", "--chat_format", "chatml"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="local", max_retries=0, timeout=30
+        )
+        deadline = time.time() + 120
+        while True:
+            try:
+                client.models.list()
+                break
+            except openai.APIConnectionError:
+                assert server.poll() is None, server.stderr.read()[-2000:]
+                assert time.time() < deadline, "server did not start"
+                time.sleep(0.5)
+        body["model"] = "local"
+        reply = client.chat.completions.create(**body, max_tokens=16, temperature=0)
+        assert reply.choices[0].message.content is not None
+        assert reply.usage.completion_tokens > 0
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_merged_model_matches_base_plus_adapter(store, tiny_models, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    _trained_profile(store, tiny_models, tmp_path, arch="llama")
+    result = export(store, "Sam O'Neil", tmp_path / "out", formats=["merged"])
+    merged_dir = next(p.parent for p in result.files if p.name == "config.json")
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_models["llama"], dtype=torch.float32)
+    reference = PeftModel.from_pretrained(base, str(tmp_path / "run-adapter")).eval()
+    ids = torch.tensor([[3, 40, 41, 42, 43, 100, 200, 300]])
+    with torch.no_grad():
+        a, b = merged(ids).logits, reference(ids).logits
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_export_errors_and_names(store, tmp_path, tiny_models):
+    store.create_profile("fresh")
+    with pytest.raises(IdiolectError, match="no trained adapter yet"):
+        export(store, "fresh", tmp_path / "o", formats=["peft"])
+    with pytest.raises(IdiolectError, match="unknown export format"):
+        export(store, "fresh", tmp_path / "o", formats=["zip"])
+    pid = store.get_profile("fresh")["id"]
+    store.add_summary(pid, SUMMARY, "user")
+    result = export(store, "fresh", tmp_path / "only-summary")  # defaults: what exists is exported
+    assert (
+        set(result.skipped) == {"peft", "gguf"} and (tmp_path / "only-summary" / "fresh-summary.txt").exists()
+    )
+    for evil in ("../../etc/passwd", "..", "a/b\\c", ""):
+        assert (
+            "/" not in safe_name(evil) and "\\" not in safe_name(evil) and not safe_name(evil).startswith(".")
+        )
+
+
+def test_cli_export(store, tiny_models, tmp_path):
+    _trained_profile(store, tiny_models, tmp_path)
+    store.close()
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "launch.py"), "export", "--profile", "Sam O'Neil", "--out", str(tmp_path / "cli"),
+         "--formats", "peft,summary", "--db", str(store.path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "Sam-O-Neil-summary.txt" in out.stdout and "manifest.json" in out.stdout
