@@ -152,6 +152,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db(p)
 
     p = sub.add_parser(
+        "summary",
+        help="how your writing differs from other writers', and the preference summary chosen by its lift",
+        description=(
+            "Compare a profile's writing with representative peers (DPL: clusters of the pool's writers, the writer "
+            "nearest each centre, your own cluster left out) on writing, emotional and semantic style; write several "
+            "candidate summaries (from the differences, and by an LLM when --llm-url or --llm-local is given); score "
+            "each by its lift under --model (how much it raises the likelihood of your held-out texts, minus other "
+            "writers'); keep the best as a new summary version."
+        ),
+    )
+    p.add_argument("--profile", required=True)
+    p.add_argument(
+        "--model", help="generator that scores the summaries (default: the base of the latest run)"
+    )
+    p.add_argument("--pool", default="default", help="peer pool to compare with (default: the bundled pool)")
+    p.add_argument(
+        "--llm-url", help="an OpenAI-compatible endpoint (up to /v1) that writes candidate summaries"
+    )
+    p.add_argument(
+        "--llm-model", default="gpt-4o-mini", help="model name for --llm-url (default: gpt-4o-mini)"
+    )
+    p.add_argument(
+        "--llm-local", action="store_true", help="let --model itself write candidate summaries too"
+    )
+    p.add_argument("--json", action="store_true", help="print the whole record as JSON")
+    _add_db(p)
+
+    p = sub.add_parser(
         "export",
         help="write the adapter (PEFT, GGUF LoRA, merged) and the preference summary to a folder",
         description=(
@@ -380,6 +408,60 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_summary(args) -> int:
+    import os
+
+    from core.profile import build_summary, openai_compatible_writer, report_text
+
+    with open_store(args.db) as store:
+        model = args.model
+        if not model:
+            runs = [
+                r
+                for r in store.list_runs(store.get_profile(args.profile)["id"])
+                if r["status"] == "completed"
+            ]
+            if not runs:
+                raise IdiolectError("name a model to score summaries with: --model HF_ID_OR_FOLDER")
+            model = runs[0]["config"]["model"]
+        writer = None
+        if args.llm_url:
+            # The key comes from the environment only, so it never lands in shell history or logs.
+            writer = openai_compatible_writer(
+                args.llm_url, os.environ.get("IDIOLECT_LLM_API_KEY"), args.llm_model
+            )
+        elif args.llm_local:
+            from core.generation import HFGenerator, SamplingParams
+            from core.models import local_model_dir
+
+            gen = HFGenerator.from_pretrained(local_model_dir(model))
+
+            def writer(prompt, seed=0):
+                return gen.generate(prompt, SamplingParams(max_new_tokens=160, temperature=0.7, seed=seed))
+
+        result = build_summary(
+            store,
+            args.profile,
+            model=model,
+            pool=args.pool,
+            writer=writer,
+            progress=lambda m: print(m, file=sys.stderr),
+        )
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    print(report_text(result["report"]))
+    print(f"\nRepresentative peers: {', '.join(result['report']['representatives'])}")
+    print(
+        f"\nSummary v{result['version']} (lift {result['summary']['lift']:+.3f}, candidate '{result['summary']['name']}'):"
+    )
+    print(result["summary"]["text"])
+    generic = next((c for c in result["candidates"] if c["name"] == "generic"), None)
+    if generic:
+        print(f"(a generic summary scores {generic['lift']:+.3f})")
+    return 0
+
+
 def cmd_export(args) -> int:
     from core.export import export
 
@@ -439,6 +521,7 @@ COMMANDS = {
     "generate": cmd_generate,
     "train": cmd_train,
     "export": cmd_export,
+    "summary": cmd_summary,
     "models": cmd_models,
     "bench": cmd_bench,
     "stats": cmd_stats,

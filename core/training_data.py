@@ -135,13 +135,13 @@ def select_peers(peers: list[dict], user_prompts: set[str], cap: int, seed: int)
     return out
 
 
-def tokenize(examples: list[Example], tokenizer, max_length: int) -> None:
+def tokenize(examples: list[Example], tokenizer, max_length: int, *, system: str | None = None) -> None:
     """Fill prompt_ids / response_ids (response ends with EOS). A long prompt is cut from the left to at most
-    half of ``max_length``; a long response is cut at the end."""
+    half of ``max_length``; a long response is cut at the end. ``system``: a system message (a summary)."""
     eos = tokenizer.eos_token_id
     templated = bool(tokenizer.chat_template)
     for e in examples:
-        prompt_text = render_prompt(tokenizer, e.prompt or DEFAULT_PROMPT, context=e.context)
+        prompt_text = render_prompt(tokenizer, e.prompt or DEFAULT_PROMPT, context=e.context, system=system)
         p_ids = tokenizer(prompt_text, add_special_tokens=not templated)["input_ids"]
         r_ids = tokenizer(e.text, add_special_tokens=False)["input_ids"] + [eos]
         p_ids = p_ids[-(max_length // 2) :] if len(p_ids) > max_length // 2 else p_ids

@@ -1,0 +1,145 @@
+"""DPL differences on texts whose styles are known by construction; POPI summaries on real writers."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from conftest import shared_file
+
+from core.profile import (
+    GENERIC_SUMMARY,
+    build_summary,
+    difference_report,
+    log_odds,
+    report_text,
+    representatives,
+    summary_lift,
+    template_candidates,
+    text_features,
+)
+
+
+def test_text_features_measure_what_they_say():
+    f = text_features("I love it!!! So good. We'll go again 🎉")
+    assert f["exclamations"] == pytest.approx(3 * 100 / 8)  # 3 marks in 8 words
+    assert f["sentiment"] > 0.4 and f["first_person"] > 0 and f["contractions"] > 0 and f["emoji"] > 0
+    assert text_features("One two three. Four five six.")["words_per_sentence"] == 3
+    assert text_features("Shopping:\n- milk\n- eggs\n- bread")["list_lines"] == pytest.approx(0.75)
+    assert text_features("this is bad. it was awful. terrible stuff.")["lowercase_starts"] == 1.0
+    assert text_features("this is bad. it was awful. terrible stuff.")["sentiment"] < -0.3
+    assert (
+        text_features("We met Anna in Paris at the Louvre in 2019 and paid 17.50 euros.")["proper_nouns"] > 15
+    )
+    assert text_features("We met Anna in Paris at the Louvre in 2019 and paid 17.50 euros.")["numbers"] > 10
+    assert text_features("the the the the dog dog")["vocabulary_richness"] == pytest.approx(2 / 6)
+
+
+CALM = ["The report was reviewed by the committee and approved after a short discussion.",
+        "Our meeting concluded at noon; the minutes will be circulated tomorrow morning.",
+        "The committee considered the budget carefully and recommended modest changes.",
+        "Attendance was steady throughout the quarter, according to the register."]  # fmt: skip
+LISTS = ["Plan:\n- buy paint\n- sand the door\n- two coats", "Steps:\n- boil water\n- add pasta\n- drain",
+         "Packing:\n- socks\n- charger\n- passport", "To do:\n- call the bank\n- pay rent\n- email the boss"]  # fmt: skip
+HYPE = ["OMG this is amazing!!! love love love it 🎉", "best day EVER!!! cannot believe how good it was 😍",
+        "wow!!! the new album is incredible, so happy!!!", "yes!!! we won the match, absolutely brilliant 🎉🎉"]  # fmt: skip
+
+
+def _pool(seed=0):
+    rng = random.Random(seed)
+    peers = {}
+    for name, base in (("calm", CALM), ("lists", LISTS), ("hype", HYPE)):
+        for i in range(4):
+            peers[f"{name}-{i}"] = [t + " " + rng.choice(["", "Indeed.", "Again.", "Noted."]) for t in base]
+    return peers
+
+
+def test_representatives_leave_out_the_users_own_cluster():
+    peers = _pool()
+    user = [
+        "sooo good!!! love this place 🎉",
+        "amazing night!!! best food EVER 😍",
+        "wow wow wow!!! happy 🎉",
+    ]
+    reps = representatives(user, peers, k=3, seed=0)
+    assert len(reps["representatives"]) == 2
+    assert not any(r.startswith("hype") for r in reps["representatives"])
+    assert {r.split("-")[0] for r in reps["representatives"]} == {"calm", "lists"}
+    assert all(w.startswith("hype") for w in reps["nearest_writers"][:3])
+
+
+def test_difference_report_names_the_known_differences():
+    peers = _pool()
+    user = ["sooo good!!! love this place 🎉", "amazing night!!! best food EVER 😍", "wow wow wow!!! happy 🎉",
+            "great match!!! we won, brilliant 🎉"]  # fmt: skip
+    report = difference_report(user, peers, seed=0)
+    z = {r["feature"]: r["z_vs_representatives"] for r in report["features"]}
+    assert z["exclamations"] > 1 and z["emoji"] > 1 and z["sentiment"] > 1 and z["list_lines"] < 0
+    text = report_text(report)
+    assert "use more exclamation marks" in text and "sound more positive" in text
+    cands = template_candidates(report, user)
+    assert {"concise", "full", "style"} <= set(cands)
+    assert all("writes" not in c for c in cands.values())  # bare verbs: "they use ...", "you use ..."
+
+
+def test_feedback_differences():
+    peers = _pool()
+    liked = ["Short. Clear. Done.", "Yes. Fine. Next.", "Good plan. Go."]
+    disliked = ["Well, I was thinking that perhaps, if it is not too much trouble, we could consider another option",
+                "It seems to me that there might possibly be several different ways in which one could approach it"]  # fmt: skip
+    report = difference_report(CALM, peers, liked=liked, disliked=disliked, seed=0)
+    fb = {d["feature"]: d["z"] for d in report["feedback"]["differences"]}
+    assert fb.get("words_per_sentence", 0) < 0 or fb.get("words_per_text", 0) < 0
+
+
+def test_log_odds_finds_distinctive_words():
+    user = ["the hops give this beer its bitterness, hops hops"] * 3
+    others = ["the coffee is strong and the milk is warm"] * 3
+    words = log_odds(user, others, user + others)
+    assert words["more"][0][0] == "hops"
+    assert "coffee" in [w for w, _ in words["less"]]
+
+
+@pytest.fixture(scope="module")
+def se_base(tmp_path_factory):
+    """A tiny LM pretrained on the shared Stack Exchange texts (about 15 s)."""
+    from core.importers import read_stackexchange
+    from core.pretrain import pretrain
+
+    texts = []
+    for name in ("beer.stackexchange.com_Posts.xml.gz", "coffee.stackexchange.com_Posts.xml.gz"):
+        rows, _, _ = read_stackexchange(shared_file(name))
+        texts += [r["context"][:300] + "\n\n" + r["text"] for r in rows]
+    return pretrain(texts, tmp_path_factory.mktemp("se") / "base", steps=400, seed=0)
+
+
+def test_popi_summary_beats_generic_and_another_writers(store, se_base, capsys):
+    from collections import Counter
+
+    from core.importers import import_peers
+    from core.models import load_hf_model
+
+    import_peers(store, shared_file("beer.stackexchange.com_Posts.xml.gz"), "beer")
+    pool = store.get_pool("beer")
+    top = [w for w, _ in Counter(p["writer"] for p in store.peer_texts(pool["id"])).most_common(3)]
+    for i, writer in enumerate(top):
+        pid = store.create_profile(f"writer{i}")
+        store.add_samples(
+            pid, [{"prompt": p["context"], "text": p["text"]} for p in store.peer_texts(pool["id"], [writer])]
+        )
+    results = [build_summary(store, f"writer{i}", model=str(se_base), pool="beer") for i in range(2)]
+    mine, other = results
+    generic = next(c for c in mine["candidates"] if c["name"] == "generic")
+    model, tok, _ = load_hf_model(se_base, device="cpu")
+    held = mine["heldout"]
+    others_summary = summary_lift(model, tok, other["summary"]["text"], held["user"], held["peers"])
+    chosen = mine["summary"]["lift"]
+    with capsys.disabled():
+        print(f"\nPOPI lift for writer0: chosen {chosen:+.4f} ({mine['summary']['name']}), generic {generic['lift']:+.4f}, "
+              f"writer1's summary {others_summary['lift']:+.4f}")  # fmt: skip
+    assert chosen > 0
+    assert chosen > generic["lift"] and generic["text"] == GENERIC_SUMMARY
+    assert chosen > others_summary["lift"]
+    saved = store.list_summaries(store.get_profile("writer0")["id"])[0]
+    assert saved["score"] == pytest.approx(chosen) and saved["source"].startswith("popi:")
+    assert len(saved["details"]["candidates"]) == len(mine["candidates"])
