@@ -143,3 +143,20 @@ def test_popi_summary_beats_generic_and_another_writers(store, se_base, capsys):
     saved = store.list_summaries(store.get_profile("writer0")["id"])[0]
     assert saved["score"] == pytest.approx(chosen) and saved["source"].startswith("popi:")
     assert len(saved["details"]["candidates"]) == len(mine["candidates"])
+
+
+def test_cli_summary(target_store, pretrained_base):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "launch.py"), "summary", "--profile", "me", "--model", str(pretrained_base),
+         "--pool", "others", "--db", str(target_store.path)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "Representative peers:" in out.stdout and "Summary v1 (lift" in out.stdout
+    assert "a generic summary scores" in out.stdout
+    assert target_store.list_summaries(target_store.get_profile("me")["id"])[0]["version"] == 1
