@@ -235,6 +235,22 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench_training.add_arguments(bp)
+    from bench import personalization as bench_personalization
+
+    bp = bench_sub.add_parser(
+        "pretrain",
+        help="pretrain a small LM on given texts (the base for quality benchmarks; cached)",
+        description=bench_personalization.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench_personalization.add_pretrain_arguments(bp)
+    bp = bench_sub.add_parser(
+        "personalization",
+        help="C-BPO vs base/SFT/BCO on real writers: likelihood lifts, ROUGE/METEOR/BLEU, authorship, pair accuracy",
+        description=bench_personalization.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench_personalization.add_personalization_arguments(bp)
     _add_db(p)
 
     p = sub.add_parser(
@@ -509,9 +525,15 @@ def cmd_models(args) -> int:
 
 def cmd_bench(args) -> int:
     from bench import generation as bench_generation
+    from bench import personalization as bench_personalization
     from bench import training as bench_training
 
-    {"generation": bench_generation.run, "training": bench_training.run}[args.bench](args)
+    {
+        "generation": bench_generation.run,
+        "training": bench_training.run,
+        "pretrain": bench_personalization.pretrain_cmd,
+        "personalization": bench_personalization.personalization_cmd,
+    }[args.bench](args)
     return 0
 
 
