@@ -439,6 +439,17 @@ class Store:
             raise IdiolectError(f"no profile with id {profile_id}")
         return rows[0]
 
+    def profile_settings(self, name: str) -> dict:
+        return _loads(self.get_profile(name)["settings"], {})
+
+    def update_profile_settings(self, name: str, **changes) -> dict:
+        """Merge ``changes`` into the profile's settings (e.g. its chosen model); returns the new settings."""
+        with self.write() as db:
+            profile = self.get_profile(name)
+            settings = {**_loads(profile["settings"], {}), **changes}
+            db.execute("UPDATE profiles SET settings = ? WHERE id = ?", [json.dumps(settings), profile["id"]])
+        return settings
+
     def list_profiles(self) -> list[dict]:
         return list(self.db.query("SELECT * FROM profiles ORDER BY name"))
 
@@ -591,6 +602,12 @@ class Store:
                 )
                 .last_pk
             )
+
+    def get_generation(self, generation_id: int) -> dict:
+        rows = list(self.db.query("SELECT * FROM generations WHERE id = ?", [generation_id]))
+        if not rows:
+            raise IdiolectError(f"no generation with id {generation_id}")
+        return rows[0]
 
     def list_feedback(self, profile_id: int) -> list[dict]:
         return list(

@@ -1,0 +1,170 @@
+"""End to end in a real browser: headless Chromium (Debian's) driven by Playwright against the app on 127.0.0.1
+with a tiny model. Create a profile, add writing, choose the model, generate and rate, train, see the summary,
+export -- checking what the page shows, what lands in SQLite and what lands on disk.
+
+Set IDIOLECT_SCREENSHOTS=DIR to keep a screenshot of every tab (docs/screenshots/ is made that way)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, TARGET_WRITER
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+playwright = pytest.importorskip("playwright.sync_api")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)"
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def app(tmp_path):
+    port = _free_port()
+    env = {**os.environ, "IDIOLECT_HOME": str(tmp_path / "home"), "GRADIO_ANALYTICS_ENABLED": "False"}
+    db = tmp_path / "home" / "idiolect.db"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "launch.py"), "--no-browser", "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 120
+    import urllib.request
+
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.time() < deadline, "the app did not start"
+            time.sleep(0.5)
+    yield url, db
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_first_time_user_journey(app, pretrained_base, tmp_path):
+    url, db = app
+    shots = Path(os.environ["IDIOLECT_SCREENSHOTS"]) if os.environ.get("IDIOLECT_SCREENSHOTS") else None
+    texts = [
+        json.loads(line)["text"]
+        for line in (ROOT / "assets/peers/default" / f"{TARGET_WRITER}.jsonl").read_text().splitlines()
+    ]
+    pasted = "\n\n".join(texts)
+    # One sample per paragraph; a paragraph that repeats (a sign-off) is kept once.
+    n_blocks = len({" ".join(b.split()) for b in re.split(r"\n[ \t]*\n", pasted) if b.strip()})
+    export_dir = tmp_path / "my-export"
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--no-first-run", "--disable-sync", "--disable-quic"],
+        )  # fmt: skip
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(60_000)
+        page.goto(url)
+
+        def shot(name):
+            if shots:
+                page.wait_for_timeout(1500)  # let the plots draw
+                shots.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+
+        def tab(name):
+            page.get_by_role("tab", name=name).click()
+
+        # Profile & writing
+        page.fill("#new-profile input, #new-profile textarea", "e2e")
+        page.click("#create-profile")
+        page.wait_for_function("document.querySelector('#status').innerText.includes('Profile e2e')")
+        page.fill("#paste textarea", pasted)
+        page.click("#add-paste")
+        page.wait_for_function(
+            f"document.querySelector('#import-report').innerText.includes('{n_blocks} added')"
+        )
+        assert f"{n_blocks} samples" in page.inner_text("#status")
+        shot("1-profile-and-writing")
+
+        # Model
+        tab("Model")
+        page.fill("#custom-model input, #custom-model textarea", str(pretrained_base))
+        page.click("#use-model")
+        page.wait_for_function(
+            "document.querySelector('#model-status').innerText.includes('Using the folder')"
+        )
+        shot("2-model")
+
+        # Rate: generate two, thumbs-up A by click, thumbs-down B by keyboard shortcut.
+        tab("Rate")
+        page.fill("#prompt-own input, #prompt-own textarea", "Describe your morning coffee.")
+        page.click("#generate-btn")
+        page.wait_for_function(
+            "document.querySelector('#pair-label').innerText.includes('rate each')", timeout=120_000
+        )
+        assert page.input_value("#text-a textarea").strip() and page.input_value("#text-b textarea").strip()
+        page.click("#up-a")
+        page.wait_for_function("document.querySelector('#rate-status').innerText.includes('Saved 👍 for A')")
+        page.locator("body").click(position={"x": 5, "y": 5})
+        page.keyboard.press("4")
+        page.wait_for_function("document.querySelector('#rate-status').innerText.includes('Saved 👎 for B')")
+        shot("3-rate")
+
+        # Train a few steps in the worker process; the page polls its progress.
+        tab("Train")
+        page.fill("#train-steps input", "6")
+        page.fill("#train-lr input", "0.001")
+        page.click("#start-train")
+        page.wait_for_function(
+            "document.querySelector('#train-progress').innerText.includes('completed')", timeout=300_000
+        )
+        assert "step 6/6" in page.inner_text("#train-progress")
+        shot("4-train")
+
+        # You vs. peers: differences and the summary chosen by lift.
+        tab("You vs. peers")
+        page.click("#analyze")
+        page.wait_for_function(
+            "document.querySelector('#summary-score').innerText.includes('lift')", timeout=300_000
+        )
+        assert "Representative peers:" in page.inner_text("#report")
+        summary = page.input_value("#summary textarea")
+        assert len(summary) > 20
+        shot("5-you-vs-peers")
+
+        # Export
+        tab("Export")
+        page.fill("#export-folder input, #export-folder textarea", str(export_dir))
+        page.click("#export-btn")
+        page.wait_for_function(
+            "document.querySelector('#export-report').innerText.includes('Exported to')", timeout=300_000
+        )
+        assert "e2e-lora.gguf" in page.inner_text("#export-report")
+        shot("6-export")
+        browser.close()
+
+    conn = sqlite3.connect(db)
+    count = lambda sql: conn.execute(sql).fetchone()[0]  # noqa: E731
+    assert count("SELECT count(*) FROM samples") == n_blocks
+    assert count("SELECT count(*) FROM generations") == 2
+    assert [r[0] for r in conn.execute("SELECT rating FROM feedback ORDER BY id")] == [1, -1]
+    assert count("SELECT count(*) FROM runs WHERE status = 'completed' AND step = 6") == 1
+    assert count("SELECT text FROM summaries ORDER BY version DESC LIMIT 1") == summary
+    assert count("SELECT count(*) FROM exports") == 1
+    assert (export_dir / "manifest.json").exists() and (export_dir / "e2e-lora.gguf").exists()
+    assert (export_dir / "e2e-summary.txt").read_text().strip() == summary.strip()
