@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections import Counter, defaultdict
 
@@ -38,33 +37,23 @@ def test_pool_size_and_shared_prompts():
     assert all(n >= 30 for n in answered.values())
 
 
-def _features(text: str) -> Counter:
-    t = f" {text} "
-    return Counter(t[i : i + 3] for i in range(len(t) - 2))
-
-
-def _cosine(a: Counter, b: Counter) -> float:
-    dot = sum(v * b.get(k, 0) for k, v in a.items())
-    na = math.sqrt(sum(v * v for v in a.values()))
-    nb = math.sqrt(sum(v * v for v in b.values()))
-    return dot / (na * nb) if na and nb else 0.0
-
-
 def test_voices_are_distinct_enough_to_tell_apart():
-    """Leave-one-out authorship attribution with character trigram profiles: if the voices are really
-    different, a held-out text is closest to its own writer's other texts far more often than chance."""
+    """Authorship attribution, cross-validated: a character n-gram classifier trained on the other answers of
+    each writer names the writer of a held-out answer far more often than chance (1/32), although every answer
+    is to a different prompt (so topic does not give it away)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+
     pool = load_pool()
-    feats = {w: [_features(r["text"]) for r in rows] for w, rows in pool.items()}
-    totals = {w: sum(fs, Counter()) for w, fs in feats.items()}
-    hits = n = 0
-    for writer, fs in feats.items():
-        for f in fs:
-            own = totals[writer] - f
-            best = max(totals, key=lambda w: _cosine(f, own if w == writer else totals[w]))
-            hits += best == writer
-            n += 1
-    accuracy = hits / n
-    assert accuracy > 0.6, f"attribution accuracy {accuracy:.2f} (chance {1 / len(pool):.2f})"
+    texts = [r["text"] for rows in pool.values() for r in rows]
+    writers = [w for w, rows in pool.items() for _ in rows]
+    clf = make_pipeline(
+        TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True), LogisticRegression(C=10, max_iter=3000)
+    )
+    accuracy = cross_val_score(clf, texts, writers, cv=StratifiedKFold(7, shuffle=True, random_state=0)).mean()
+    assert accuracy > 0.55, f"attribution accuracy {accuracy:.2f} (chance {1 / len(pool):.2f})"
 
 
 def test_lengths_vary_across_writers():
