@@ -28,6 +28,8 @@ from core.text import bad_bytes, decode, html_to_text, normalize
 
 MAX_TEXT_CHARS = 50_000  # about 8,000 words: longer rows are skipped with a reason (split them first)
 MAX_SAMPLE_FILE_BYTES = 64 * 1024 * 1024
+MAX_XML_LINE_BYTES = 8 * 1024 * 1024  # one <row/> of a dump; longer lines are skipped (and never held whole)
+MAX_DECOMPRESSED_BYTES = 8 * 1024**3  # a .gz that inflates past this is refused as a likely zip bomb
 SAMPLE_SUFFIXES = (".txt", ".md", ".markdown", ".jsonl", ".ndjson", ".json", ".csv", ".tsv")
 PEER_FORMATS = ("auto", "stackexchange", "jsonl", "csv")
 SPLITS = ("blocks", "file")
@@ -111,7 +113,7 @@ def _read_bytes(path: Path, limit: int) -> bytes:
     size = path.stat().st_size
     if size > limit:
         raise ImportFailed(
-            f"{path.name}: {size / 2**20:.1f} MiB is over the {limit // 2**20} MiB limit per file"
+            f"{path.name}: {_human(size)} is over the {_human(limit)} limit per file"
         )
     try:
         data = path.read_bytes()
@@ -120,6 +122,14 @@ def _read_bytes(path: Path, limit: int) -> bytes:
     if b"\x00" in data[:8192] and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise ImportFailed(f"{path.name}: looks like a binary file, not text")
     return data
+
+
+def _human(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} bytes" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
 
 
 def _line_of(text: str, offset: int) -> int:
@@ -374,6 +384,35 @@ def _open_maybe_gzip(path: Path):
     return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
 
 
+def _bounded_lines(fh, max_line: int, max_total: int):
+    """Lines of a binary stream without ever holding more than ``max_line`` bytes of one line: yields
+    ``(line, None)`` or ``(None, reason)`` for a line that was too long (its rest is read and dropped). Stops with
+    ImportFailed once ``max_total`` bytes have been read (a decompression bomb)."""
+    total = 0
+    while True:
+        line = fh.readline(max_line + 1)
+        if not line:
+            return
+        total += len(line)
+        if len(line) > max_line and not line.endswith(b"\n"):
+            while True:  # drain the rest of the over-long line in bounded pieces
+                rest = fh.readline(max_line)
+                total += len(rest)
+                if not rest or rest.endswith(b"\n"):
+                    break
+                if total > max_total:
+                    raise ImportFailed(
+                        f"the file inflates to over {max_total / 2**30:.0f} GiB; refusing it (a zip bomb?)"
+                    )
+            yield None, f"line longer than {max_line // 2**20} MiB; skipped"
+        else:
+            yield line, None
+        if total > max_total:
+            raise ImportFailed(
+                f"the file inflates to over {max_total / 2**30:.0f} GiB; refusing it (a zip bomb?)"
+            )
+
+
 def _se_site(path: Path) -> str:
     m = re.match(r"(.+?)_Posts\.xml", path.name, re.IGNORECASE)
     return m.group(1) if m else ""
@@ -426,8 +465,12 @@ def read_stackexchange(
 
     try:
         with _open_maybe_gzip(path) as fh:
-            for raw in fh:
+            for raw, too_long in _bounded_lines(fh, MAX_XML_LINE_BYTES, MAX_DECOMPRESSED_BYTES):
                 lineno += 1
+                if too_long:
+                    skipped.append(Skipped(f"line {lineno}", too_long))
+                    buffer = ""
+                    continue
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as exc:

@@ -340,9 +340,11 @@ class Store:
                 time.sleep(0.05)
         try:
             yield self.db
-        except BaseException:
+        except BaseException as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError) and _is_environmental(exc):
+                raise _friendly(exc, self.path) from exc
             raise
         try:
             conn.execute("COMMIT")
@@ -868,6 +870,11 @@ class Store:
             "pools": pools,
             "profiles": profiles,
         }
+
+
+def _is_environmental(exc: sqlite3.Error) -> bool:
+    msg = str(exc)
+    return "readonly" in msg or "read-only" in msg or "full" in msg or "disk I/O" in msg
 
 
 def _friendly(exc: sqlite3.Error, path: Path) -> IdiolectError:

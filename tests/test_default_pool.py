@@ -50,9 +50,12 @@ def test_voices_are_distinct_enough_to_tell_apart():
     texts = [r["text"] for rows in pool.values() for r in rows]
     writers = [w for w, rows in pool.items() for _ in rows]
     clf = make_pipeline(
-        TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True), LogisticRegression(C=10, max_iter=3000)
+        TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True),
+        LogisticRegression(C=10, max_iter=3000),
     )
-    accuracy = cross_val_score(clf, texts, writers, cv=StratifiedKFold(7, shuffle=True, random_state=0)).mean()
+    accuracy = cross_val_score(
+        clf, texts, writers, cv=StratifiedKFold(7, shuffle=True, random_state=0)
+    ).mean()
     assert accuracy > 0.55, f"attribution accuracy {accuracy:.2f} (chance {1 / len(pool):.2f})"
 
 
