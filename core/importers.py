@@ -112,9 +112,7 @@ def _read_bytes(path: Path, limit: int) -> bytes:
         raise ImportFailed(f"{path}: is a folder, not a file")
     size = path.stat().st_size
     if size > limit:
-        raise ImportFailed(
-            f"{path.name}: {_human(size)} is over the {_human(limit)} limit per file"
-        )
+        raise ImportFailed(f"{path.name}: {_human(size)} is over the {_human(limit)} limit per file")
     try:
         data = path.read_bytes()
     except OSError as exc:

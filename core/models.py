@@ -287,6 +287,14 @@ def load_hf_model(model_dir: str | Path, *, device: str = "auto", quantize: str 
         raise IdiolectError(f"cannot load the model from {model_dir}: {exc}") from exc
     if not four_bit:
         model.to(device)
+    elif device == "cpu":
+        # bitsandbytes repacks 4-bit weights for AVX512-BF16 inference on the first no-grad CPU pass, and its
+        # repacked path then fails in training ("a view of a leaf Variable ... in-place", on layers with a bias,
+        # bitsandbytes 0.50). Training here always follows no-grad passes (the reference log-probs), so keep the
+        # training layout.
+        for module in model.modules():
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
     model.eval()
     tokenizer = load_tokenizer(model_dir)
     desc = {

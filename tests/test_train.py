@@ -154,3 +154,18 @@ def test_training_benchmark_writes_its_table(tiny_models, tmp_path):
     ]
     assert result["speedup_vs_trl"] > 0 and all(r["peak MB"] > 0 for r in result["rows"])
     assert "Against TRL's defaults" in (tmp_path / "training.md").read_text()
+
+
+def test_qlora_path_runs_on_cpu(pretrained_base, target_store):
+    """The CUDA recipe (4-bit NF4 base via bitsandbytes, k-bit preparation, LoRA) also runs on the CPU, so the
+    QLoRA code path is exercised without a GPU."""
+    import bitsandbytes as bnb
+
+    from core.models import load_hf_model
+
+    model, _, desc = load_hf_model(pretrained_base, device="cpu", quantize="4bit")
+    assert desc["quantization"] == "nf4"
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    run = create_run(target_store, "me", config(pretrained_base, steps=3, quantize="4bit", device="cpu"))
+    result = Trainer(target_store, run).run()
+    assert result["status"] == "completed" and len(target_store.run_metrics(run)) == 3
