@@ -44,6 +44,20 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _result(engine: str, step_times: list[float], batch: int, mean_tokens: float, rss_before: float) -> dict:
+    """Throughput from the median step time after the warm-up steps, and the process's peak memory."""
+    median = statistics.median(step_times[WARMUP_STEPS:])
+    return {
+        "engine": engine,
+        "samples_per_s": batch / median,
+        "tokens_per_s": batch / median * mean_tokens,
+        "median_step_s": median,
+        "peak_mb": _peak_mb(),
+        "rss_before_train_mb": rss_before,
+        "mean_tokens_per_sample": mean_tokens,
+    }
+
+
 def _data(target: str):
     from core.peers import DEFAULT_POOL_DIR
 
@@ -90,12 +104,9 @@ def engine_idiolect(args) -> dict:
             peer_cap=len(aux),
         )  # fmt: skip
         run = create_run(store, "bench", cfg)
-        marks: dict[str, float] = {}
         times: list[float] = []
 
         def progress(step, total, m):
-            if step == 1:
-                marks["rss_after_load"] = marks.get("rss_after_load") or m.get("peak_memory_mb", 0)
             times.append(m["seconds"])
 
         from transformers import AutoTokenizer
@@ -105,17 +116,7 @@ def engine_idiolect(args) -> dict:
         rss_before = _rss_mb()
         Trainer(store, run, progress=progress).run()
         store.close()
-    steady = times[WARMUP_STEPS:]
-    samples_per_s = args.batch / statistics.median(steady)
-    return {
-        "engine": "idiolect C-BPO",
-        "samples_per_s": samples_per_s,
-        "tokens_per_s": samples_per_s * mean_tokens,
-        "median_step_s": statistics.median(steady),
-        "peak_mb": _peak_mb(),
-        "rss_before_train_mb": rss_before,
-        "mean_tokens_per_sample": mean_tokens,
-    }
+    return _result("idiolect C-BPO", times, args.batch, mean_tokens, rss_before)
 
 
 def engine_trl(args) -> dict:
@@ -164,18 +165,8 @@ def engine_trl(args) -> dict:
             callbacks=[Timer()],
         )  # fmt: skip
         trainer.train()
-    steady = times[WARMUP_STEPS:]
-    samples_per_s = args.batch / statistics.median(steady)
-    return {
-        "engine": "TRL KTOTrainer"
-        + (" (reference log-probs precomputed)" if args.engine == "trl-precompute" else " (defaults)"),
-        "samples_per_s": samples_per_s,
-        "tokens_per_s": samples_per_s * mean_tokens,
-        "median_step_s": statistics.median(steady),
-        "peak_mb": _peak_mb(),
-        "rss_before_train_mb": rss_before,
-        "mean_tokens_per_sample": mean_tokens,
-    }
+    label = "(reference log-probs precomputed)" if args.engine == "trl-precompute" else "(defaults)"
+    return _result(f"TRL KTOTrainer {label}", times, args.batch, mean_tokens, rss_before)
 
 
 def run(args: argparse.Namespace) -> dict:
