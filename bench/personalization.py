@@ -272,7 +272,8 @@ def personalization_cmd(args) -> dict:
                     cfg = TrainConfig(
                         model=str(base_dir), objective=objective, pool="peers", steps=args.steps, batch_size=args.batch,
                         lr=args.lr, max_length=args.max_length, heldout_fraction=0.0, save_every=10**6, seed=args.seed,
-                        device=args.device, quantize="none",
+                        device=args.device, quantize="none", beta=args.beta,
+                        lambda_sft=args.lambda_sft if objective != "sft" else 0.0,
                     )  # fmt: skip
                     run = create_run(store, name, cfg)
                     Trainer(store, run).run()
@@ -340,7 +341,7 @@ def personalization_cmd(args) -> dict:
         "base": str(base_dir),
         "settings": {
             k: getattr(args, k)
-            for k in ("steps", "batch", "lr", "max_length", "gen_tokens", "seed", "peer_heldout")
+            for k in ("steps", "batch", "lr", "beta", "lambda_sft", "max_length", "gen_tokens", "seed", "peer_heldout")
         },
         "per_target": per_target,
         "meteor_note": "METEOR with exact + Porter-stem matching only (WordNet synonyms need a download)",
@@ -356,7 +357,7 @@ def personalization_cmd(args) -> dict:
     table = [{"objective": o, **{k: cell(o, k) for k in keys}} for o in objectives]
     command = (
         f"python launch.py bench personalization --peers {args.peers} --targets {args.targets} --base {args.base} "
-        f"--out {args.out} --seed {args.seed} --steps {args.steps}"
+        f"--out {args.out} --seed {args.seed} --steps {args.steps} --beta {args.beta} --lambda-sft {args.lambda_sft}"
     )
     _, md = write(
         args.out,
@@ -387,6 +388,10 @@ def add_personalization_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=60, help="training steps per adapter (default: 60)")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 1e-3, for a small base)")
+    p.add_argument("--beta", type=float, default=0.1, help="reward scale for bco/cbpo (default: 0.1)")
+    p.add_argument(
+        "--lambda-sft", type=float, default=0.0, help="target NLL weight added to bco/cbpo (default: 0)"
+    )
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument(
         "--gen-tokens", type=int, default=48, help="tokens generated per held-out question (default: 48)"
