@@ -357,7 +357,8 @@ def personalization_cmd(args) -> dict:
     table = [{"objective": o, **{k: cell(o, k) for k in keys}} for o in objectives]
     command = (
         f"python launch.py bench personalization --peers {args.peers} --targets {args.targets} --base {args.base} "
-        f"--out {args.out} --seed {args.seed} --steps {args.steps} --beta {args.beta} --lambda-sft {args.lambda_sft}"
+        f"--out {args.out} --seed {args.seed} --steps {args.steps} --beta {args.beta} --lambda-sft {args.lambda_sft} "
+        f"--objectives {args.objectives}" + ("" if args.popi else " --no-popi")
     )
     _, md = write(
         args.out,
