@@ -341,7 +341,17 @@ def personalization_cmd(args) -> dict:
         "base": str(base_dir),
         "settings": {
             k: getattr(args, k)
-            for k in ("steps", "batch", "lr", "beta", "lambda_sft", "max_length", "gen_tokens", "seed", "peer_heldout")
+            for k in (
+                "steps",
+                "batch",
+                "lr",
+                "beta",
+                "lambda_sft",
+                "max_length",
+                "gen_tokens",
+                "seed",
+                "peer_heldout",
+            )
         },
         "per_target": per_target,
         "meteor_note": "METEOR with exact + Porter-stem matching only (WordNet synonyms need a download)",
