@@ -261,6 +261,21 @@ def personalization_cmd(args) -> dict:
                 [r["text"] for r in split["train"]], [r["text"] for r in peer_train[:2000]], args.seed
             )
             per_target[name] = {}
+
+            def evaluate_on(model, adapter, split=split, pairs=pairs, clf=clf):
+                return evaluate(
+                    model,
+                    tokenizer,
+                    adapter,
+                    split,
+                    peer_held,
+                    pairs,
+                    clf,
+                    args.max_length,
+                    args.gen_tokens,
+                    device,
+                )
+
             for objective in objectives:
                 print(
                     f"[{time.monotonic() - started:5.0f}s] {name} ({len(split['train'])} texts): {objective}",
@@ -279,33 +294,11 @@ def personalization_cmd(args) -> dict:
                     Trainer(store, run).run()
                     model = PeftModel.from_pretrained(base_model, store.get_run(run)["adapter_path"]).eval()
                     adapter = True
-                m = evaluate(
-                    model,
-                    tokenizer,
-                    adapter,
-                    split,
-                    peer_held,
-                    pairs,
-                    clf,
-                    args.max_length,
-                    args.gen_tokens,
-                    device,
-                )
+                m = evaluate_on(model, adapter)
                 if adapter:
                     base_model = model.unload()  # detach the adapter, keep the base for the next objective
                 per_target[name][objective] = m
-            base_m = per_target[name].get("base") or evaluate(
-                base_model,
-                tokenizer,
-                False,
-                split,
-                peer_held,
-                pairs,
-                clf,
-                args.max_length,
-                args.gen_tokens,
-                device,
-            )
+            base_m = per_target[name].get("base") or evaluate_on(base_model, False)
             base_pairs = base_m.get("_pair_logps")
             for objective, m in per_target[name].items():
                 m["target_lift"] = m["target_ll"] - base_m["target_ll"]
