@@ -236,6 +236,46 @@ def _table_format(path: Path) -> str | None:
 # Own writing.
 
 
+def _add_sample(
+    rows: list[dict], skipped: list[Skipped], where: str, text, source: str, prompt=None, context=None
+) -> None:
+    """Check one sample and append it to ``rows``, or say in ``skipped`` why not."""
+    problem = check_text(text)
+    if problem:
+        skipped.append(Skipped(where, problem))
+        return
+    prompt, p1 = _optional(prompt, "prompt")
+    context, p2 = _optional(context, "context")
+    if p1 or p2:
+        skipped.append(Skipped(where, p1 or p2))
+        return
+    clean = normalize(text)
+    if not clean:
+        skipped.append(Skipped(where, "empty 'text' (only control characters)"))
+        return
+    rows.append({"prompt": prompt, "context": context, "text": clean, "source": source})
+
+
+def parse_text_samples(
+    text: str, *, split: str = "blocks", source: str, whole: str = "the file"
+) -> tuple[list[dict], list[Skipped]]:
+    """Plain text (a .txt/.md file or pasted writing): one sample per blank-line-separated block, or the
+    whole text as one sample with ``split="file"``."""
+    if split not in SPLITS:
+        raise IdiolectError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+    rows: list[dict] = []
+    skipped: list[Skipped] = []
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if split == "file":
+        _add_sample(rows, skipped, whole, text, source)
+    else:
+        for n, m in enumerate(re.finditer(r"(?:[^\n]|\n(?![ \t]*\n))+", text), 1):
+            if m.group().strip():
+                start = m.start() + len(m.group()) - len(m.group().lstrip("\n"))  # a block may begin with "\n"
+                _add_sample(rows, skipped, f"block {n} (line {_line_of(text, start)})", m.group(), source)
+    return rows, skipped
+
+
 def read_samples(
     path: str | Path, *, split: str = "blocks", encoding: str = "utf-8"
 ) -> tuple[list[dict], list[Skipped], str | None]:
@@ -258,30 +298,11 @@ def read_samples(
     skipped: list[Skipped] = []
 
     def add(where: str, text_value, prompt=None, context=None) -> None:
-        problem = check_text(text_value)
-        if problem:
-            skipped.append(Skipped(where, problem))
-            return
-        prompt, p1 = _optional(prompt, "prompt")
-        context, p2 = _optional(context, "context")
-        if p1 or p2:
-            skipped.append(Skipped(where, p1 or p2))
-            return
-        clean = normalize(text_value)
-        if not clean:
-            skipped.append(Skipped(where, "empty 'text' (only control characters)"))
-            return
-        rows.append({"prompt": prompt, "context": context, "text": clean, "source": path.name})
+        _add_sample(rows, skipped, where, text_value, path.name, prompt, context)
 
     fmt = _table_format(path)
     if fmt is None:  # .txt / .md
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
-        if split == "file":
-            add("the file", text)
-        else:
-            for n, m in enumerate(re.finditer(r"(?:[^\n]|\n(?![ \t]*\n))+", text), 1):
-                if m.group().strip():
-                    add(f"block {n} (line {_line_of(text, m.start())})", m.group())
+        rows, skipped = parse_text_samples(text, split=split, source=path.name)
         if not rows and not skipped:
             skipped.append(Skipped("the file", "empty file"))
         return rows, skipped, None
@@ -349,18 +370,8 @@ def import_sample_texts(store: Store, profile: str, texts: str, *, split: str = 
     """Pasted writing: the same rules as a .txt file."""
     profile = check_name(profile)
     report = ImportReport(source="pasted text", target=f"profile {profile}")
-    rows, skipped = [], []
-    chunks = [texts] if split == "file" else re.split(r"\n[ \t]*\n", texts.replace("\r\n", "\n"))
-    for n, chunk in enumerate(chunks, 1):
-        if not chunk.strip():
-            continue
-        problem = check_text(chunk)
-        if problem:
-            skipped.append(Skipped(f"block {n}", problem))
-        else:
-            rows.append({"text": normalize(chunk), "source": "pasted"})
-    report.skipped = skipped
-    if not rows and not skipped:
+    rows, report.skipped = parse_text_samples(texts, split=split, source="pasted", whole="the pasted text")
+    if not rows and not report.skipped:
         report.error = "nothing to add: the text is empty"
         return report
     with store.write():

@@ -367,7 +367,6 @@ class Trainer:
             cfg.batch_size,
             aux_per_batch,
             cfg.neg_per_batch,
-            cfg.epochs,
             total * cfg.grad_accum,
             cfg.seed,
         )

@@ -174,7 +174,6 @@ def plan_batches(
     batch_size: int,
     aux_per_batch: int,
     neg_per_batch: int,
-    epochs: int,
     total_steps: int,
     seed: int,
 ):

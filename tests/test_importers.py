@@ -142,8 +142,9 @@ def test_folder_import_and_pasted_text(tmp_path, store):
     (tmp_path / "d" / "ignore.png").write_bytes(b"\x89PNG")
     reports = import_samples(store, "ana", [tmp_path / "d"])
     assert sum(r.added for r in reports) == 3
-    report = import_sample_texts(store, "ana", "four\n\n\n\nfive\n\none")
+    report = import_sample_texts(store, "ana", "four\n\n\n\nfive\n\none\n\n\x07")
     assert (report.added, report.duplicates) == (2, 1)
+    assert [(s.where, s.reason) for s in report.skipped] == [("block 4 (line 9)", "empty 'text' (only control characters)")]
 
 
 # --- Stack Exchange --------------------------------------------------------------------------------------
