@@ -55,40 +55,38 @@ document.addEventListener('keydown', (e) => {
 """
 
 
+def _readable(fn_name: str, exc: Exception) -> gr.Error:
+    """The one message the page shows for a failure; the traceback goes to the log only."""
+    if isinstance(exc, gr.Error):
+        return exc
+    if isinstance(exc, IdiolectError):
+        return gr.Error(str(exc))
+    log.error("unexpected error in %s:\n%s", fn_name, traceback.format_exc())
+    return gr.Error(f"Something went wrong ({type(exc).__name__}: {exc}). Details are in the log.")
+
+
 def friendly(fn):
-    """Turn any failure into a readable message on the page; keep the traceback in the log only."""
+    """Turn any failure into a readable message on the page."""
 
     @wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except IdiolectError as exc:
-            raise gr.Error(str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - the user sees one line, the log gets the rest
-            log.error("unexpected error in %s:\n%s", fn.__name__, traceback.format_exc())
-            raise gr.Error(
-                f"Something went wrong ({type(exc).__name__}: {exc}). Details are in the log."
-            ) from None
+            raise _readable(fn.__name__, exc) from None
 
     return wrapper
 
 
 def friendly_stream(fn):
+    """The same for a streaming (generator) handler."""
+
     @wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             yield from fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except IdiolectError as exc:
-            raise gr.Error(str(exc)) from None
         except Exception as exc:  # noqa: BLE001
-            log.error("unexpected error in %s:\n%s", fn.__name__, traceback.format_exc())
-            raise gr.Error(
-                f"Something went wrong ({type(exc).__name__}: {exc}). Details are in the log."
-            ) from None
+            raise _readable(fn.__name__, exc) from None
 
     return wrapper
 

@@ -21,19 +21,12 @@ PROMPT = "Write a short review of a pair of headphones you bought recently."
 
 
 def small_model(cache: Path, arch: str = "llama") -> Path:
-    from core.peers import DEFAULT_POOL_DIR
+    from core.peers import default_pool_rows
     from core.tinymodels import save_tiny_model
 
     path = cache / f"bench-small-{arch}-v32k"
     if not (path / "config.json").exists():
-        import json
-
-        texts = [
-            json.loads(line)["text"]
-            for f in sorted(DEFAULT_POOL_DIR.glob("*.jsonl"))
-            for line in f.read_text(encoding="utf-8").splitlines()
-            if line.strip()
-        ] or [(ROOT / "README.md").read_text()] * 5
+        texts = [r["text"] for rows in default_pool_rows().values() for r in rows]
         save_tiny_model(
             path, arch, texts, vocab_size=2048, hidden_size=256, layers=4, heads=8, kv_heads=4,
             intermediate_size=768, max_positions=1024, init_std=0.05, pad_vocab_to=32768,

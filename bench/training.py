@@ -59,13 +59,9 @@ def _result(engine: str, step_times: list[float], batch: int, mean_tokens: float
 
 
 def _data(target: str):
-    from core.peers import DEFAULT_POOL_DIR
+    from core.peers import default_pool_rows
 
-    files = sorted(DEFAULT_POOL_DIR.glob("*.jsonl"))
-    rows = {
-        f.stem: [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
-        for f in files
-    }
+    rows = default_pool_rows()
     tar = rows.pop(target)
     aux = [r for rs in rows.values() for r in rs]
     return tar, aux

@@ -271,7 +271,9 @@ def parse_text_samples(
     else:
         for n, m in enumerate(re.finditer(r"(?:[^\n]|\n(?![ \t]*\n))+", text), 1):
             if m.group().strip():
-                start = m.start() + len(m.group()) - len(m.group().lstrip("\n"))  # a block may begin with "\n"
+                start = (
+                    m.start() + len(m.group()) - len(m.group().lstrip("\n"))
+                )  # a block may begin with "\n"
                 _add_sample(rows, skipped, f"block {n} (line {_line_of(text, start)})", m.group(), source)
     return rows, skipped
 

@@ -34,6 +34,15 @@ def bundled_prompt_sets() -> dict[str, list[dict]]:
     return sets
 
 
+def default_pool_rows() -> dict[str, list[dict]]:
+    """The bundled pool as ``{file stem: [{writer, prompt_id, prompt, text}, ...]}`` (the benchmarks and tests
+    read it directly, without a database)."""
+    return {
+        f.stem: [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+        for f in sorted(DEFAULT_POOL_DIR.glob("*.jsonl"))
+    }
+
+
 def ensure_defaults(store: Store) -> list[ImportReport]:
     """Load the bundled prompt sets and the default peer pool into a database that lacks them.
     Idempotent and cheap when they are already there."""

@@ -37,15 +37,10 @@ def beer_posts() -> Path:
 
 
 def _tokenizer_corpus() -> list[str]:
-    """Real text to train the tiny tokenizers on: the bundled peer pool (and the README as a fallback)."""
-    import json
+    """Real text to train the tiny tokenizers on: the bundled peer pool."""
+    from core.peers import default_pool_rows
 
-    texts = []
-    for path in sorted((ROOT / "assets" / "peers" / "default").glob("*.jsonl")):
-        texts += [
-            json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
-        ]
-    return texts or [(ROOT / "README.md").read_text(encoding="utf-8")] * 5
+    return [r["text"] for rows in default_pool_rows().values() for r in rows]
 
 
 @pytest.fixture(scope="session")
@@ -74,46 +69,39 @@ TARGET_WRITER = (
 )
 
 
-def default_pool_files() -> list[Path]:
-    return sorted((ROOT / "assets" / "peers" / "default").glob("*.jsonl"))
+def free_port() -> int:
+    """A free TCP port on the loopback address."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
 def pretrained_base(tmp_path_factory) -> Path:
     """A tiny qwen2 LM pretrained (about 10 s) on the bundled pool minus the target writer: a base that has
     learned some English, so fine-tuning effects on likelihood mean something."""
-    import json
-
+    from core.peers import default_pool_rows
     from core.pretrain import pretrain
 
-    texts = [
-        json.loads(line)["text"]
-        for f in default_pool_files()
-        if f.stem != TARGET_WRITER
-        for line in f.read_text(encoding="utf-8").splitlines()
-        if line.strip()
-    ]
+    texts = [r["text"] for stem, rows in default_pool_rows().items() if stem != TARGET_WRITER for r in rows]
     return pretrain(texts * 3, tmp_path_factory.mktemp("pretrained") / "base", steps=300, seed=0)
 
 
 @pytest.fixture
 def target_store(tmp_path):
     """A store with profile 'me' holding the target writer's texts and a pool 'others' of everyone else."""
-    import json
-
     from core.importers import import_peers
+    from core.peers import DEFAULT_POOL_DIR, default_pool_rows
 
     s = Store(tmp_path / "train.db")
-    for f in default_pool_files():
+    for f in sorted(DEFAULT_POOL_DIR.glob("*.jsonl")):
         if f.stem != TARGET_WRITER:
             import_peers(s, f, "others")
     pid = s.create_profile("me")
-    rows = [
-        json.loads(line)
-        for line in (ROOT / "assets" / "peers" / "default" / f"{TARGET_WRITER}.jsonl")
-        .read_text()
-        .splitlines()
-    ]
-    s.add_samples(pid, [{"prompt": r["prompt"], "text": r["text"]} for r in rows])
+    s.add_samples(
+        pid, [{"prompt": r["prompt"], "text": r["text"]} for r in default_pool_rows()[TARGET_WRITER]]
+    )
     yield s
     s.close()

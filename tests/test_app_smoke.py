@@ -3,19 +3,13 @@ complete UI)."""
 
 from __future__ import annotations
 
-import socket
 import time
 import urllib.request
 
 import psutil
+from conftest import free_port
 
 from core.cli import open_store
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_app_serves_on_loopback_only(tmp_path):
@@ -23,7 +17,7 @@ def test_app_serves_on_loopback_only(tmp_path):
 
     store = open_store(str(tmp_path / "app.db"))
     demo = build_ui(store)
-    port = _free_port()
+    port = free_port()
     demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, inbrowser=False)
     try:
         deadline = time.time() + 60

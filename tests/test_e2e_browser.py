@@ -6,11 +6,9 @@ Set IDIOLECT_SCREENSHOTS=DIR to keep a screenshot of every tab (docs/screenshots
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -18,7 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TARGET_WRITER
+from conftest import ROOT, TARGET_WRITER, free_port
+
+from core.peers import default_pool_rows
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 playwright = pytest.importorskip("playwright.sync_api")
@@ -27,15 +27,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def app(tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "IDIOLECT_HOME": str(tmp_path / "home"), "GRADIO_ANALYTICS_ENABLED": "False"}
     db = tmp_path / "home" / "idiolect.db"
     proc = subprocess.Popen(
@@ -62,10 +56,7 @@ def app(tmp_path):
 def test_first_time_user_journey(app, pretrained_base, tmp_path):
     url, db = app
     shots = Path(os.environ["IDIOLECT_SCREENSHOTS"]) if os.environ.get("IDIOLECT_SCREENSHOTS") else None
-    texts = [
-        json.loads(line)["text"]
-        for line in (ROOT / "assets/peers/default" / f"{TARGET_WRITER}.jsonl").read_text().splitlines()
-    ]
+    texts = [r["text"] for r in default_pool_rows()[TARGET_WRITER]]
     pasted = "\n\n".join(texts)
     # One sample per paragraph; a paragraph that repeats (a sign-off) is kept once.
     n_blocks = len({" ".join(b.split()) for b in re.split(r"\n[ \t]*\n", pasted) if b.strip()})

@@ -4,7 +4,6 @@ server with the exported files, the merged model matches base + adapter, names s
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, free_port
 
 from core.errors import IdiolectError
 from core.export import export, safe_name
@@ -84,12 +83,6 @@ def _trained_profile(store, tiny_models, tmp_path, arch="qwen2"):
     return pid, run
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_export_all_formats_and_serve_with_openai_client(store, tiny_models, tmp_path):
     openai = pytest.importorskip("openai")
     _, run = _trained_profile(store, tiny_models, tmp_path)
@@ -121,7 +114,7 @@ def test_export_all_formats_and_serve_with_openai_client(store, tiny_models, tmp
     assert store.stats()["tables"]["exports"] == 1
 
     # llama.cpp's OpenAI-compatible server with the exported base + LoRA, spoken to by the official client.
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(base_gguf), "--lora_path", str(out / f"{slug}-lora.gguf"),
          "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "512", "--chat_format", "chatml"],

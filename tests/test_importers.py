@@ -144,7 +144,9 @@ def test_folder_import_and_pasted_text(tmp_path, store):
     assert sum(r.added for r in reports) == 3
     report = import_sample_texts(store, "ana", "four\n\n\n\nfive\n\none\n\n\x07")
     assert (report.added, report.duplicates) == (2, 1)
-    assert [(s.where, s.reason) for s in report.skipped] == [("block 4 (line 9)", "empty 'text' (only control characters)")]
+    assert [(s.where, s.reason) for s in report.skipped] == [
+        ("block 4 (line 9)", "empty 'text' (only control characters)")
+    ]
 
 
 # --- Stack Exchange --------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ import json
 import os
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, free_port
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -239,12 +238,6 @@ def test_any_command_line_exits_cleanly(tmp_path, argv, capsys):
 # --- security --------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 GUARD = """
 import socket, os
 _log = os.environ["IDIOLECT_NET_LOG"]
@@ -267,7 +260,7 @@ def test_app_makes_no_outbound_calls_and_honours_auth(tmp_path):
     guard.mkdir()
     (guard / "sitecustomize.py").write_text(GUARD)
     net_log = tmp_path / "net.log"
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "PYTHONPATH": str(guard),
