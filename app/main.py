@@ -28,7 +28,8 @@ from core.importers import import_peers, import_sample_texts, import_samples  # 
 from core.models import RECOMMENDED, local_model_dir, resolve  # noqa: E402
 from core.paths import data_dir  # noqa: E402
 from core.store import Store  # noqa: E402
-from core.train import TrainConfig  # noqa: E402
+from core.train import TrainConfig, latest_completed_run  # noqa: E402
+from core.training_data import feedback_meaning  # noqa: E402
 
 CSS_PATH = Path(__file__).resolve().parent.parent / "assets" / "app.css"
 
@@ -58,11 +59,20 @@ document.addEventListener('keydown', (e) => {
 def _readable(fn_name: str, exc: Exception) -> gr.Error:
     """The one message the page shows for a failure; the traceback goes to the log only."""
     if isinstance(exc, gr.Error):
+        exc.print_exception = (
+            False  # an expected user error: one message on the page, nothing in the terminal
+        )
         return exc
     if isinstance(exc, IdiolectError):
-        return gr.Error(str(exc))
+        return user_error(str(exc))
     log.error("unexpected error in %s:\n%s", fn_name, traceback.format_exc())
-    return gr.Error(f"Something went wrong ({type(exc).__name__}: {exc}). Details are in the log.")
+    return user_error(f"Something went wrong ({type(exc).__name__}: {exc}). Details are in the log.")
+
+
+def user_error(message: str) -> gr.Error:
+    """The page's error message. The traceback of a real fault is in app.log already (see _readable); Gradio
+    would otherwise print every raised error's traceback to the terminal, expected ones included."""
+    return gr.Error(message, print_exception=False)
 
 
 def friendly(fn):
@@ -99,11 +109,13 @@ class Generators:
         self.cache: dict[str, HFGenerator] = {}
 
     def get(self, model: str) -> HFGenerator:
+        folder = local_model_dir(model)
+        key = str(folder.resolve())  # the folder a spec resolves to, not the spec's spelling
         with self.lock:
-            if model not in self.cache:
+            if key not in self.cache:
                 self.cache.clear()  # one model in memory at a time
-                self.cache[model] = HFGenerator.from_pretrained(local_model_dir(model))
-            return self.cache[model]
+                self.cache[key] = HFGenerator.from_pretrained(folder)
+            return self.cache[key]
 
 
 def build_ui(store: Store) -> gr.Blocks:
@@ -116,20 +128,18 @@ def build_ui(store: Store) -> gr.Blocks:
 
     def need(profile: str | None) -> dict:
         if not profile:
-            raise gr.Error("Choose or create a profile first (tab Profile & writing).")
+            raise user_error("Choose or create a profile first (tab Profile & writing).")
         return store.get_profile(profile)
 
     def model_of(profile: str) -> str:
         model = store.profile_settings(profile).get("model")
         if not model:
-            raise gr.Error("Choose a base model first (tab Model).")
+            raise user_error("Choose a base model first (tab Model).")
         return model
 
     def latest_adapter(profile: str) -> str | None:
-        for run in store.list_runs(store.get_profile(profile)["id"]):
-            if run["status"] == "completed" and run["adapter_path"] and Path(run["adapter_path"]).exists():
-                return run["adapter_path"]
-        return None
+        run = latest_completed_run(store, store.get_profile(profile)["id"])
+        return run["adapter_path"] if run else None
 
     def status(profile: str | None) -> str:
         if not profile or store.find_profile(profile) is None:
@@ -167,49 +177,42 @@ def build_ui(store: Store) -> gr.Blocks:
     # -- Profile & writing ----------------------------------------------------------------------------
 
     @friendly
-    def create_profile(name: str):
-        store.create_profile(name or "")
-        name = name.strip()
-        return gr.update(choices=profiles(), value=name), ""
-
-    @friendly
     def add_pasted(profile, text):
         need(profile)
         report = import_sample_texts(store, profile, text or "")
         if report.error:
-            raise gr.Error(report.error)
+            raise user_error(report.error)
         return reports_md([report]), samples_table(profile), status(profile), ""
 
     @friendly
     def add_files(profile, files):
         need(profile)
         if not files:
-            raise gr.Error("Pick one or more files first.")
+            raise user_error("Pick one or more files first.")
         reports = import_samples(store, profile, [f if isinstance(f, str) else f.name for f in files])
         return reports_md(reports), samples_table(profile), status(profile)
 
     @friendly
     def load_sample(profile, sample_id):
         prof = need(profile)
-        for s in store.list_samples(prof["id"]):
-            if s["id"] == int(sample_id or -1):
-                return s["text"]
-        raise gr.Error(f"No sample {sample_id} in this profile.")
+        if sample_id in (None, ""):
+            raise user_error("Give the id of the sample to load.")
+        return store.get_sample(prof["id"], int(sample_id))["text"]
 
     @friendly
     def save_sample(profile, sample_id, text):
-        need(profile)
+        prof = need(profile)
         if sample_id in (None, ""):
-            raise gr.Error("Give the id of the sample to change.")
-        store.update_sample(int(sample_id), text or "")
+            raise user_error("Give the id of the sample to change.")
+        store.update_sample(prof["id"], int(sample_id), text or "")  # its prompt stays as it was
         return samples_table(profile), status(profile)
 
     @friendly
     def delete_sample(profile, sample_id):
-        need(profile)
+        prof = need(profile)
         if sample_id in (None, ""):
-            raise gr.Error("Give the id of the sample to delete.")
-        store.delete_sample(int(sample_id))
+            raise user_error("Give the id of the sample to delete.")
+        store.delete_sample(prof["id"], int(sample_id))
         return samples_table(profile), status(profile)
 
     # -- Model ----------------------------------------------------------------------------------------
@@ -238,10 +241,10 @@ def build_ui(store: Store) -> gr.Blocks:
         need(profile)
         spec = (custom or "").strip() or recommended
         if not spec:
-            raise gr.Error("Pick a recommended model or give a folder, GGUF file or Hugging Face id.")
+            raise user_error("Pick a recommended model or give a folder, GGUF file or Hugging Face id.")
         source = resolve(spec)
         if source.kind == "gguf":
-            raise gr.Error(
+            raise user_error(
                 "GGUF files run in llama.cpp only; training needs the Hugging Face weights of the model."
             )
         if source.kind == "hub":
@@ -262,41 +265,75 @@ def build_ui(store: Store) -> gr.Blocks:
         prof = store.find_profile(profile) if profile else None
         return [p["text"] for p in store.list_prompts(prof["id"] if prof else None)]
 
+    def rating_buttons(enabled: bool):
+        return [gr.update(interactive=enabled) for _ in range(6)]
+
     @friendly_stream
-    def generate_pair(profile, prompt_pick, prompt_own, temperature, max_tokens):
+    def generate_pair(profile, prompt_pick, prompt_own, temperature, max_tokens, seed):
+        """Stream two generations. While they stream, the rating buttons are off and the texts read-only (a
+        rating always belongs to the pair on screen; an edit is never overwritten); the stored ids arrive
+        only when both texts are complete."""
         prof = need(profile)
         prompt = (prompt_own or "").strip() or prompt_pick
         if not prompt:
-            raise gr.Error("Pick or type a prompt.")
+            raise user_error("Pick or type a prompt.")
         if prompt_own and prompt_own.strip():
             store.add_prompts([{"text": prompt_own.strip()}], profile_id=prof["id"])
         model = model_of(profile)
         gen = generators.get(model)
-        adapter = latest_adapter(profile)
-        params = dict(max_new_tokens=int(max_tokens), temperature=float(temperature))
-        outputs, ids, labels = ["", ""], [None, None], []
+        run = latest_completed_run(store, prof["id"], model_dir=gen.model_ref)
+        other = latest_completed_run(store, prof["id"])
+        note = ""
+        if run is None and other is not None:
+            note = (
+                f" (your latest adapter, run {other['id']}, was trained on another base model: "
+                "train on this one to compare)"
+            )
+        base = SamplingParams(max_new_tokens=int(max_tokens), temperature=float(temperature))
+        seed = str(seed or "").strip()
+        if seed and not seed.isdigit():
+            raise user_error(
+                f"The seed must be a whole number (or empty for a new one each time), not {seed!r}."
+            )
+        first = base.with_seed(int(seed) if seed else None)
+        outputs, labels = ["", ""], ["base model", "..."]
+        sides = []
         for side in (0, 1):
-            if side == 1 and adapter:
+            adapter = run["adapter_path"] if (side == 1 and run) else None
+            # A seed of its own per side: with no adapter yet, both sides are the base and must differ.
+            sides.append((adapter, first.with_seed(first.seed + side)))
+
+        def frame(ids, label, done):
+            box = gr.update(interactive=done)
+            return (gr.update(value=outputs[0], **box), gr.update(value=outputs[1], **box), ids, label,
+                    *rating_buttons(done))  # fmt: skip
+
+        yield frame([None, None], "Generating A ...", False)
+        ids = [None, None]
+        for side, (adapter, sp) in enumerate(sides):
+            if adapter:
                 gen.set_adapter(gen.load_adapter(adapter))
-                label, seed = f"your adapter ({Path(adapter).parent.name})", 1
+                labels[1] = f"your adapter (run {run['id']})"
             else:
                 gen.set_adapter(None)
-                label, seed = "base model", side
-            labels.append(label)
-            sp = SamplingParams(seed=seed, **params)
+                labels[side] = "base model"
             for piece in gen.stream(prompt, sp):
                 outputs[side] += piece
-                yield outputs[0], outputs[1], ids, f"A: base model · B: {labels[-1] if side else '...'}"
+                yield frame(
+                    [None, None], f"Generating {'AB'[side]} ... (A: {labels[0]} · B: {labels[1]})", False
+                )
             ids[side] = store.add_generation(
-                prof["id"], prompt, outputs[side], model=model, adapter=adapter if (side and adapter) else None,
-                params=sp.to_dict(),
-            )  # fmt: skip
-        yield (
-            outputs[0],
-            outputs[1],
+                prof["id"], prompt, outputs[side], model=model, adapter=adapter, params=sp.to_dict()
+            )
+        yield frame(
             ids,
-            f"A: {labels[0]} · B: {labels[1]} — rate each with 👍 / 👎 (keys 1-4)",
+            f"A: {labels[0]} · B: {labels[1]}{note} — rate each with 👍 / 👎 (keys 1-4); seeds "
+            f"{sides[0][1].seed} / {sides[1][1].seed}",
+            True,
         )
+
+    def stopped():
+        return ("Stopped. Generate again to get a pair you can rate.", [None, None], *rating_buttons(False))
 
     def history(profile):
         prof = store.find_profile(profile) if profile else None
@@ -318,22 +355,34 @@ def build_ui(store: Store) -> gr.Blocks:
     def rater(side: int, rating: int):
         @friendly
         def rate(profile, ids, text_a, text_b):
-            need(profile)
+            prof = need(profile)
             if not ids or ids[side] is None:
-                raise gr.Error("Generate first, then rate.")
+                raise user_error("Generate first (and let both texts finish), then rate.")
             shown = (text_a, text_b)[side]
-            gen_text = store.get_generation(ids[side])["text"]
-            edited = shown if shown and shown.strip() != gen_text.strip() else None
-            # An edit is what the user would have written: always a positive.
-            store.add_feedback(ids[side], 1 if edited else rating, edited_text=edited)
-            mark = "👍" if (edited or rating > 0) else "👎"
-            return (
-                f"Saved {mark} for {'AB'[side]}" + (" (with your edit)" if edited else "") + ".",
-                history(profile),
-                status(profile),
+            saved = store.rate(prof["id"], ids[side], rating, edited_text=shown)
+            mark = "👍" if rating > 0 else "👎"
+            edited = saved["edited_text"] is not None
+            what = feedback_meaning(rating, edited)
+            msg = (
+                f"Saved {mark} for {'AB'[side]}" + (" with your edit" if edited else "") + f": {what}."
+                if saved["changed"]
+                else f"{'AB'[side]} already has this rating ({mark}); nothing changed."
             )
+            return msg, history(profile), status(profile)
 
         return rate
+
+    def undoer(side: int):
+        @friendly
+        def undo(profile, ids):
+            prof = need(profile)
+            if not ids or ids[side] is None:
+                raise user_error("Nothing to undo: generate and rate first.")
+            had = store.undo_rating(prof["id"], ids[side])
+            msg = f"Took back the rating of {'AB'[side]}." if had else f"{'AB'[side]} has no rating to undo."
+            return msg, history(profile), status(profile)
+
+        return undo
 
     # -- Train ----------------------------------------------------------------------------------------
 
@@ -381,7 +430,7 @@ def build_ui(store: Store) -> gr.Blocks:
         pct = 100 * step / total if total else 0
         eta = f", about {run['eta_seconds']:.0f} s left" if run.get("eta_seconds") else ""
         bar = f"<progress value='{step}' max='{total or 1}' style='width:100%'></progress>"
-        msg = f"Run {run['id']} ({run['objective']}): **{run['status']}**, step {step}/{total or '?'} ({pct:.0f}%){eta}.\n\n{bar}"
+        msg = f"Run {run['id']} ({run['objective']}): **{run['activity']}**, step {step}/{total or '?'} ({pct:.0f}%){eta}.\n\n{bar}"
         if run["error"]:
             msg += f"\n\n{run['error']}"
         metrics = store.run_metrics(run["id"])
@@ -409,16 +458,16 @@ def build_ui(store: Store) -> gr.Blocks:
     @friendly
     def cancel_training(profile):
         run = current_run(profile)
-        if run is None:
-            raise gr.Error("Nothing is training.")
+        if run is None or run["status"] not in worker.ACTIVE:
+            raise user_error("Nothing is training.")
         worker.cancel(store, run["id"])
-        return f"Asked run {run['id']} to stop after a checkpoint."
+        return f"Cancelling run {run['id']}: it stops within a few seconds and keeps its last whole step."
 
     @friendly
     def resume_training(profile):
         run = current_run(profile)
         if run is None:
-            raise gr.Error("No run to resume.")
+            raise user_error("No run to resume.")
         worker.resume(store, run["id"])
         return f"Run {run['id']} resumed from its last checkpoint.", gr.Timer(active=True)
 
@@ -490,16 +539,18 @@ def build_ui(store: Store) -> gr.Blocks:
 
     # -- layout ---------------------------------------------------------------------------------------
 
-    first = (profiles() or [None])[0]
+    # Nothing the page shows is read here: every choice and view is filled per page load (demo.load below),
+    # so a reload or a second tab shows what is in the database now.
     with gr.Blocks(title="Idiolect") as demo:
+        remembered = gr.BrowserState(None, storage_key="idiolect-profile")  # this browser's last profile
         gr.Markdown(
             "# Idiolect\nTune a language model to *your* writing, on this machine. Nothing leaves it."
         )
         with gr.Row():
-            profile = gr.Dropdown(profiles(), value=first, label="Profile", scale=2, elem_id="profile")
+            profile = gr.Dropdown([], value=None, label="Profile", scale=2, elem_id="profile")
             new_name = gr.Textbox(label="New profile", placeholder="e.g. sam", scale=2, elem_id="new-profile")
             create_btn = gr.Button("Create profile", scale=1, elem_id="create-profile")
-        status_md = gr.Markdown(status(first), elem_id="status")
+        status_md = gr.Markdown(status(None), elem_id="status")
 
         with gr.Tab("Profile & writing", id="writing"):
             with gr.Row():
@@ -514,7 +565,7 @@ def build_ui(store: Store) -> gr.Blocks:
                     files_btn = gr.Button("Add files")
             import_md = gr.Markdown(elem_id="import-report")
             samples = gr.Dataframe(
-                samples_table(first), label="Your samples", interactive=False, wrap=True, elem_id="samples"
+                samples_table(None), label="Your samples", interactive=False, wrap=True, elem_id="samples"
             )
             with gr.Row():
                 sample_id = gr.Number(label="Sample id", precision=0)
@@ -552,31 +603,39 @@ def build_ui(store: Store) -> gr.Blocks:
 
         with gr.Tab("Rate", id="rate"):
             with gr.Row():
-                prompt_pick = gr.Dropdown(
-                    prompt_choices(first), label="Prompt", scale=3, elem_id="prompt-pick"
-                )
+                prompt_pick = gr.Dropdown([], label="Prompt", scale=3, elem_id="prompt-pick")
                 prompt_own = gr.Textbox(label="...or your own prompt", scale=3, elem_id="prompt-own")
             with gr.Row():
                 temperature = gr.Slider(0, 1.5, value=0.8, step=0.05, label="Temperature")
                 max_tokens = gr.Slider(16, 512, value=160, step=16, label="Max tokens")
-            gen_btn = gr.Button("Generate (g)", variant="primary", elem_id="generate-btn")
+                # A textbox, not gr.Number: an empty Number comes back as 0, which would fix the seed.
+                seed = gr.Textbox("", label="Seed (empty: a new one each time)", elem_id="seed", max_lines=1)
+            with gr.Row():
+                gen_btn = gr.Button("Generate (g)", variant="primary", elem_id="generate-btn")
+                stop_btn = gr.Button("Stop", elem_id="stop-btn")
             pair_md = gr.Markdown(elem_id="pair-label")
+            gr.Markdown(
+                "An edit is learned as your own writing: edit a text, then 👍 (the original is left out) or 👎 "
+                "(the original is also learned as what you would not write). Rating again replaces the rating; "
+                "undo takes it back.",
+                elem_id="rating-help",
+            )
             ids_state = gr.State([None, None])
             with gr.Row():
                 with gr.Column():
-                    text_a = gr.Textbox(
-                        label="A (edit before 👍 to teach it your wording)", lines=8, elem_id="text-a"
-                    )
+                    text_a = gr.Textbox(label="A", lines=8, elem_id="text-a", interactive=False)
                     with gr.Row():
-                        up_a = gr.Button("👍 A (1)", elem_id="up-a")
-                        down_a = gr.Button("👎 A (2)", elem_id="down-a")
+                        up_a = gr.Button("👍 A (1)", elem_id="up-a", interactive=False)
+                        down_a = gr.Button("👎 A (2)", elem_id="down-a", interactive=False)
+                        undo_a = gr.Button("Undo A", elem_id="undo-a", interactive=False)
                 with gr.Column():
-                    text_b = gr.Textbox(label="B", lines=8, elem_id="text-b")
+                    text_b = gr.Textbox(label="B", lines=8, elem_id="text-b", interactive=False)
                     with gr.Row():
-                        up_b = gr.Button("👍 B (3)", elem_id="up-b")
-                        down_b = gr.Button("👎 B (4)", elem_id="down-b")
+                        up_b = gr.Button("👍 B (3)", elem_id="up-b", interactive=False)
+                        down_b = gr.Button("👎 B (4)", elem_id="down-b", interactive=False)
+                        undo_b = gr.Button("Undo B", elem_id="undo-b", interactive=False)
             rate_md = gr.Markdown(elem_id="rate-status")
-            hist = gr.Dataframe(history(first), label="Your ratings", interactive=False, wrap=True)
+            hist = gr.Dataframe(history(None), label="Your ratings", interactive=False, wrap=True)
 
         with gr.Tab("Train", id="train"):
             with gr.Row():
@@ -596,25 +655,22 @@ def build_ui(store: Store) -> gr.Blocks:
             progress_md = gr.Markdown(elem_id="train-progress")
             plot = gr.LinePlot(_frame([], step=int, value=float, series=str), x="step", y="value", color="series",
                                title="Loss and reward margin (yours minus peers')", height=280)  # fmt: skip
-            runs = gr.Dataframe(runs_table(first), label="Runs", interactive=False)
+            runs = gr.Dataframe(runs_table(None), label="Runs", interactive=False)
             timer = gr.Timer(2.0, active=False)
 
         with gr.Tab("You vs. peers", id="peers"):
-            pool_pick = gr.Dropdown(
-                [p["name"] for p in store.list_pools()], value="default", label="Compare with pool"
-            )
+            pool_pick = gr.Dropdown([], value=None, label="Compare with pool", elem_id="pool-pick")
             analyze_btn = gr.Button("Compare and write my summary", variant="primary", elem_id="analyze")
             report_md = gr.Markdown(elem_id="report")
             bars = gr.BarPlot(_frame([], feature=str, z=float, dimension=str), x="feature", y="z", color="dimension", color_map={"writing": "#4c78a8", "emotional": "#f58518", "semantic": "#e45756"},
                               title="You vs. representative writers (z-scores)", x_label_angle=-45, height=320)  # fmt: skip
-            s_text, s_info = latest_summary(first)
             summary_box = gr.Textbox(
-                s_text,
+                "",
                 label="Your preference summary (editable; give it to any chat model)",
                 lines=6,
                 elem_id="summary",
             )
-            score_md = gr.Markdown(s_info, elem_id="summary-score")
+            score_md = gr.Markdown("No summary yet.", elem_id="summary-score")
             save_summary_btn = gr.Button("Save my edit as a new version")
 
         with gr.Tab("Export", id="export"):
@@ -632,39 +688,72 @@ def build_ui(store: Store) -> gr.Blocks:
             export_snippet = gr.Code(label="Python (official openai client)", language="python")
 
         # -- events -----------------------------------------------------------------------------------
-        def on_profile(p):
+        def profile_views(p):
+            """Everything that depends on the chosen profile, read from the database now."""
             s_text, s_info = latest_summary(p)
+            train_msg_, plot_, runs_ = train_view(p)
+            run = current_run(p)
             return (
                 status(p),
                 samples_table(p),
-                gr.update(choices=prompt_choices(p)),
+                gr.update(choices=prompt_choices(p), value=None),
                 history(p),
-                runs_table(p),
+                runs_,
                 s_text,
                 s_info,
+                train_msg_,
+                plot_,
+                gr.Timer(active=run is not None and run["status"] in worker.ACTIVE),
             )
 
+        profile_outputs = [status_md, samples, prompt_pick, hist, runs, summary_box, score_md, progress_md, plot,
+                           timer]  # fmt: skip
+
+        def pool_choices(current=None):
+            names = [p["name"] for p in store.list_pools()]
+            value = (
+                current if current in names else ("default" if "default" in names else (names or [None])[0])
+            )
+            return gr.update(choices=names, value=value)
+
+        def on_load(saved):
+            names = profiles()
+            chosen = saved if saved in names else (names or [None])[0]
+            return (gr.update(choices=names, value=chosen), pool_choices(), *profile_views(chosen))
+
+        @friendly
+        def create_profile(name: str):
+            name = (name or "").strip()
+            store.create_profile(name)
+            return gr.update(choices=profiles(), value=name), ""
+
+        def import_pool(f, n, current):
+            if not f:
+                raise user_error("Pick a file first.")
+            report = import_peers(store, f if isinstance(f, str) else f.name, n or "imported")
+            return reports_md([report]), pool_choices(current)
+
+        demo.load(on_load, [remembered], [profile, pool_pick, *profile_outputs])
         create_btn.click(create_profile, [new_name], [profile, new_name])
-        profile.change(
-            on_profile, [profile], [status_md, samples, prompt_pick, hist, runs, summary_box, score_md]
-        )
+        profile.change(profile_views, [profile], profile_outputs).then(lambda p: p, [profile], [remembered])
         paste_btn.click(add_pasted, [profile, paste], [import_md, samples, status_md, paste])
         files_btn.click(add_files, [profile, files], [import_md, samples, status_md])
         load_btn.click(load_sample, [profile, sample_id], [sample_text])
         save_btn.click(save_sample, [profile, sample_id, sample_text], [samples, status_md])
         del_btn.click(delete_sample, [profile, sample_id], [samples, status_md])
-        pool_btn.click(
-            friendly(lambda f, n: reports_md([import_peers(store, f if isinstance(f, str) else f.name, n or "imported")]) if f else "Pick a file first."),
-            [pool_file, pool_name], [pool_md],
-        )  # fmt: skip
+        pool_btn.click(friendly(import_pool), [pool_file, pool_name, pool_pick], [pool_md, pool_pick])
         model_btn.click(choose_model, [profile, recommended, custom], [model_md, status_md])
-        gen_btn.click(
+        rate_buttons = [up_a, down_a, up_b, down_b, undo_a, undo_b]
+        generating = gen_btn.click(
             generate_pair,
-            [profile, prompt_pick, prompt_own, temperature, max_tokens],
-            [text_a, text_b, ids_state, pair_md],
+            [profile, prompt_pick, prompt_own, temperature, max_tokens, seed],
+            [text_a, text_b, ids_state, pair_md, *rate_buttons],
         )
+        stop_btn.click(stopped, None, [pair_md, ids_state, *rate_buttons], cancels=[generating])
         for btn, side, rating in ((up_a, 0, 1), (down_a, 0, -1), (up_b, 1, 1), (down_b, 1, -1)):
             btn.click(rater(side, rating), [profile, ids_state, text_a, text_b], [rate_md, hist, status_md])
+        for btn, side in ((undo_a, 0), (undo_b, 1)):
+            btn.click(undoer(side), [profile, ids_state], [rate_md, hist, status_md])
         start_btn.click(start_training, [profile, objective, steps, lr, batch], [train_msg, timer])
         cancel_btn.click(cancel_training, [profile], [train_msg])
         resume_btn.click(resume_training, [profile], [train_msg, timer])
@@ -674,7 +763,6 @@ def build_ui(store: Store) -> gr.Blocks:
         export_btn.click(
             do_export, [profile, formats, folder], [export_md, export_summary, export_snippet, status_md]
         )
-        demo.load(lambda p: train_view(p), [profile], [progress_md, plot, runs])
     return demo
 
 

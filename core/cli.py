@@ -356,6 +356,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_train(args) -> int:
+    import signal
     import time
 
     from core import worker
@@ -400,10 +401,30 @@ def cmd_train(args) -> int:
 
         first = [store.get_run(run_id)["step"]]
         print(f"run {run_id}: training {store.get_run(run_id)['objective']} ...", file=sys.stderr)
+        trainer = Trainer(store, run_id, progress=progress)
+
+        def on_interrupt(signum, frame):
+            # The first Ctrl-C stops at the last whole step and checkpoints it; a second one stops at once.
+            if trainer.stop_requested:
+                raise KeyboardInterrupt
+            print("\nstopping: saving a checkpoint (Ctrl-C again to stop at once)", file=sys.stderr)
+            trainer.request_stop()
+
+        previous = signal.signal(signal.SIGINT, on_interrupt)
         try:
-            result = Trainer(store, run_id, progress=progress).run()
+            result = trainer.run()
         except KeyboardInterrupt:
             print(f"\nstopped; continue with: launch.py train --resume {run_id}", file=sys.stderr)
+            return 130
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        if result.get("status") == "cancelled":
+            where = (
+                f"at step {result['step']} (checkpoint saved)"
+                if result.get("step")
+                else "before training began"
+            )
+            print(f"\nstopped {where}; continue with: launch.py train --resume {run_id}", file=sys.stderr)
             return 130
         if sys.stderr.isatty():
             print(file=sys.stderr)

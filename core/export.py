@@ -65,10 +65,23 @@ def _latest_completed_run(store: Store, profile_id: int, run_id: int | None) -> 
         if run["status"] != "completed" or not run["adapter_path"]:
             raise IdiolectError(f"run {run_id} has no finished adapter (status: {run['status']})")
         return run
-    for run in store.list_runs(profile_id):
-        if run["status"] == "completed" and run["adapter_path"] and Path(run["adapter_path"]).exists():
-            return run
-    return None
+    from core.train import latest_completed_run
+
+    return latest_completed_run(store, profile_id)
+
+
+def _training_data(run: dict) -> dict | None:
+    """The rows a run trained and was evaluated on (source id and content hash of each), from its record."""
+    from core.train import read_data_record, record_summary
+
+    record_path = Path((run["result"].get("data") or {}).get("record") or "")
+    try:
+        record = read_data_record(record_path.parent) if record_path.name else None
+    except IdiolectError:
+        record = None
+    if record is None:
+        return None
+    return {"sha256": run["result"]["data"].get("sha256"), "rows": record_summary(record)}
 
 
 def summary_files(
@@ -224,6 +237,7 @@ def export(
             "config": run["config"],
             "result": run["result"],
             "finished_at": run["finished_at"],
+            "training_data": _training_data(run),
         },
         "summary": None
         if summary is None

@@ -15,7 +15,7 @@ import os
 import re
 import threading
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from core.errors import IdiolectError
@@ -43,6 +43,14 @@ class SamplingParams:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def with_seed(self, seed: int | None = None) -> SamplingParams:
+        """These parameters with a concrete seed: ``seed`` if given, else a fresh random one. Stored with a
+        generation, it makes that generation reproducible; a fresh one per generation keeps two clicks on the
+        same prompt from giving the same text."""
+        import secrets
+
+        return replace(self, seed=secrets.randbelow(2**31) if seed is None else int(seed))
 
 
 class Cancel:
@@ -161,27 +169,58 @@ class HFGenerator(Generator):
     # -- adapters ---------------------------------------------------------------------------------------
 
     def load_adapter(self, path: str | Path, name: str | None = None) -> str:
-        """Load a PEFT adapter onto the base (once) and make it active."""
+        """Load a PEFT adapter onto the base (once per content) and make it active; returns its name.
+
+        Adapters are keyed by :func:`adapter_identity` (resolved folder plus the hash of its files), so a run
+        that saves to the same folder as an earlier one, or an adapter rewritten in place, is loaded anew and
+        never served from the earlier load. An adapter trained on another base model is refused with a
+        message that names both."""
         from peft import PeftModel
 
         path = Path(path)
         if not (path / "adapter_config.json").exists():
             raise IdiolectError(f"{path}: not a PEFT adapter folder (no adapter_config.json)")
-        name = name or re.sub(r"\W", "_", path.name) or "adapter"
-        if name in self.adapters:
-            self.set_adapter(name)
-            return name
+        base = adapter_base(path)
+        if base and self.model_ref and not same_model(base, self.model_ref):
+            raise IdiolectError(
+                f"the adapter {path} was trained on {base}, not on the model in use ({self.model_ref}); "
+                "train again on this model, or switch back to that one"
+            )
+        key = adapter_identity(path)
+        folder, digest = key.rsplit(":", 1)
+        for loaded, ident in list(self.adapters.items()):
+            if ident == key:
+                self.set_adapter(loaded)
+                return loaded
+            if ident.rsplit(":", 1)[0] == folder:  # the same folder rewritten: the old weights are gone
+                self._drop(loaded)
+        name = name or (re.sub(r"\W", "_", path.name) or "adapter") + "_" + digest[:12]
         try:
             if isinstance(self.model, PeftModel):
                 self.model.load_adapter(str(path), adapter_name=name)
             else:
                 self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
         except Exception as exc:  # noqa: BLE001
+            if "size mismatch" in str(exc):
+                raise IdiolectError(
+                    f"the adapter {path} does not fit the model in use ({self.model_ref}): its layer sizes "
+                    "differ, so it was trained on another base model"
+                ) from exc
             raise IdiolectError(f"cannot load the adapter {path}: {exc}") from exc
         self.model.eval()
-        self.adapters[name] = str(path)
+        self.adapters[name] = key
         self.set_adapter(name)
         return name
+
+    def _drop(self, name: str) -> None:
+        if self.active_adapter == name:
+            self.set_adapter(None)
+        del self.adapters[name]
+        if self.adapters:
+            self.model.delete_adapter(name)
+        else:  # the last adapter: back to the plain base model
+            self.model = self.model.unload()
+            self.model.eval()
 
     def set_adapter(self, name: str | None) -> None:
         """Switch to a loaded adapter, or to the plain base with None."""
@@ -339,6 +378,47 @@ class LlamaCppGenerator(Generator):
                     yield piece
         finally:
             chunks.close()
+
+
+def adapter_identity(path: str | Path) -> str:
+    """What an adapter folder holds: its resolved path plus a hash of its config and weights files. Two runs
+    that save to folders of the same name, or one folder rewritten, give different identities."""
+    import hashlib
+
+    path = Path(path).resolve()
+    h = hashlib.sha256()
+    for f in sorted(path.iterdir()):
+        if f.is_file() and (f.name == "adapter_config.json" or f.name.startswith("adapter_model")):
+            h.update(f.name.encode() + b"\x00")
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):  # noqa: B023
+                    h.update(block)
+    return f"{path}:{h.hexdigest()}"
+
+
+def adapter_base(path: str | Path) -> str | None:
+    """The base model an adapter was trained on: Idiolect's own record (idiolect.json) first, else PEFT's
+    ``base_model_name_or_path``."""
+    import json
+
+    path = Path(path)
+    for name, key in (("idiolect.json", "base"), ("adapter_config.json", "base_model_name_or_path")):
+        try:
+            value = json.loads((path / name).read_text(encoding="utf-8")).get(key)
+        except (OSError, ValueError, AttributeError):
+            continue
+        if value:
+            return str(value)
+    return None
+
+
+def same_model(a: str | Path, b: str | Path) -> bool:
+    """Whether two model references (folders or hub ids) name the same model."""
+    a, b = str(a), str(b)
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
 
 
 def open_generator(

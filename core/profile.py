@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.errors import IdiolectError
+from core.training_data import TAR, feedback_examples
 
 WORD_RE = re.compile(r"[A-Za-z][A-Za-z'’]*")
 SENT_SPLIT_RE = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -557,12 +558,8 @@ def profile_data(store, profile: str, pool: str = "default", *, max_writers: int
     user = [(s["prompt"], s["text"]) for s in store.list_samples(prof["id"])]
     liked, disliked = [], []
     for f in store.list_feedback(prof["id"]):
-        if f["edited_text"]:
-            liked.append(f["edited_text"])
-        elif f["rating"] == 1:
-            liked.append(f["text"])
-        else:
-            disliked.append(f["text"])
+        for kind, text in feedback_examples(f["rating"], f["text"], f["edited_text"]):
+            (liked if kind == TAR else disliked).append(text)
     if len(user) < 4:
         raise IdiolectError(
             f"profile {profile!r} has {len(user)} samples; add at least 4 to compare with others"

@@ -36,7 +36,7 @@ import sqlite_utils
 
 from core.errors import IdiolectError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 30_000
 RUN_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 PROFILE_NAME_RE = re.compile(r"^[^\W_][\w .'-]{0,63}$")
@@ -229,10 +229,28 @@ def _migration_3(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE runs ADD COLUMN result TEXT NOT NULL DEFAULT '{}'")
 
 
+def _migration_4(conn: sqlite3.Connection) -> None:
+    """One current rating per generation. A rating that is changed or undone is kept as history with the time
+    it stopped counting (``superseded_at``); a partial UNIQUE index makes a second current rating impossible.
+    Databases written before this kept every press as a rating (a generation could be both a positive and a
+    negative): the latest press per generation stays current, the earlier ones become history. Runs get the
+    stage they are in (loading the model, computing reference log-probs, training, ...)."""
+    conn.execute("ALTER TABLE feedback ADD COLUMN superseded_at TEXT")
+    conn.execute(
+        """UPDATE feedback SET superseded_at = created_at
+           WHERE id NOT IN (SELECT max(id) FROM feedback GROUP BY generation_id)"""
+    )
+    conn.execute(
+        "CREATE UNIQUE INDEX idx_feedback_current ON feedback(generation_id) WHERE superseded_at IS NULL"
+    )
+    conn.execute("ALTER TABLE runs ADD COLUMN stage TEXT")
+
+
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _migration_1,
     2: _migration_2,
     3: _migration_3,
+    4: _migration_4,
 }
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))
 
@@ -499,20 +517,44 @@ class Store:
     def list_samples(self, profile_id: int) -> list[dict]:
         return list(self.db.query("SELECT * FROM samples WHERE profile_id = ? ORDER BY id", [profile_id]))
 
-    def update_sample(self, sample_id: int, text: str, prompt: str | None = None) -> None:
+    def _own(self, db, table: str, columns: str, profile_id: int, row_id: int) -> tuple:
+        """The row's ``columns``, refusing an id that is missing or belongs to another profile: the one check
+        every method that touches a user's rows goes through."""
+        row = db.execute(
+            f"SELECT {columns} FROM {table} WHERE id = ? AND profile_id = ?", [row_id, profile_id]
+        ).fetchone()
+        if row is None:
+            raise IdiolectError(f"this profile has no {table.rstrip('s')} with id {row_id}")
+        return row
+
+    def get_sample(self, profile_id: int, sample_id: int) -> dict:
+        rows = list(
+            self.db.query("SELECT * FROM samples WHERE id = ? AND profile_id = ?", [sample_id, profile_id])
+        )
+        if not rows:
+            raise IdiolectError(f"this profile has no sample with id {sample_id}")
+        return rows[0]
+
+    _KEEP = object()
+
+    def update_sample(self, profile_id: int, sample_id: int, text: str, prompt=_KEEP) -> None:
+        """Change a sample's text (and its prompt only when ``prompt`` is given: None clears it). Only the
+        profile's own samples can be changed."""
         if not text or not text.strip():
             raise IdiolectError("a sample cannot be empty; delete it instead")
         with self.write() as db:
-            row = db.execute("SELECT context FROM samples WHERE id = ?", [sample_id]).fetchone()
-            if row is None:
-                raise IdiolectError(f"no sample with id {sample_id}")
+            old_prompt, context = self._own(db, "samples", "prompt, context", profile_id, sample_id)
+            if prompt is self._KEEP:
+                prompt = old_prompt
             db.execute(
                 "UPDATE samples SET text = ?, prompt = ?, content_hash = ? WHERE id = ?",
-                [text, prompt, content_hash(prompt, row[0], text), sample_id],
+                [text, prompt, content_hash(prompt, context, text), sample_id],
             )
 
-    def delete_sample(self, sample_id: int) -> None:
+    def delete_sample(self, profile_id: int, sample_id: int) -> None:
+        """Delete one of the profile's own samples; a missing id or another profile's is an error."""
         with self.write() as db:
+            self._own(db, "samples", "prompt, context", profile_id, sample_id)
             db.execute("DELETE FROM samples WHERE id = ?", [sample_id])
 
     # -- prompts ----------------------------------------------------------------------------------------
@@ -586,24 +628,44 @@ class Store:
                 .last_pk
             )
 
-    def add_feedback(self, generation_id: int, rating: int, edited_text: str | None = None) -> int:
+    def rate(self, profile_id: int, generation_id: int, rating: int, edited_text: str | None = None) -> dict:
+        """Set the current rating of one of the profile's generations. A generation has one current rating:
+        a new one replaces the old (kept as history, ``superseded_at`` set); pressing the same rating again
+        (with the same edit) changes nothing. ``edited_text`` equal to the generated text (ignoring
+        whitespace) is no edit. Returns ``{"id", "changed", "rating", "edited_text"}``."""
         if rating not in (-1, 1):
             raise IdiolectError(f"a rating is +1 or -1, not {rating!r}")
         with self.write() as db:
-            if db.execute("SELECT 1 FROM generations WHERE id = ?", [generation_id]).fetchone() is None:
-                raise IdiolectError(f"no generation with id {generation_id}")
-            return (
-                db["feedback"]
-                .insert(
-                    {
-                        "generation_id": generation_id,
-                        "rating": rating,
-                        "edited_text": edited_text or None,
-                        "created_at": utcnow(),
-                    }
-                )
-                .last_pk
+            gen = self._own(db, "generations", "id, text", profile_id, generation_id)
+            if edited_text is not None and " ".join(edited_text.split()) in ("", " ".join(gen[1].split())):
+                edited_text = None
+            current = db.execute(
+                "SELECT id, rating, edited_text FROM feedback WHERE generation_id = ? AND superseded_at IS NULL",
+                [generation_id],
+            ).fetchone()
+            if current is not None and current[1] == rating and (current[2] or None) == edited_text:
+                return {"id": current[0], "changed": False, "rating": rating, "edited_text": edited_text}
+            now = utcnow()
+            db.execute(
+                "UPDATE feedback SET superseded_at = ? WHERE generation_id = ? AND superseded_at IS NULL",
+                [now, generation_id],
             )
+            cur = db.execute(
+                "INSERT INTO feedback (generation_id, rating, edited_text, created_at) VALUES (?, ?, ?, ?)",
+                [generation_id, rating, edited_text, now],
+            )
+            return {"id": cur.lastrowid, "changed": True, "rating": rating, "edited_text": edited_text}
+
+    def undo_rating(self, profile_id: int, generation_id: int) -> bool:
+        """Take back the current rating of a generation (kept as history); the generation is then unrated.
+        Returns whether there was one."""
+        with self.write() as db:
+            self._own(db, "generations", "id, text", profile_id, generation_id)
+            cur = db.execute(
+                "UPDATE feedback SET superseded_at = ? WHERE generation_id = ? AND superseded_at IS NULL",
+                [utcnow(), generation_id],
+            )
+            return cur.rowcount > 0
 
     def get_generation(self, generation_id: int) -> dict:
         rows = list(self.db.query("SELECT * FROM generations WHERE id = ?", [generation_id]))
@@ -611,12 +673,15 @@ class Store:
             raise IdiolectError(f"no generation with id {generation_id}")
         return rows[0]
 
-    def list_feedback(self, profile_id: int) -> list[dict]:
+    def list_feedback(self, profile_id: int, *, history: bool = False) -> list[dict]:
+        """The profile's current ratings (one per rated generation), oldest first; ``history=True`` adds
+        the replaced and undone ones (``superseded_at`` set)."""
+        where = "" if history else " AND f.superseded_at IS NULL"
         return list(
             self.db.query(
-                """SELECT f.*, g.prompt, g.text, g.model, g.adapter FROM feedback f
+                f"""SELECT f.*, g.prompt, g.text, g.model, g.adapter FROM feedback f
                    JOIN generations g ON g.id = f.generation_id
-                   WHERE g.profile_id = ? ORDER BY f.id""",
+                   WHERE g.profile_id = ?{where} ORDER BY f.id""",
                 [profile_id],
             )
         )
@@ -851,12 +916,12 @@ class Store:
                 ).fetchone()[0],
                 "ratings_up": conn.execute(
                     "SELECT count(*) FROM feedback f JOIN generations g ON g.id = f.generation_id "
-                    "WHERE g.profile_id = ? AND f.rating = 1",
+                    "WHERE g.profile_id = ? AND f.rating = 1 AND f.superseded_at IS NULL",
                     [p["id"]],
                 ).fetchone()[0],
                 "ratings_down": conn.execute(
                     "SELECT count(*) FROM feedback f JOIN generations g ON g.id = f.generation_id "
-                    "WHERE g.profile_id = ? AND f.rating = -1",
+                    "WHERE g.profile_id = ? AND f.rating = -1 AND f.superseded_at IS NULL",
                     [p["id"]],
                 ).fetchone()[0],
                 "runs": conn.execute("SELECT count(*) FROM runs WHERE profile_id = ?", [p["id"]]).fetchone()[

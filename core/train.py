@@ -17,12 +17,16 @@ and ends at the same total number of steps.
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import io
 import json
 import math
 import os
 import random
 import resource
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -34,7 +38,7 @@ import torch.utils.checkpoint
 
 from core.errors import IdiolectError
 from core.objectives import OBJECTIVES, ObjectiveConfig, RewardShift, objective_loss
-from core.store import Store, utcnow
+from core.store import Store, content_hash, utcnow
 from core.training_data import (
     AUX,
     NEG,
@@ -242,6 +246,22 @@ def run_dir(store: Store, run_id: int) -> Path:
     return store.path.parent / "runs" / str(run_id)
 
 
+def latest_completed_run(
+    store: Store, profile_id: int, *, model_dir: str | Path | None = None
+) -> dict | None:
+    """The one definition of "the profile's latest adapter": its newest completed run whose adapter folder is
+    still on disk; with ``model_dir``, only runs trained on that base model (an adapter fits its own base only)."""
+    from core.generation import same_model
+
+    for run in store.list_runs(profile_id):
+        if run["status"] != "completed" or not run["adapter_path"] or not Path(run["adapter_path"]).exists():
+            continue
+        if model_dir is not None and not (run["model"] and same_model(run["model"], model_dir)):
+            continue
+        return run
+    return None
+
+
 def latest_checkpoint(directory: Path) -> Path | None:
     ckpts = sorted(directory.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     return ckpts[-1] if ckpts else None
@@ -256,19 +276,109 @@ def build_peft_model(cfg: TrainConfig, model, device: str):
     elif gc:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
+    preference = cfg.objective != "sft"
     lora = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
+        lora_dropout=0.0 if preference else cfg.lora_dropout,
         target_modules=cfg.target_modules,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora)
+    model = get_peft_model(model, lora)
+    if preference:
+        disable_dropout(model)
+    return model
+
+
+def disable_dropout(model) -> None:
+    """Preference objectives compare the policy's log-probs with the reference pass's (run without dropout),
+    so dropout in the policy pass would only add noise to the implicit reward (TRL's ``disable_dropout``)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+class StopRequested(Exception):
+    """Raised inside a forward pass (or between stages) once a stop was asked for."""
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+DATA_RECORD = "data.json"
+
+
+def _record_examples(examples: list[Example]) -> list[dict]:
+    return [
+        {
+            "source": e.source,
+            "hash": content_hash(e.prompt, e.context, e.text),
+            "prompt": e.prompt,
+            "context": e.context,
+            "text": e.text,
+        }
+        for e in examples
+    ]
+
+
+def data_record(sets: TrainingSets, total_steps: int) -> dict:
+    """Exactly what a run trains and evaluates on (each row's source id, content hash and text) and its step
+    count: written when a run starts, used as-is when it resumes, named in the export manifest."""
+    return {
+        "version": 1,
+        "total_steps": total_steps,
+        "sets": {
+            split: {k: _record_examples(v) for k, v in group.items()}
+            for split, group in (("train", sets.train), ("heldout", sets.heldout))
+        },
+    }
+
+
+def sets_from_record(record: dict) -> TrainingSets:
+    def examples(kind, rows):
+        return [Example(kind, r["prompt"], r["context"], r["text"], r["source"]) for r in rows]
+
+    return TrainingSets(
+        train={k: examples(k, v) for k, v in record["sets"]["train"].items()},
+        heldout={k: examples(k, v) for k, v in record["sets"]["heldout"].items()},
+    )
+
+
+def record_summary(record: dict) -> dict:
+    """The record without the texts: row sources and content hashes per set (what a manifest names)."""
+    return {
+        split: {k: [f"{r['source']}#{r['hash']}" for r in rows] for k, rows in group.items()}
+        for split, group in record["sets"].items()
+    }
+
+
+def read_data_record(directory: Path) -> dict | None:
+    try:
+        return json.loads((directory / DATA_RECORD).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise IdiolectError(
+            f"the record of this run's training data ({directory / DATA_RECORD}) cannot be read ({exc}); "
+            "start a new run"
+        ) from exc
 
 
 class Trainer:
-    """One training run, driven by :meth:`run`. ``progress(step, total, metrics)`` is called after each step;
-    ``should_stop()`` is polled between steps (the CLI's Ctrl-C, the UI's cancel)."""
+    """One training run, driven by :meth:`run`. ``progress(step, total, metrics)`` is called after each step.
+
+    Stopping (the CLI's Ctrl-C, the worker's SIGTERM, the UI's cancel flag in the runs table): call
+    :meth:`request_stop` from any thread or a signal handler, or set ``cancel_requested`` on the run. A
+    watcher thread notices the flag within half a second; the stop then takes effect at the next layer of the
+    forward pass in every stage (reference log-probs, training, evaluation): a step cut short is discarded
+    and the run checkpoints at the last whole step. While the model itself loads there is nothing to save:
+    when the trainer runs on the main thread, that stage is interrupted at once (KeyboardInterrupt)."""
 
     def __init__(
         self,
@@ -286,9 +396,62 @@ class Trainer:
         self.cfg = TrainConfig.from_dict(run["config"])
         self.profile = store.profile_by_id(run["profile_id"])["name"]
         self.dir = run_dir(store, run_id)
+        self.stage = "starting"
+        self._stop = threading.Event()
+        self._on_main = threading.current_thread() is threading.main_thread()
+
+    # -- stopping ---------------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Ask the run to stop (checkpointing first). Safe from any thread and from a signal handler."""
+        first = not self._stop.is_set()
+        self._stop.set()
+        if first and self.stage == "loading the model" and self._on_main:
+            import _thread
+
+            _thread.interrupt_main()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def _check_stop(self) -> None:
+        if self._stop.is_set():
+            raise StopRequested
+
+    def _watch(self, done: threading.Event) -> None:
+        """Thread: turn the runs table's cancel flag (and ``should_stop``) into :meth:`request_stop`."""
+        store = Store(self.store.path)
+        try:
+            while not done.wait(0.5):
+                try:
+                    if self.should_stop() or store.cancel_requested(self.run_id):
+                        self.request_stop()
+                        return
+                except Exception:  # noqa: BLE001 - a busy database: look again next time
+                    continue
+        finally:
+            store.close()
+
+    def _set_stage(self, stage: str) -> None:
+        self.stage = stage
+        self.store.update_run(self.run_id, stage=stage)
+
+    def _install_stop_hooks(self, model) -> list:
+        """A check at every decoder layer, so a stop cuts a long forward pass short."""
+        decoder, _ = _parts(model)
+        layers = getattr(decoder, "layers", None) or []
+        return [layer.register_forward_pre_hook(lambda *a: self._check_stop()) for layer in layers]
+
+    # -- the run ----------------------------------------------------------------------------------------
 
     def run(self) -> dict:
-        self.store.update_run(self.run_id, status="running", pid=os.getpid(), started_at=utcnow(), error=None)
+        self.store.update_run(
+            self.run_id, status="running", pid=os.getpid(), started_at=utcnow(), error=None, stage="starting"
+        )
+        done = threading.Event()
+        watcher = threading.Thread(target=self._watch, args=(done,), name="stop-watcher", daemon=True)
+        watcher.start()
         try:
             result = self._run()
         except torch.cuda.OutOfMemoryError as exc:
@@ -298,13 +461,18 @@ class Trainer:
             )
             self.store.update_run(self.run_id, status="failed", error=msg, finished_at=utcnow())
             raise IdiolectError(msg) from exc
-        except KeyboardInterrupt:
-            self.store.update_run(self.run_id, status="cancelled", finished_at=utcnow())
+        except (KeyboardInterrupt, StopRequested):
+            # Stopped before training began (nothing to save) or a second, impatient Ctrl-C.
+            self.store.update_run(self.run_id, status="cancelled", stage=None, finished_at=utcnow())
+            if self.stop_requested:
+                return {"status": "cancelled", "step": self.store.get_run(self.run_id)["step"]}
             raise
         except BaseException as exc:
             msg = str(exc) if isinstance(exc, IdiolectError) else f"{type(exc).__name__}: {exc}"
-            self.store.update_run(self.run_id, status="failed", error=msg, finished_at=utcnow())
+            self.store.update_run(self.run_id, status="failed", error=msg, stage=None, finished_at=utcnow())
             raise
+        finally:
+            done.set()
         return result
 
     def _run(self) -> dict:
@@ -314,35 +482,48 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._set_stage("loading the model")
         model_dir = local_model_dir(cfg.model)
         base, tokenizer, desc = load_hf_model(model_dir, device=cfg.device, quantize=cfg.quantize)
+        self._set_stage("reading your data")
+        self._check_stop()
         device = desc["device"]
-        model = build_peft_model(cfg, base, device)
+        model = self._model = build_peft_model(cfg, base, device)
+        hooks = self._install_stop_hooks(model)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
-        sets = load_sets(
-            self.store,
-            self.profile,
-            pool=cfg.pool,
-            peer_cap=cfg.peer_cap,
-            heldout_fraction=cfg.heldout_fraction,
-            seed=cfg.seed,
-        )
+        record = read_data_record(self.dir)
+        if record is None:  # a new run: read the database once and record exactly what it trains on
+            sets = load_sets(
+                self.store,
+                self.profile,
+                pool=cfg.pool,
+                peer_cap=cfg.peer_cap,
+                heldout_fraction=cfg.heldout_fraction,
+                seed=cfg.seed,
+            )
+            total = cfg.steps or cfg.epochs * steps_per_epoch(
+                len(sets.train[TAR]), cfg.batch_size * cfg.grad_accum
+            )
+            record = data_record(sets, total)
+            _atomic_write_bytes(self.dir / DATA_RECORD, json.dumps(record, ensure_ascii=False).encode())
+        else:  # a resumed run: the same rows and the same plan, whatever changed in the database since
+            sets = sets_from_record(record)
+            total = record["total_steps"]
         for group in (sets.train, sets.heldout):
             for examples in group.values():
                 tokenize(examples, tokenizer, cfg.max_length)
         aux_per_batch = cfg.aux_per_batch or cfg.batch_size
-        total = cfg.steps or cfg.epochs * steps_per_epoch(
-            len(sets.train[TAR]), cfg.batch_size * cfg.grad_accum
-        )
+        self.store.update_run(self.run_id, total_steps=total, model=str(model_dir))
 
         ckpt = latest_checkpoint(self.dir)
         state = torch.load(ckpt / "state.pt", weights_only=False) if ckpt else None
+        if state is None:
+            self._set_stage("estimating pi")
         pi_info = state["pi_info"] if state else self._estimate_pi(sets)
         pi = pi_info["pi"]
         ocfg = cfg.objective_config()
-        ref = self._reference(model, sets, device, pad_id)
-        self.store.update_run(self.run_id, total_steps=total, model=str(model_dir))
+        ref = self._reference(model, sets, device, pad_id, record, str(model_dir))
 
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -371,55 +552,29 @@ class Trainer:
             cfg.seed,
         )
         model.train()
-        tar, aux, neg = sets.train[TAR], sets.train[AUX], sets.train[NEG]
+        self._set_stage("training")
+        self._sets = sets
         for step in range(start, total):
-            if self.should_stop() or self.store.cancel_requested(self.run_id):
-                self._checkpoint(model, optimizer, scheduler, shift, step, pi_info)
-                self.store.update_run(self.run_id, status="cancelled", step=step, finished_at=utcnow())
-                return {"status": "cancelled", "step": step}
-            t0 = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            agg: dict[str, float] = {}
-            n_tokens = 0
-            for micro in range(cfg.grad_accum):
-                t_idx, a_idx, n_idx = plan[step * cfg.grad_accum + micro]
-                batch = [tar[i] for i in t_idx] + [aux[i] for i in a_idx] + [neg[i] for i in n_idx]
-                sums, counts = response_logps(model, batch, device, pad_id)
-                ref_b = torch.cat([ref[TAR][t_idx], ref[AUX][a_idx], ref[NEG][n_idx]]).to(sums.device)
-                rewards = ocfg.beta * (sums - ref_b)
-                nt, na = len(t_idx), len(a_idx)
-                r_tar, r_aux, r_neg = rewards[:nt], rewards[nt : nt + na], rewards[nt + na :]
-                nll_tar = -(sums[:nt].sum() / counts[:nt].sum())
-                loss, terms = objective_loss(ocfg, pi, shift.value, r_tar, r_aux, r_neg, nll_tar)
-                (loss / cfg.grad_accum).backward()
-                shift.update(r_tar, r_aux, r_neg)
-                terms.update(
-                    reward_tar=float(r_tar.detach().mean()),
-                    reward_aux=float(r_aux.detach().mean()) if na else 0.0,
-                    reward_margin=float(r_tar.detach().mean() - (r_aux.detach().mean() if na else 0.0)),
+            # What a step changes before the optimizer moves: restored if the step is cut short.
+            before = (copy.deepcopy(shift.state_dict()), torch.get_rng_state(), random.getstate())
+            try:
+                self._check_stop()
+                metrics = self._step(
+                    model, optimizer, params, plan, step, ref, ocfg, pi, shift, device, pad_id
                 )
-                if len(r_neg):
-                    terms["reward_neg"] = float(r_neg.detach().mean())
-                for k, v in terms.items():
-                    agg[k] = agg.get(k, 0.0) + v / cfg.grad_accum
-                n_tokens += sum(e.length for e in batch)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
-            optimizer.step()
+            except StopRequested:
+                optimizer.zero_grad(set_to_none=True)
+                shift.load_state_dict(before[0])
+                torch.set_rng_state(before[1])
+                random.setstate(before[2])
+                self._set_stage("saving a checkpoint")
+                self._checkpoint(model, optimizer, scheduler, shift, step, pi_info)
+                self.store.update_run(
+                    self.run_id, status="cancelled", step=step, stage=None, finished_at=utcnow()
+                )
+                return {"status": "cancelled", "step": step}
             scheduler.step()
-            if device == "cpu":
-                _release_freed_memory()  # keeps the RSS from creeping up step after step (~1 ms)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            dt = time.perf_counter() - t0
-            metrics = {
-                **agg,
-                "grad_norm": grad_norm,
-                "lr": scheduler.get_last_lr()[0],
-                "tokens": n_tokens,
-                "tokens_per_s": n_tokens / dt,
-                "seconds": dt,
-                "peak_memory_mb": _peak_memory_mb(device),
-            }
+            metrics["lr"] = scheduler.get_last_lr()[0]
             self.store.log_metrics(self.run_id, step + 1, metrics)
             self.store.update_run(self.run_id, step=step + 1)
             if self.progress:
@@ -427,9 +582,24 @@ class Trainer:
             if (step + 1) % cfg.save_every == 0 and step + 1 < total:
                 self._checkpoint(model, optimizer, scheduler, shift, step + 1, pi_info)
 
+        self._set_stage("evaluating on held-out texts")
+        try:
+            evaluation = self._evaluate(model, sets, device, pad_id)
+        except StopRequested:  # all steps are done: keep them, and evaluate when the run is resumed
+            self._set_stage("saving a checkpoint")
+            self._checkpoint(model, optimizer, scheduler, shift, total, pi_info)
+            self.store.update_run(
+                self.run_id, status="cancelled", step=total, stage=None, finished_at=utcnow()
+            )
+            return {"status": "cancelled", "step": total}
+        for hook in hooks:
+            hook.remove()
+        self._set_stage("saving the adapter")
         adapter_dir = self.dir / "adapter"
-        model.save_pretrained(adapter_dir)
-        (adapter_dir / "idiolect.json").write_text(
+        tmp_dir = self.dir / ".tmp-adapter"
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        model.save_pretrained(tmp_dir)
+        (tmp_dir / "idiolect.json").write_text(
             json.dumps(
                 {
                     "run_id": self.run_id,
@@ -439,22 +609,76 @@ class Trainer:
                 }
             )
         )
+        shutil.rmtree(adapter_dir, ignore_errors=True)
+        tmp_dir.rename(adapter_dir)
         result = {
             "pi": pi_info,
             "counts": sets.counts(),
             "steps": total,
-            **self._evaluate(model, sets, device, pad_id),
+            "data": {
+                "record": str(self.dir / DATA_RECORD),
+                "sha256": hashlib.sha256((self.dir / DATA_RECORD).read_bytes()).hexdigest(),
+            },
+            **evaluation,
         }
         self.store.update_run(
             self.run_id,
             status="completed",
             adapter_path=str(adapter_dir),
             result=result,
+            stage=None,
             finished_at=utcnow(),
         )
         for old in self.dir.glob("checkpoint-*"):
             shutil.rmtree(old, ignore_errors=True)
         return {"status": "completed", **result}
+
+    def _step(self, model, optimizer, params, plan, step, ref, ocfg, pi, shift, device, pad_id) -> dict:
+        """One optimizer step (with gradient accumulation); returns its metrics."""
+        cfg = self.cfg
+        tar, aux, neg = self._sets.train[TAR], self._sets.train[AUX], self._sets.train[NEG]
+        t0 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        agg: dict[str, float] = {}
+        n_tokens = 0
+        for micro in range(cfg.grad_accum):
+            t_idx, a_idx, n_idx = plan[step * cfg.grad_accum + micro]
+            batch = [tar[i] for i in t_idx] + [aux[i] for i in a_idx] + [neg[i] for i in n_idx]
+            sums, counts = response_logps(model, batch, device, pad_id)
+            ref_b = torch.cat([ref[TAR][t_idx], ref[AUX][a_idx], ref[NEG][n_idx]]).to(sums.device)
+            rewards = ocfg.beta * (sums - ref_b)
+            nt, na = len(t_idx), len(a_idx)
+            r_tar, r_aux, r_neg = rewards[:nt], rewards[nt : nt + na], rewards[nt + na :]
+            nll_tar = -(sums[:nt].sum() / counts[:nt].sum())
+            loss, terms = objective_loss(ocfg, pi, shift.value, r_tar, r_aux, r_neg, nll_tar)
+            (loss / cfg.grad_accum).backward()
+            shift.update(r_tar, r_aux, r_neg)
+            terms.update(
+                reward_tar=float(r_tar.detach().mean()),
+                reward_aux=float(r_aux.detach().mean()) if na else 0.0,
+                reward_margin=float(r_tar.detach().mean() - (r_aux.detach().mean() if na else 0.0)),
+            )
+            if len(r_neg):
+                terms["reward_neg"] = float(r_neg.detach().mean())
+            for k, v in terms.items():
+                agg[k] = agg.get(k, 0.0) + v / cfg.grad_accum
+            n_tokens += sum(e.length for e in batch)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+        self._check_stop()  # the last moment a step can still be dropped without a trace
+        optimizer.step()
+        if device == "cpu":
+            _release_freed_memory()  # keeps the RSS from creeping up step after step (~1 ms)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        return {
+            **agg,
+            "grad_norm": grad_norm,
+            "tokens": n_tokens,
+            "tokens_per_s": n_tokens / dt,
+            "seconds": dt,
+            "peak_memory_mb": _peak_memory_mb(device),
+        }
 
     def _estimate_pi(self, sets: TrainingSets) -> dict:
         if self.cfg.pi is not None:
@@ -468,20 +692,41 @@ class Trainer:
         )
         return {**info, "source": "estimated"}
 
-    def _reference(self, model, sets: TrainingSets, device, pad_id: int) -> dict[str, torch.Tensor]:
-        """Reference log-probs of every training sample under the frozen base, computed once and cached."""
+    def _reference(
+        self, model, sets: TrainingSets, device, pad_id: int, record: dict, model_dir: str
+    ) -> dict[str, torch.Tensor]:
+        """Reference log-probs of every training sample under the frozen base, computed once and cached in the
+        run folder. The cache is keyed by what it holds (the data record, the base, the max length): a cache
+        for other rows, or one that cannot be read (a kill while it was written), is recomputed."""
         path = self.dir / "reference_logps.pt"
-        if path.exists():
+        key = hashlib.sha256(
+            json.dumps([record["sets"]["train"], model_dir, self.cfg.max_length], sort_keys=True).encode()
+        ).hexdigest()
+        try:
             cached = torch.load(path, weights_only=True)
-            if all(len(cached[k]) == len(sets.train[k]) for k in (TAR, AUX, NEG)):
-                return cached
+            if cached.get("key") == key:
+                return {k: cached[k] for k in (TAR, AUX, NEG)}
+        except FileNotFoundError:
+            pass
+        except Exception:  # noqa: BLE001 - unreadable (truncated, corrupt, old format): recompute
+            pass
         # No-grad batches no bigger than a training batch, so this pass never sets the memory peak.
         budget = (self.cfg.batch_size + (self.cfg.aux_per_batch or self.cfg.batch_size)) * self.cfg.max_length
-        ref = {
-            k: logps_of(model, sets.train[k], device, pad_id, adapter=False, max_tokens=budget)[0]
-            for k in (TAR, AUX, NEG)
-        }
-        torch.save(ref, path)
+        n = sum(len(sets.train[k]) for k in (TAR, AUX, NEG))
+        done = 0
+        ref = {}
+        for k in (TAR, AUX, NEG):
+            parts = torch.zeros(len(sets.train[k]))
+            for idx in batched(sets.train[k], budget):
+                self._set_stage(f"computing reference log-probs {done}/{n}")
+                self._check_stop()
+                parts[idx] = logps_of(model, [sets.train[k][i] for i in idx], device, pad_id, adapter=False,
+                                      max_tokens=budget)[0]  # fmt: skip
+                done += len(idx)
+            ref[k] = parts
+        buffer = io.BytesIO()
+        torch.save({"key": key, **ref}, buffer)
+        _atomic_write_bytes(path, buffer.getvalue())
         _release_freed_memory()
         return ref
 

@@ -1,7 +1,8 @@
 """The three training sets of a profile, assembled from the store, split, tokenized and batched.
 
 - target: the user's own samples, thumbs-up generations, and edited generations (the edit is the positive);
-- negatives: thumbs-down generations without an edit;
+- negatives: thumbs-down generations (with an edit and a thumbs-down, the generated text is the negative and the
+  edit the positive); :func:`feedback_examples` is the one rule from a rating to training labels;
 - auxiliary (unlabeled): texts of other writers from a peer pool, at most ``peer_cap``, chosen round-robin across
   writers (so many voices are present) with the texts that answer the user's own prompts first.
 
@@ -54,6 +55,29 @@ class TrainingSets:
         }
 
 
+def feedback_examples(rating: int, text: str, edited_text: str | None) -> list[tuple[str, str]]:
+    """The one rule from a current rating to training labels, as ``[(TAR or NEG, text)]``:
+
+    - 👍: the generation is a positive (what you would write);
+    - 👎: the generation is a negative (what you would not write);
+    - an edit is always a positive: the edited text is what you would have written. With 👍 the original
+      generation is left out (good, but you improved it); with 👎 it is also a negative.
+    """
+    if edited_text:
+        return [(TAR, edited_text)] + ([(NEG, text)] if rating < 0 else [])
+    return [(TAR if rating > 0 else NEG, text)]
+
+
+def feedback_meaning(rating: int, edited: bool) -> str:
+    """What a rating does to training, in words for the person who gave it (from :func:`feedback_examples`)."""
+    labels = {k for k, _ in feedback_examples(rating, "generated", "edit" if edited else None)}
+    if edited:
+        return "your edit is learned as your own writing" + (
+            ", the generated text as what you would not write" if NEG in labels else ""
+        )
+    return "learned as what you would write" if TAR in labels else "learned as what you would not write"
+
+
 def _heldout(text: str, fraction: float) -> bool:
     h = int(hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8], 16)
     return h / 0xFFFFFFFF < fraction
@@ -85,12 +109,10 @@ def load_sets(
     ]
     negatives = []
     for f in store.list_feedback(prof["id"]):
-        if f["rating"] == 1 or f["edited_text"]:
-            targets.append(
-                Example(TAR, f["prompt"], None, f["edited_text"] or f["text"], f"feedback:{f['id']}")
+        for kind, text in feedback_examples(f["rating"], f["text"], f["edited_text"]):
+            (targets if kind == TAR else negatives).append(
+                Example(kind, f["prompt"], None, text, f"feedback:{f['id']}:{kind}")
             )
-        else:
-            negatives.append(Example(NEG, f["prompt"], None, f["text"], f"feedback:{f['id']}"))
     if len(targets) < MIN_TARGETS:
         raise IdiolectError(
             f"profile {profile!r} has {len(targets)} texts to learn from; add at least {MIN_TARGETS} samples of your "

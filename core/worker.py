@@ -89,7 +89,8 @@ def resume(store: Store, run_id: int) -> int:
 
 
 def status(store: Store, run_id: int) -> dict:
-    """The run, with progress and an ETA; a run whose worker is gone is marked failed here."""
+    """The run, with progress and an ETA; a run whose worker is gone is marked failed here. ``activity`` says
+    in words what an active run is doing now (its stage, or that it is cancelling)."""
     run = store.get_run(run_id)
     if run["status"] in ACTIVE and run["pid"] and not _alive(run["pid"]):
         ckpt = latest_checkpoint(run_dir(store, run_id))
@@ -98,7 +99,21 @@ def status(store: Store, run_id: int) -> dict:
         store.update_run(run_id, status="failed", error=msg, finished_at=utcnow())
         run = store.get_run(run_id)
     run["eta_seconds"] = _eta(store, run)
+    run["activity"] = activity(run)
     return run
+
+
+def activity(run: dict) -> str:
+    """What a run is doing, for people: 'queued', 'loading the model', 'training', 'cancelling (...)', or its
+    final status."""
+    if run["status"] not in ACTIVE:
+        return run["status"]
+    stage = run.get("stage") or (
+        "waiting for the worker to start" if run["status"] == "queued" else "starting"
+    )
+    if run.get("cancel_requested"):
+        return f"cancelling (was {stage})"
+    return stage
 
 
 def _eta(store: Store, run: dict) -> float | None:
@@ -121,14 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", required=True)
     args = parser.parse_args(argv)
     store = Store(args.db)
-    stop = {"now": False}
-
-    def on_term(signum, frame):  # a polite stop: checkpoint, then exit
-        stop["now"] = True
-
-    signal.signal(signal.SIGTERM, on_term)
+    trainer = Trainer(store, args.run_id)
+    # A polite stop: checkpoint at the last whole step, then exit (the same path as the UI's cancel).
+    signal.signal(signal.SIGTERM, lambda signum, frame: trainer.request_stop())
     try:
-        Trainer(store, args.run_id, should_stop=lambda: stop["now"]).run()
+        trainer.run()
     except IdiolectError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -69,6 +69,18 @@ TARGET_WRITER = (
 )
 
 
+def wait_until(predicate, timeout: float = 180.0, every: float = 0.1) -> bool:
+    """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(every)
+    raise AssertionError("timed out")
+
+
 def free_port() -> int:
     """A free TCP port on the loopback address."""
     import socket

@@ -32,9 +32,10 @@ def app(tmp_path):
     port = free_port()
     env = {**os.environ, "IDIOLECT_HOME": str(tmp_path / "home"), "GRADIO_ANALYTICS_ENABLED": "False"}
     db = tmp_path / "home" / "idiolect.db"
+    log = open(tmp_path / "app-terminal.log", "w")  # noqa: SIM115 - what the user's terminal would show
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "launch.py"), "--no-browser", "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 120
@@ -45,12 +46,13 @@ def app(tmp_path):
             urllib.request.urlopen(url, timeout=2)
             break
         except OSError:
-            assert proc.poll() is None, proc.stdout.read()
+            assert proc.poll() is None, (tmp_path / "app-terminal.log").read_text()
             assert time.time() < deadline, "the app did not start"
             time.sleep(0.5)
     yield url, db
     proc.terminate()
     proc.wait(timeout=30)
+    log.close()
 
 
 def test_first_time_user_journey(app, pretrained_base, tmp_path):
@@ -80,58 +82,107 @@ def test_first_time_user_journey(app, pretrained_base, tmp_path):
         def tab(name):
             page.get_by_role("tab", name=name).click()
 
+        # An expected mistake (no name) is one message on the page, not a traceback in the terminal.
+        page.click("#create-profile")
+        page.get_by_text("invalid profile name").first.wait_for()
+
         # Profile & writing
         page.fill("#new-profile input, #new-profile textarea", "e2e")
         page.click("#create-profile")
-        page.wait_for_function("document.querySelector('#status').innerText.includes('Profile e2e')")
+        page.wait_for_function("document.querySelector('#status')?.innerText.includes('Profile e2e')")
         page.fill("#paste textarea", pasted)
         page.click("#add-paste")
         page.wait_for_function(
-            f"document.querySelector('#import-report').innerText.includes('{n_blocks} added')"
+            f"document.querySelector('#import-report')?.innerText.includes('{n_blocks} added')"
         )
         assert f"{n_blocks} samples" in page.inner_text("#status")
         shot("1-profile-and-writing")
+
+        # A reload and a second tab show the same profile and its samples (read per page load).
+        def shows_profile(pg):
+            pg.wait_for_function(
+                f"document.querySelector('#status')?.innerText.includes('Profile e2e: {n_blocks} samples')"
+            )
+            assert texts[0][:40] in pg.inner_text("#samples")
+
+        page.reload()
+        shows_profile(page)
+        second = browser.new_page(viewport={"width": 1280, "height": 900})
+        second.set_default_timeout(60_000)
+        second.goto(url)
+        shows_profile(second)
 
         # Model
         tab("Model")
         page.fill("#custom-model input, #custom-model textarea", str(pretrained_base))
         page.click("#use-model")
         page.wait_for_function(
-            "document.querySelector('#model-status').innerText.includes('Using the folder')"
+            "document.querySelector('#model-status')?.innerText.includes('Using the folder')"
         )
         shot("2-model")
 
-        # Rate: generate two, thumbs-up A by click, thumbs-down B by keyboard shortcut.
+        # Rate: generate two; A gets 👍 then 👎 (one label stays), B 👎 by keyboard shortcut.
         tab("Rate")
         page.fill("#prompt-own input, #prompt-own textarea", "Describe your morning coffee.")
-        page.click("#generate-btn")
-        page.wait_for_function(
-            "document.querySelector('#pair-label').innerText.includes('rate each')", timeout=120_000
-        )
-        assert page.input_value("#text-a textarea").strip() and page.input_value("#text-b textarea").strip()
+
+        def generate_pair():
+            # The label of a finished pair names its seeds: wait for a finished pair with other seeds.
+            before = re.search(r"seeds \d+ / \d+", page.inner_text("#pair-label"))
+            page.click("#generate-btn")
+            page.wait_for_function(
+                "([before]) => { const t = document.querySelector('#pair-label')?.innerText || '';"
+                " return t.includes('rate each') && !(before && t.includes(before)); }",
+                arg=[before.group(0) if before else None],
+                timeout=120_000,
+            )
+            return page.input_value("#text-a textarea"), page.input_value("#text-b textarea")
+
+        first_pair = generate_pair()
+        assert first_pair[0].strip() and first_pair[1].strip()
+        assert first_pair[0] != first_pair[1]  # both sides are the base here: fresh seeds per side
         page.click("#up-a")
-        page.wait_for_function("document.querySelector('#rate-status').innerText.includes('Saved 👍 for A')")
+        page.wait_for_function("document.querySelector('#rate-status')?.innerText.includes('Saved 👍 for A')")
+        page.click("#down-a")
+        page.wait_for_function("document.querySelector('#rate-status')?.innerText.includes('Saved 👎 for A')")
+        page.click("#down-a")  # a double press counts once
+        page.wait_for_function(
+            "document.querySelector('#rate-status')?.innerText.includes('nothing changed')"
+        )
         page.locator("body").click(position={"x": 5, "y": 5})
         page.keyboard.press("4")
-        page.wait_for_function("document.querySelector('#rate-status').innerText.includes('Saved 👎 for B')")
+        page.wait_for_function("document.querySelector('#rate-status')?.innerText.includes('Saved 👎 for B')")
         shot("3-rate")
+        second_pair = generate_pair()  # the same prompt again gives new texts
+        assert second_pair[0] != first_pair[0] and second_pair[1] != first_pair[1]
 
         # Train a few steps in the worker process; the page polls its progress.
         tab("Train")
-        page.fill("#train-steps input", "6")
+        page.fill("#train-steps input", "30")
         page.fill("#train-lr input", "0.001")
         page.click("#start-train")
+        page.wait_for_function("document.querySelector('#train-progress')?.innerText.includes('Run 1')")
+        # Mid-run, a reload and the second tab still show the job (and keep following it).
+        for pg in (page, second):
+            pg.reload()
+            pg.get_by_role("tab", name="Train").click()
+            pg.wait_for_function(
+                "document.querySelector('#train-progress')?.innerText.includes('Run 1 (cbpo)')"
+            )
         page.wait_for_function(
-            "document.querySelector('#train-progress').innerText.includes('completed')", timeout=300_000
+            "document.querySelector('#train-progress')?.innerText.includes('completed')", timeout=300_000
         )
-        assert "step 6/6" in page.inner_text("#train-progress")
+        assert "step 30/30" in page.inner_text("#train-progress")
+        second.wait_for_function(
+            "document.querySelector('#train-progress')?.innerText.includes('completed')", timeout=60_000
+        )
+        second.close()
         shot("4-train")
 
         # You vs. peers: differences and the summary chosen by lift.
         tab("You vs. peers")
         page.click("#analyze")
         page.wait_for_function(
-            "document.querySelector('#summary-score').innerText.includes('lift')", timeout=300_000
+            "document.querySelector('#summary-score')?.innerText.includes('lift')", timeout=300_000
         )
         assert "Representative peers:" in page.inner_text("#report")
         summary = page.input_value("#summary textarea")
@@ -143,7 +194,7 @@ def test_first_time_user_journey(app, pretrained_base, tmp_path):
         page.fill("#export-folder input, #export-folder textarea", str(export_dir))
         page.click("#export-btn")
         page.wait_for_function(
-            "document.querySelector('#export-report').innerText.includes('Exported to')", timeout=300_000
+            "document.querySelector('#export-report')?.innerText.includes('Exported to')", timeout=300_000
         )
         assert "e2e-lora.gguf" in page.inner_text("#export-report")
         shot("6-export")
@@ -152,10 +203,16 @@ def test_first_time_user_journey(app, pretrained_base, tmp_path):
     conn = sqlite3.connect(db)
     count = lambda sql: conn.execute(sql).fetchone()[0]  # noqa: E731
     assert count("SELECT count(*) FROM samples") == n_blocks
-    assert count("SELECT count(*) FROM generations") == 2
-    assert [r[0] for r in conn.execute("SELECT rating FROM feedback ORDER BY id")] == [1, -1]
-    assert count("SELECT count(*) FROM runs WHERE status = 'completed' AND step = 6") == 1
+    assert count("SELECT count(*) FROM generations") == 4
+    current = conn.execute(
+        "SELECT g.text, f.rating FROM feedback f JOIN generations g ON g.id = f.generation_id "
+        "WHERE f.superseded_at IS NULL ORDER BY g.id"
+    ).fetchall()
+    assert current == [(first_pair[0], -1), (first_pair[1], -1)]  # one label per generation
+    assert count("SELECT count(*) FROM feedback") == 3  # A's 👍 is kept as history
+    assert count("SELECT count(*) FROM runs WHERE status = 'completed' AND step = 30") == 1
     assert count("SELECT text FROM summaries ORDER BY version DESC LIMIT 1") == summary
     assert count("SELECT count(*) FROM exports") == 1
     assert (export_dir / "manifest.json").exists() and (export_dir / "e2e-lora.gguf").exists()
     assert (export_dir / "e2e-summary.txt").read_text().strip() == summary.strip()
+    assert "Traceback" not in (tmp_path / "app-terminal.log").read_text()

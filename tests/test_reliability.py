@@ -85,7 +85,7 @@ for i in range(int(sys.argv[3])):
         s.add_samples(pid, [{"text": f"client {sys.argv[2]} import {i} line {j}"} for j in range(10)])
     else:
         g = s.add_generation(pid, "p", f"client {sys.argv[2]} gen {i}")
-        s.add_feedback(g, 1 if i % 2 else -1)
+        s.rate(pid, g, 1 if i % 2 else -1)
     worst = max(worst, time.perf_counter() - t)
 print(json.dumps({"worst_s": worst, "seconds": time.perf_counter() - t0}))
 """

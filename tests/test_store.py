@@ -97,10 +97,10 @@ def test_validation_errors_are_readable(store):
         store.create_profile("ana")
     gen = store.add_generation(pid, "prompt", "text", model="tiny")
     with pytest.raises(IdiolectError, match=r"\+1 or -1"):
-        store.add_feedback(gen, 0)
+        store.rate(pid, gen, 0)
     with pytest.raises(IdiolectError, match="no generation"):
-        store.add_feedback(gen + 100, 1)
-    store.add_feedback(gen, 1, edited_text="better text")
+        store.rate(pid, gen + 100, 1)
+    store.rate(pid, gen, 1, edited_text="better text")
     assert store.stats()["profiles"]["ana"]["ratings_up"] == 1
 
 
@@ -108,7 +108,7 @@ def test_deleting_a_profile_cascades(store):
     pid = store.create_profile("ana")
     store.add_samples(pid, [{"text": "hello"}])
     gen = store.add_generation(pid, "p", "t")
-    store.add_feedback(gen, -1)
+    store.rate(pid, gen, -1)
     run = store.create_run(pid, "cbpo", "tiny", {"steps": 2})
     store.log_metrics(run, 1, {"loss": 0.5})
     store.delete_profile("ana")
@@ -156,7 +156,7 @@ def test_concurrent_processes_lose_no_write(tmp_path):
         try:
             for i in range(40):
                 gen = main.add_generation(pid, "prompt", f"thread {t} gen {i}")
-                main.add_feedback(gen, 1 if i % 2 else -1)
+                main.rate(pid, gen, 1 if i % 2 else -1)
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
