@@ -243,21 +243,39 @@ def build_ui(store: Store) -> gr.Blocks:
         if not spec:
             raise user_error("Pick a recommended model or give a folder, GGUF file or Hugging Face id.")
         source = resolve(spec)
-        if source.kind == "gguf":
-            raise user_error(
-                "GGUF files run in llama.cpp only; training needs the Hugging Face weights of the model."
-            )
+
+        def cb(done, total, name):
+            progress(done / total if total else None, desc=name)
+
         if source.kind == "hub":
-
-            def cb(done, total, name):
-                progress(done / total if total else None, desc=f"downloading {name}")
-
             path = local_model_dir(spec, progress=cb)
             msg = f"Downloaded {spec} to {path}."
+        elif source.kind == "gguf":
+            # A GGUF file is a training base: dequantized once (cached by its hash); exports target the file.
+            path = local_model_dir(spec, progress=cb)
+            msg = f"Using the GGUF file {source.ref} (its weights for training are in {path})."
         else:
             msg = f"Using the folder {source.ref}."
         store.update_profile_settings(profile, model=spec)
-        return msg, status(profile)
+        return msg, status(profile), models_md(profile)
+
+    def models_md(profile=None) -> str:
+        """The model in use and the models on this machine, read now."""
+        from core.models import models_on_disk
+
+        current = (
+            store.profile_settings(profile).get("model") if profile and store.find_profile(profile) else None
+        )
+        lines = [f"**In use by {profile}:** `{current}`" if current else "**In use:** none chosen yet"]
+        on_disk = models_on_disk()
+        lines.append("**On this machine** (type the path or id below, or `offline` for the offline model):")
+        lines += [
+            f"- {m['kind']}: `{m['path']}`"
+            + (f" ({m['bytes'] / 1e9:.2f} GB)" if m["bytes"] else "")
+            + (f" -- {m['name']}" if m["kind"] == "offline" else "")
+            for m in on_disk
+        ] or ["- none yet"]
+        return "\n".join(lines)
 
     # -- Rate -----------------------------------------------------------------------------------------
 
@@ -591,10 +609,12 @@ def build_ui(store: Store) -> gr.Blocks:
             )
             gr.Markdown(
                 "\n".join(
-                    f"- **{m.id}**: {m.params_b:.2f}B, ~{m.download_gb:.1f} GB, {m.license}. {m.notes}"
+                    f"- **{m.id}**: {m.params_b:.2f}B, ~{m.download_gb:.1f} GB, {m.license}. {m.notes} "
+                    f"({m.supports()})"
                     for m in RECOMMENDED
                 )
             )
+            on_disk_md = gr.Markdown(elem_id="models-on-disk")
             custom = gr.Textbox(
                 label="Or: a local model folder, a Hugging Face id, or a GGUF file", elem_id="custom-model"
             )
@@ -733,7 +753,9 @@ def build_ui(store: Store) -> gr.Blocks:
             report = import_peers(store, f if isinstance(f, str) else f.name, n or "imported")
             return reports_md([report]), pool_choices(current)
 
-        demo.load(on_load, [remembered], [profile, pool_pick, *profile_outputs])
+        demo.load(on_load, [remembered], [profile, pool_pick, *profile_outputs]).then(
+            models_md, [profile], [on_disk_md]
+        )
         create_btn.click(create_profile, [new_name], [profile, new_name])
         profile.change(profile_views, [profile], profile_outputs).then(lambda p: p, [profile], [remembered])
         paste_btn.click(add_pasted, [profile, paste], [import_md, samples, status_md, paste])
@@ -742,7 +764,7 @@ def build_ui(store: Store) -> gr.Blocks:
         save_btn.click(save_sample, [profile, sample_id, sample_text], [samples, status_md])
         del_btn.click(delete_sample, [profile, sample_id], [samples, status_md])
         pool_btn.click(friendly(import_pool), [pool_file, pool_name, pool_pick], [pool_md, pool_pick])
-        model_btn.click(choose_model, [profile, recommended, custom], [model_md, status_md])
+        model_btn.click(choose_model, [profile, recommended, custom], [model_md, status_md, on_disk_md])
         rate_buttons = [up_a, down_a, up_b, down_b, undo_a, undo_b]
         generating = gen_btn.click(
             generate_pair,

@@ -127,7 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("--profile", help="profile name")
-    p.add_argument("--model", help="Hugging Face id or local model folder")
+    p.add_argument(
+        "--model",
+        help="Hugging Face id, local model folder, or a .gguf file (dequantized once, cached by its hash; the GGUF "
+        "LoRA export then targets that very file)",
+    )
     p.add_argument("--objective", choices=("cbpo", "sft", "bco", "cbpo_pi0"), default="cbpo")
     p.add_argument("--pool", default="default", help="peer pool (default: the bundled pool)")
     p.add_argument("--steps", type=int, help="optimizer steps (default: epochs x batches per epoch)")
@@ -226,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench_generation.add_arguments(bp)
+    _add_db(bp)  # accepted after the bench name too
     from bench import training as bench_training
 
     bp = bench_sub.add_parser(
@@ -235,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench_training.add_arguments(bp)
+    _add_db(bp)  # accepted after the bench name too
     from bench import personalization as bench_personalization
 
     bp = bench_sub.add_parser(
@@ -244,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench_personalization.add_pretrain_arguments(bp)
+    _add_db(bp)  # accepted after the bench name too
     bp = bench_sub.add_parser(
         "personalization",
         help="C-BPO vs base/SFT/BCO on real writers: likelihood lifts, ROUGE/METEOR/BLEU, authorship, pair accuracy",
@@ -251,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench_personalization.add_personalization_arguments(bp)
+    _add_db(bp)  # accepted after the bench name too
     _add_db(p)
 
     p = sub.add_parser(
@@ -360,7 +368,7 @@ def cmd_train(args) -> int:
     import time
 
     from core import worker
-    from core.train import TrainConfig, Trainer, create_run
+    from core.train import TrainConfig, Trainer, check_trainable, create_run
 
     with open_store(args.db) as store:
         if args.resume is not None:
@@ -382,24 +390,30 @@ def cmd_train(args) -> int:
                 max_length=args.max_length, lora_r=args.lora_r, lora_alpha=2 * args.lora_r, device=args.device,
                 quantize=args.quantize, seed=args.seed, save_every=args.save_every,
             )  # fmt: skip
-            store.get_profile(args.profile)
+            check_trainable(store, args.profile, cfg)  # refused here, no failed run is left behind
             if args.background:
                 run_id = worker.start(store, args.profile, cfg)
                 print(f"run {run_id} started in the background; `launch.py stats` shows it")
                 return 0
             run_id = create_run(store, args.profile, cfg)
-        started = time.monotonic()
+        timing: dict = {}
 
         def progress(step: int, total: int, m: dict) -> None:
-            elapsed = time.monotonic() - started
-            eta = elapsed / max(1, step - first[0]) * (total - step) if step > first[0] else 0
+            # The ETA counts steps only: the clock starts at the first step of this process, after the model
+            # loaded and the one-off reference pass ran.
+            now = time.monotonic()
+            timing.setdefault("t0", now)
+            timing.setdefault("s0", step)
+            done = step - timing["s0"]
+            eta = (
+                (now - timing["t0"]) / done * (total - step) if done else m.get("seconds", 0) * (total - step)
+            )
             bar = "#" * int(30 * step / total)
             _progress(
                 f"run {run_id} [{bar:<30}] {step}/{total} loss {m.get('loss', 0):.4f} "
                 f"margin {m.get('reward_margin', 0):+.3f} {m.get('tokens_per_s', 0):,.0f} tok/s ETA {eta:,.0f}s"
             )
 
-        first = [store.get_run(run_id)["step"]]
         print(f"run {run_id}: training {store.get_run(run_id)['objective']} ...", file=sys.stderr)
         trainer = Trainer(store, run_id, progress=progress)
 
@@ -516,7 +530,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from core.models import RECOMMENDED, download
+    from core.models import RECOMMENDED, download, models_on_disk
 
     if args.download:
         last = [0.0]
@@ -535,12 +549,18 @@ def cmd_models(args) -> int:
             print(file=sys.stderr)
         print(path)
         return 0
+    on_disk = models_on_disk()
     if args.json:
-        print(json.dumps([m.to_dict() for m in RECOMMENDED], indent=2))
+        print(json.dumps({"recommended": [m.to_dict() for m in RECOMMENDED], "on_disk": on_disk}, indent=2))
         return 0
+    print("Recommended (Hugging Face ids; --download ID fetches one):")
     for m in RECOMMENDED:
         gated = " (gated)" if m.gated else ""
-        print(f"{m.id:<40} {m.params_b:>5.2f}B  ~{m.download_gb:>4.1f} GB  {m.license}{gated}  {m.notes}")
+        print(f"  {m.id:<40} {m.params_b:>5.2f}B  ~{m.download_gb:>4.1f} GB  {m.license}{gated}  {m.notes}")
+    print("On this machine (what --model takes; a local folder or any .gguf file works too):")
+    for m in on_disk or [{"kind": "", "name": "none yet", "path": "", "bytes": 0}]:
+        size = f"{m['bytes'] / 1e9:6.2f} GB" if m["bytes"] else " " * 9
+        print(f"  {m['kind']:<12} {size}  {m['path'] or m['name']}")
     return 0
 
 

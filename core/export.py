@@ -2,9 +2,14 @@
 
 Formats:
 - ``peft``: the PEFT adapter folder (``PeftModel.from_pretrained``);
-- ``gguf``: the GGUF LoRA for llama.cpp, and the base model as GGUF (f16) to load it onto -- skipped when the
-  base already is a GGUF file;
-- ``merged``: base + adapter merged into one Hugging Face model (safetensors);
+- ``gguf``: the GGUF LoRA for llama.cpp, and the base model as GGUF (f16) to load it onto -- when the run trained
+  on a GGUF file, the LoRA targets that very file (named by its path in the Modelfile and commands; no base is
+  written);
+- ``merged``: base + adapter merged into one Hugging Face model (safetensors; from a GGUF base, its dequantized
+  weights);
+
+A format the base model's architecture cannot take is refused (when asked for by name) or skipped with its
+reason (by default) before any file is written.
 - ``summary``: the preference summary as plain text, an OpenAI chat-completions JSON body with the summary as the
   system message, a Python snippet with the official ``openai`` client, an Ollama Modelfile (FROM / ADAPTER /
   SYSTEM) and llama.cpp command lines;
@@ -118,7 +123,9 @@ print(reply.choices[0].message.content)
         encoding="utf-8",
     )
     written += [txt, chat, snippet]
-    base_ref = f"./{base_gguf}" if base_gguf else "YOUR-BASE-MODEL.gguf"
+    # A base written into the folder is named relative to it; the user's own GGUF by its absolute path.
+    base_ref = (base_gguf if Path(base_gguf).is_absolute() else f"./{base_gguf}") if base_gguf else None
+    base_ref = base_ref or "YOUR-BASE-MODEL.gguf"
     modelfile = folder / "Modelfile"
     lines = [f"FROM {base_ref}"]
     if lora_gguf:
@@ -152,7 +159,7 @@ def export(
     gguf_dtype: str = "f16",
 ) -> ExportResult:
     from core.gguf_writer import convert_hf_to_gguf, convert_lora_to_gguf
-    from core.models import local_model_dir, resolve
+    from core.models import gguf_source, local_model_dir, resolve
 
     prof = store.get_profile(profile)
     asked = tuple(formats) if formats else None
@@ -173,44 +180,60 @@ def export(
             f"profile {profile!r} has no preference summary yet: make one first (launch.py summary)"
         )
 
+    # Everything that can refuse is decided before the first file is written.
+    adapter_dir = Path(run["adapter_path"]) if run else None
+    base_spec = run["config"].get("model") if run else None
+    base_dir = None
+    base_gguf_file = None  # the user's own GGUF base, when the run trained on one
+    skipped: dict[str, str] = {}
+    for fmt in ("peft", "gguf", "merged"):
+        if fmt in wanted and run is None:
+            skipped[fmt] = "no trained adapter"
+    if run and ("gguf" in wanted or "merged" in wanted):
+        from core.gguf_writer import export_problem
+
+        base_dir = local_model_dir(base_spec)
+        if resolve(base_spec).kind == "gguf":
+            # The LoRA targets the user's own GGUF: the same quantized weights it was trained against.
+            base_gguf_file = resolve(base_spec).path
+        problems = {
+            "gguf": export_problem(base_dir, "lora")
+            or (None if base_gguf_file else export_problem(base_dir, "base")),
+            "merged": None,
+        }
+        for fmt, problem in problems.items():
+            if fmt in wanted and problem:
+                if asked and fmt in asked:
+                    raise IdiolectError(f"cannot export {fmt}: {problem}")
+                skipped[fmt] = problem
+
     folder = Path(out_dir).expanduser()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise IdiolectError(f"cannot create the export folder {folder}: {exc.strerror or exc}") from exc
     slug = safe_name(prof["name"])
-    result = ExportResult(folder=folder.resolve())
-    adapter_dir = Path(run["adapter_path"]) if run else None
-    base_spec = run["config"].get("model") if run else None
-    base_dir = None
+    result = ExportResult(folder=folder.resolve(), skipped=skipped)
     base_gguf_name = lora_gguf_name = None
-
-    for fmt in ("peft", "gguf", "merged"):
-        if fmt in wanted and run is None:
-            result.skipped[fmt] = "no trained adapter"
-    if run and ("gguf" in wanted or "merged" in wanted):
-        if resolve(base_spec).kind == "gguf":
-            for fmt in ("gguf", "merged"):
-                if fmt in wanted:
-                    result.skipped[fmt] = (
-                        "the base model is a GGUF file; this format needs its Hugging Face weights"
-                    )
-        else:
-            base_dir = local_model_dir(base_spec)
 
     if run and "peft" in wanted:
         dest = folder / f"{slug}-peft"
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(adapter_dir, dest)
         result.files += sorted(p for p in dest.rglob("*") if p.is_file())
-    if base_dir is not None and "gguf" in wanted:
+    if base_dir is not None and "gguf" in wanted and "gguf" not in result.skipped:
         lora_gguf = folder / f"{slug}-lora.gguf"
         convert_lora_to_gguf(adapter_dir, base_dir, lora_gguf, dtype="f32" if gguf_dtype == "f32" else "f16")
-        base_gguf = folder / f"{safe_name(base_dir.name, 'base')}-{gguf_dtype}.gguf"
-        convert_hf_to_gguf(base_dir, base_gguf, dtype=gguf_dtype)
-        base_gguf_name, lora_gguf_name = base_gguf.name, lora_gguf.name
-        result.files += [lora_gguf, base_gguf]
-    if base_dir is not None and "merged" in wanted:
+        lora_gguf_name = lora_gguf.name
+        result.files.append(lora_gguf)
+        if base_gguf_file is not None:
+            base_gguf_name = str(base_gguf_file)  # referred to where it is, not copied
+        else:
+            base_gguf = folder / f"{safe_name(base_dir.name, 'base')}-{gguf_dtype}.gguf"
+            convert_hf_to_gguf(base_dir, base_gguf, dtype=gguf_dtype)
+            base_gguf_name = base_gguf.name
+            result.files.append(base_gguf)
+    if base_dir is not None and "merged" in wanted and "merged" not in result.skipped:
         result.files += _merge(base_dir, adapter_dir, folder / f"{slug}-merged")
 
     if "summary" in wanted:
@@ -229,6 +252,9 @@ def export(
         "skipped": result.skipped,
         "base_model": base_spec,
         "base_model_dir": str(base_dir) if base_dir else None,
+        "base_gguf": None
+        if base_gguf_file is None
+        else {"path": str(base_gguf_file), "sha256": (gguf_source(base_dir) or {}).get("sha256")},
         "training_run": None
         if run is None
         else {

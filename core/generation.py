@@ -302,6 +302,42 @@ class HFGenerator(Generator):
             raise exc
 
 
+_LLAMA_PARAMS_LOCK = threading.Lock()
+
+
+def _cpu_has_amx() -> bool:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return "amx_tile" in fh.read()
+    except OSError:
+        return False
+
+
+def open_llama(**kwargs):
+    """``llama_cpp.Llama(**kwargs)``, with llama.cpp's extra CPU buffer types (AMX, weight repacking) off on
+    CPUs with AMX: with them, llama-cpp-python 0.3.36 crashes (segmentation fault) in the first decode of a
+    Q4_K_M Gemma 3 file on such a CPU (seen here; the same file runs with them off). The Python wrapper does not
+    expose the setting, so the default parameters it starts from are swapped for the duration of the load."""
+    import llama_cpp
+    import llama_cpp.llama as llama_module
+
+    if not _cpu_has_amx():
+        return llama_cpp.Llama(**kwargs)
+    with _LLAMA_PARAMS_LOCK:
+        original = llama_module.llama_cpp.llama_model_default_params
+
+        def without_extra_bufts():
+            params = original()
+            params.use_extra_bufts = False
+            return params
+
+        llama_module.llama_cpp.llama_model_default_params = without_extra_bufts
+        try:
+            return llama_cpp.Llama(**kwargs)
+        finally:
+            llama_module.llama_cpp.llama_model_default_params = original
+
+
 class LlamaCppGenerator(Generator):
     name = "llama"
 
@@ -317,7 +353,6 @@ class LlamaCppGenerator(Generator):
     ) -> None:
         """``exact`` keeps the KV cache in f32 (llama.cpp's default f16 costs about 1e-3 relative in the
         logits); the parity tests use it."""
-        import llama_cpp
 
         gguf_path = Path(gguf_path)
         if not gguf_path.is_file():
@@ -336,7 +371,7 @@ class LlamaCppGenerator(Generator):
         if exact:
             kwargs.update(type_k=0, type_v=0)  # GGML_TYPE_F32
         try:
-            self.llm = llama_cpp.Llama(**kwargs)
+            self.llm = open_llama(**kwargs)
         except (ValueError, RuntimeError, OSError) as exc:
             raise IdiolectError(f"llama.cpp cannot load {gguf_path}: {exc}") from exc
         self.model_ref = str(gguf_path)
@@ -431,7 +466,8 @@ def open_generator(
     gguf_cache: Path | None = None,
 ) -> Generator:
     """A generator for what the user named. With the llama backend an HF model is converted to GGUF first
-    (cached by folder and modification time)."""
+    (cached by folder and modification time), and ``adapter`` may be a GGUF LoRA or a PEFT folder; with the hf
+    backend a GGUF model is dequantized (once) and ``adapter`` is a PEFT folder."""
     from core.models import local_model_dir, resolve
 
     if backend not in ("hf", "llama"):
@@ -441,13 +477,37 @@ def open_generator(
         return HFGenerator.from_pretrained(
             local_model_dir(model), adapter=adapter, device=device, quantize=quantize
         )
-    if adapter and not str(adapter).endswith(".gguf"):
-        raise IdiolectError("the llama backend takes a GGUF LoRA file as --adapter (export one first)")
-    if source.kind == "gguf":
-        path = source.path
-    else:
-        path = gguf_for(local_model_dir(model), gguf_cache)
-    return LlamaCppGenerator(path, lora_path=adapter)
+    lora = None
+    if adapter:  # a GGUF LoRA as it is; a PEFT folder converted once (cached by its content)
+        lora = (
+            Path(adapter)
+            if str(adapter).endswith(".gguf")
+            else gguf_lora_for(Path(adapter), model, gguf_cache)
+        )
+    path = source.path if source.kind == "gguf" else gguf_for(local_model_dir(model), gguf_cache)
+    return LlamaCppGenerator(path, lora_path=lora)
+
+
+def gguf_lora_for(adapter_dir: Path, model: str, cache: Path | None = None) -> Path:
+    """The GGUF LoRA of a PEFT adapter folder for the llama backend: written once into the cache, keyed by the
+    adapter's identity (folder + content hash), so a retrained adapter in the same folder gets a new file."""
+    import hashlib
+
+    from core.gguf_writer import convert_lora_to_gguf
+    from core.models import local_model_dir
+    from core.paths import data_dir
+
+    if not (adapter_dir / "adapter_config.json").exists():
+        raise IdiolectError(f"{adapter_dir}: give a PEFT adapter folder or a GGUF LoRA file as --adapter")
+    cache = cache or data_dir() / "gguf"
+    key = hashlib.sha256(adapter_identity(adapter_dir).encode()).hexdigest()[:16]
+    out = cache / f"lora-{key}.gguf"
+    if not out.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(f".partial-{os.getpid()}")
+        convert_lora_to_gguf(adapter_dir, local_model_dir(model), tmp)
+        tmp.replace(out)
+    return out
 
 
 def gguf_for(model_dir: Path, cache: Path | None = None) -> Path:

@@ -1,7 +1,8 @@
-"""Writing GGUF files with the ``gguf`` package: a Hugging Face base model of the llama or qwen2 architecture
-(weights, hyperparameters and the byte-level BPE tokenizer), so a user holding only HF weights can run
-llama.cpp / llama-cpp-python. (The llama.cpp convert scripts are not installed by pip; this covers the two
-architectures Idiolect recommends.)
+"""Writing GGUF files with the ``gguf`` package: a Hugging Face base model (weights, hyperparameters and the
+byte-level BPE tokenizer), so a user holding only HF weights can run llama.cpp / llama-cpp-python, and a PEFT
+LoRA adapter as a GGUF LoRA. (The llama.cpp convert scripts are not installed by pip.) What each architecture
+supports is in :data:`SUPPORT`; a format an architecture cannot take is refused before any file is written
+(:func:`export_problem`).
 
 Facts this relies on (checked by tests/test_gguf.py against llama-cpp-python):
 - llama.cpp applies rotary embeddings to interleaved pairs, transformers' llama to two halves, so the rows of
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
@@ -25,8 +27,30 @@ from safetensors import safe_open
 
 from core.errors import IdiolectError
 
-ARCHS = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
-_GGUF_ARCH = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2}
+
+@dataclass(frozen=True)
+class ArchSupport:
+    arch: gguf.MODEL_ARCH  # llama.cpp's architecture
+    permute_qk: bool  # transformers' rotary halves -> llama.cpp's interleaved pairs (the llama family)
+    base: bool  # the GGUF base writer handles it
+    lora: bool  # the GGUF LoRA writer handles it
+
+    @property
+    def name(self) -> str:
+        return gguf.MODEL_ARCH_NAMES[self.arch]
+
+
+# Hugging Face model class -> what the writers do with it. Mistral is written as llama (llama.cpp reads it so).
+# Gemma 3: LoRA only -- its LoRA targets the user's own GGUF (a GGUF base needs no re-export), while a base
+# export would need the SentencePiece tokenizer and Gemma's norm offsets.
+SUPPORT: dict[str, ArchSupport] = {
+    "LlamaForCausalLM": ArchSupport(gguf.MODEL_ARCH.LLAMA, permute_qk=True, base=True, lora=True),
+    "MistralForCausalLM": ArchSupport(gguf.MODEL_ARCH.LLAMA, permute_qk=True, base=True, lora=True),
+    "Qwen2ForCausalLM": ArchSupport(gguf.MODEL_ARCH.QWEN2, permute_qk=False, base=True, lora=True),
+    "Qwen3ForCausalLM": ArchSupport(gguf.MODEL_ARCH.QWEN3, permute_qk=False, base=True, lora=True),
+    "Gemma3ForCausalLM": ArchSupport(gguf.MODEL_ARCH.GEMMA3, permute_qk=False, base=False, lora=True),
+}
+ARCHS = {cls: support.name for cls, support in SUPPORT.items()}
 
 # Pre-tokenizer split regexes of known families -> llama.cpp's name for them.
 _QWEN2_RE = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -43,19 +67,37 @@ def permute_qk(weight: np.ndarray, n_head: int) -> np.ndarray:
     )
 
 
-def read_config(model_dir: Path) -> tuple[dict, str]:
-    config_path = model_dir / "config.json"
+def read_config(model_dir: Path, purpose: str = "base") -> tuple[dict, ArchSupport]:
+    """The model's config and what the writers support for it; ``purpose`` ``base`` or ``lora`` refuses an
+    architecture that writer cannot take."""
+    config_path = Path(model_dir) / "config.json"
     if not config_path.exists():
         raise IdiolectError(f"{model_dir}: no config.json, so not a Hugging Face model folder")
     config = json.loads(config_path.read_text())
     arch_names = config.get("architectures") or []
     for name in arch_names:
-        if name in ARCHS:
-            return config, ARCHS[name]
+        support = SUPPORT.get(name)
+        if support is not None and getattr(support, purpose):
+            return config, support
+    able = [cls for cls, sup in SUPPORT.items() if getattr(sup, purpose)]
+    what = "a GGUF base model" if purpose == "base" else "a GGUF LoRA"
     raise IdiolectError(
-        f"{model_dir}: architecture {', '.join(arch_names) or 'unknown'} cannot be converted to GGUF here "
-        f"(supported: {', '.join(ARCHS)})"
+        f"{Path(model_dir).name}: architecture {', '.join(arch_names) or 'unknown'} cannot be written as {what} "
+        f"here (supported: {', '.join(able)})"
     )
+
+
+def export_problem(model_dir: Path, purpose: str) -> str | None:
+    """Why ``purpose`` (``base``: the model as GGUF; ``lora``: an adapter as GGUF LoRA) cannot be written for
+    this model, or None: checked before an export writes anything. A base also needs a tokenizer the writer
+    can map."""
+    try:
+        read_config(model_dir, purpose)
+        if purpose == "base":
+            _tokenizer_json(Path(model_dir))
+    except IdiolectError as exc:
+        return str(exc)
+    return None
 
 
 def _pre_tokenizer_name(tokenizer_json: dict) -> str:
@@ -74,21 +116,29 @@ def _pre_tokenizer_name(tokenizer_json: dict) -> str:
     )
 
 
-def _add_tokenizer(writer: gguf.GGUFWriter, model_dir: Path, vocab_size: int) -> None:
+def _tokenizer_json(model_dir: Path) -> tuple[dict, str]:
+    """The tokenizer as transformers loads it (not as the file says: transformers 5 rebuilds some families'
+    pipelines from their class, and llama.cpp must tokenize the way the model is actually used), with
+    llama.cpp's name for its pre-tokenizer. Refuses what the writer cannot map."""
     if not (model_dir / "tokenizer.json").exists():
         raise IdiolectError(
             f"{model_dir}: no tokenizer.json (a fast byte-level BPE tokenizer is needed for GGUF)"
         )
-    # The tokenizer as transformers loads it, not as the file says: transformers 5 rebuilds some families'
-    # pipelines from their class (a qwen2 model gets Qwen2's split regex whatever tokenizer.json holds), and
-    # llama.cpp must tokenize the way the model is actually used.
     from transformers import AutoTokenizer
 
     tokenizer_json = json.loads(AutoTokenizer.from_pretrained(model_dir).backend_tokenizer.to_str())
     model = tokenizer_json.get("model", {})
     if model.get("type") != "BPE" or model.get("byte_fallback"):
-        raise IdiolectError(f"{model_dir}: only byte-level BPE tokenizers can be written to GGUF here")
-    pre = _pre_tokenizer_name(tokenizer_json)
+        raise IdiolectError(
+            f"{model_dir.name}: only byte-level BPE tokenizers can be written to a GGUF base here (this one is "
+            "SentencePiece-style); use the model's published GGUF as the base instead"
+        )
+    return tokenizer_json, _pre_tokenizer_name(tokenizer_json)
+
+
+def _add_tokenizer(writer: gguf.GGUFWriter, model_dir: Path, vocab_size: int) -> None:
+    tokenizer_json, pre = _tokenizer_json(model_dir)
+    model = tokenizer_json["model"]
     vocab: dict[str, int] = dict(model["vocab"])
     special_ids = set()
     for added in tokenizer_json.get("added_tokens", []):
@@ -170,14 +220,15 @@ def convert_hf_to_gguf(
     model_dir, out_path = Path(model_dir), Path(out_path)
     if dtype not in ("f32", "f16"):
         raise IdiolectError(f"dtype must be f32 or f16, not {dtype!r}")
-    config, arch = read_config(model_dir)
+    config, support = read_config(model_dir, "base")
+    arch = support.name
     n_layers = config["num_hidden_layers"]
     n_head = config["num_attention_heads"]
     n_kv = config.get("num_key_value_heads", n_head)
     hidden = config["hidden_size"]
     head_dim = config.get("head_dim") or hidden // n_head
     vocab_size = config["vocab_size"]
-    name_map = gguf.get_tensor_name_map(_GGUF_ARCH[arch], n_layers)
+    name_map = gguf.get_tensor_name_map(support.arch, n_layers)
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(str(out_path), arch)
@@ -197,9 +248,9 @@ def convert_hf_to_gguf(
     writer.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
     _add_tokenizer(writer, model_dir, vocab_size)
 
-    rope = _llama3_rope_factors(config, head_dim) if arch == "llama" else None
-    if arch == "qwen2" and rope_parameters(config)["rope_type"] != "default":
-        raise IdiolectError("qwen2 models with RoPE scaling are not supported by the GGUF writer")
+    rope = _llama3_rope_factors(config, head_dim) if support.permute_qk else None
+    if not support.permute_qk and rope_parameters(config)["rope_type"] != "default":
+        raise IdiolectError(f"{arch} models with RoPE scaling are not supported by the GGUF writer")
     if rope is not None:
         writer.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", rope)
 
@@ -211,9 +262,9 @@ def convert_hf_to_gguf(
         if new_name is None:
             raise IdiolectError(f"{model_dir}: tensor {hf_name} has no GGUF name for the {arch} architecture")
         data = tensor.to(torch.float32).numpy()
-        if arch == "llama" and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
+        if support.permute_qk and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
             data = permute_qk(data, n_head)
-        elif arch == "llama" and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
+        elif support.permute_qk and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
             data = permute_qk(data, n_kv)
         if dtype == "f16" and data.ndim > 1:
             data = data.astype(np.float16)
@@ -262,11 +313,12 @@ def convert_lora_to_gguf(
         raise IdiolectError(
             f"{adapter_dir}: DoRA / rsLoRA adapters are not supported by llama.cpp LoRA files"
         )
-    config, arch = read_config(base_dir)
+    config, support = read_config(base_dir, "lora")
+    arch = support.name
     n_layers = config["num_hidden_layers"]
     n_head = config["num_attention_heads"]
     n_kv = config.get("num_key_value_heads", n_head)
-    name_map = gguf.get_tensor_name_map(_GGUF_ARCH[arch], n_layers)
+    name_map = gguf.get_tensor_name_map(support.arch, n_layers)
     weights_path = adapter_dir / "adapter_model.safetensors"
     if not weights_path.exists():
         raise IdiolectError(f"{adapter_dir}: no adapter_model.safetensors")
@@ -285,9 +337,9 @@ def convert_lora_to_gguf(
             )
     out_path.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(str(out_path), arch)
-    writer.add_string("general.type", "adapter")
-    writer.add_string("adapter.type", "lora")
-    writer.add_float32("adapter.lora.alpha", float(acfg.get("lora_alpha", acfg.get("r", 8))))
+    writer.add_type(gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(acfg.get("lora_alpha", acfg.get("r", 8))))
     writer.add_name(f"{adapter_dir.name} (LoRA for {base_dir.name})")
     count = 0
     for module, ab in sorted(pairs.items()):
@@ -299,9 +351,9 @@ def convert_lora_to_gguf(
             raise IdiolectError(f"{adapter_dir}: {hf_name} has no GGUF name for the {arch} architecture")
         a = ab["lora_A"].to(torch.float32).numpy()
         b = ab["lora_B"].to(torch.float32).numpy()
-        if arch == "llama" and hf_name.endswith("q_proj"):
+        if support.permute_qk and hf_name.endswith("q_proj"):
             b = permute_qk(b, n_head)
-        elif arch == "llama" and hf_name.endswith("k_proj"):
+        elif support.permute_qk and hf_name.endswith("k_proj"):
             b = permute_qk(b, n_kv)
         if dtype == "f16":
             a, b = a.astype(np.float16), b.astype(np.float16)

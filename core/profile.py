@@ -481,6 +481,29 @@ def openai_compatible_writer(url: str, api_key: str | None, model: str):
     return write
 
 
+def _summary_logps(model, tokenizer, pairs, system, device, max_length, response_tokens):
+    from core.train import logps_of
+    from core.training_data import DEFAULT_PROMPT, Example, tokenize
+
+    ex = [Example("tar", p or DEFAULT_PROMPT, None, t) for p, t in pairs]
+    tokenize(ex, tokenizer, max_length, system=system)
+    for e in ex:
+        e.response_ids = e.response_ids[:response_tokens]
+    return logps_of(model, ex, device, tokenizer.pad_token_id or 0, adapter=False)
+
+
+def summary_baseline(
+    model, tokenizer, user, peers, device="cpu", max_length: int = 512, response_tokens: int = 64
+):
+    """The no-summary log-probs :func:`summary_lift` compares with: the same for every candidate, so computed
+    once and passed to each (``baseline=``)."""
+    args = (device, max_length, response_tokens)
+    return {
+        "user": _summary_logps(model, tokenizer, user, None, *args),
+        "peers": _summary_logps(model, tokenizer, peers, None, *args),
+    }
+
+
 def summary_lift(
     model,
     tokenizer,
@@ -490,27 +513,20 @@ def summary_lift(
     device="cpu",
     max_length: int = 512,
     response_tokens: int = 64,
+    baseline: dict | None = None,
 ) -> dict:
     """POPI's score of a summary s: how much it raises the log-likelihood of the user's held-out texts as the
     system message, log p(text | s, prompt) - log p(text | prompt), minus how much it raises other writers'.
 
     Every text is scored on its first ``response_tokens`` tokens only: a context of any kind raises a text's
     first tokens most, so whole-text sums would favour writers of long texts and per-token means writers of short
-    ones; on equal-length openings neither does. ``lift`` is the difference of the mean per-token gains."""
-    from core.train import logps_of
-    from core.training_data import DEFAULT_PROMPT, Example, tokenize
-
-    def lp(pairs, system):
-        ex = [Example("tar", p or DEFAULT_PROMPT, None, t) for p, t in pairs]
-        tokenize(ex, tokenizer, max_length, system=system)
-        for e in ex:
-            e.response_ids = e.response_ids[:response_tokens]
-        return logps_of(model, ex, device, tokenizer.pad_token_id or 0, adapter=False)
-
-    u0, uc = lp(user, None)
-    p0, pc = lp(peers, None)
-    u1, _ = lp(user, summary)
-    p1, _ = lp(peers, summary)
+    ones; on equal-length openings neither does. ``lift`` is the difference of the mean per-token gains.
+    ``baseline``: :func:`summary_baseline` of the same texts, when scoring several summaries."""
+    args = (device, max_length, response_tokens)
+    baseline = baseline or summary_baseline(model, tokenizer, user, peers, *args)
+    (u0, uc), (p0, pc) = baseline["user"], baseline["peers"]
+    u1, _ = _summary_logps(model, tokenizer, user, summary, *args)
+    p1, _ = _summary_logps(model, tokenizer, peers, summary, *args)
     user_tok = float(((u1 - u0) / uc).mean())
     peer_tok = float(((p1 - p0) / pc).mean())
     return {
@@ -614,8 +630,12 @@ def build_summary(
     say(f"scoring {len(cands)} summaries under {model}")
     hf, tokenizer, _ = load_hf_model(local_model_dir(model), device=device, quantize="none")
     scored = []
+    device_ = next(hf.parameters()).device
+    baseline = summary_baseline(
+        hf, tokenizer, held_user, held_peers, device=device_
+    )  # once, not per candidate
     for name, text in cands.items():
-        score = summary_lift(hf, tokenizer, text, held_user, held_peers, device=next(hf.parameters()).device)
+        score = summary_lift(hf, tokenizer, text, held_user, held_peers, device=device_, baseline=baseline)
         scored.append({"name": name, "text": text, **score})
         say(f"  {name}: lift {score['lift']:+.3f}")
     scored.sort(key=lambda c: -c["lift"])

@@ -1,5 +1,5 @@
-"""Small causal LMs built on this machine: a byte-level BPE tokenizer trained with ``tokenizers`` and a Llama
-or Qwen2 model initialised from a config, saved as a normal Hugging Face folder.
+"""Small causal LMs built on this machine: a byte-level BPE tokenizer trained with ``tokenizers`` and a Llama,
+Qwen2, Qwen3 or Gemma 3 (text) model initialised from a config, saved as a normal Hugging Face folder.
 
 No model can be downloaded here, so the tests build these and load them through exactly the code a real
 model takes (``from_pretrained`` on a folder); the quality benchmarks pretrain a larger one of the same kind.
@@ -12,9 +12,16 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast, Qwen2Config
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma3TextConfig,
+    LlamaConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen3Config,
+)
 
-ARCHS = ("llama", "qwen2")
+ARCHS = ("llama", "qwen2", "qwen3", "gemma3")
 EOS = "<|endoftext|>"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 BOS = "<s>"
@@ -94,8 +101,21 @@ def build_tiny_model(
     )
     if arch == "llama":
         config = LlamaConfig(**common, tie_word_embeddings=False)
-    else:
+    elif arch == "qwen2":
         config = Qwen2Config(**common, tie_word_embeddings=True, use_sliding_window=False)
+    elif arch == "qwen3":  # q/k norms, an explicit head_dim that is not hidden/heads
+        config = Qwen3Config(
+            **common, head_dim=2 * hidden_size // heads, tie_word_embeddings=True, use_sliding_window=False
+        )
+    else:  # gemma3 text: a logit softcap (Gemma 2's 30.0 scaled down to matter here), sliding + full layers
+        config = Gemma3TextConfig(
+            **common,
+            head_dim=hidden_size // heads,
+            tie_word_embeddings=True,
+            final_logit_softcapping=5.0,
+            sliding_window=8,
+            layer_types=["sliding_attention", "full_attention"][:layers] + ["full_attention"] * (layers - 2),
+        )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():  # RMSNorm weights start at 1: jitter them so a wrong norm mapping shows up

@@ -132,8 +132,27 @@ def _parts(model):
     return base.get_decoder(), base.get_output_embeddings()
 
 
-def _chunk_logps(lm_head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def logit_transform(model) -> tuple[float | None, float | None]:
+    """What the model applies to its LM head's output before the softmax, from its config: a final logit
+    softcap (Gemma 2/3: ``cap * tanh(logits / cap)``) and a logit scale (Cohere). The chunked head applies the
+    same, so its log-probs equal ``log_softmax(model(...).logits)``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base.config, "get_text_config", lambda: base.config)()
+    return getattr(config, "final_logit_softcapping", None), getattr(config, "logit_scale", None)
+
+
+def _chunk_logps(
+    lm_head,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    softcap: float | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
     logits = lm_head(hidden).float()
+    if scale is not None:
+        logits = logits * scale
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
     return torch.gather(F.log_softmax(logits, dim=-1), 1, targets[:, None])[:, 0]
 
 
@@ -150,6 +169,7 @@ def response_logps(model, examples: list[Example], device, pad_id: int) -> tuple
         resp[b, len(e.prompt_ids) : len(seq)] = True
     ids, attn, resp = ids.to(device), attn.to(device), resp.to(device)
     decoder, lm_head = _parts(model)
+    softcap, scale = logit_transform(model)
     hidden = decoder(input_ids=ids, attention_mask=attn).last_hidden_state
     select = resp[:, 1:]  # token t is predicted at position t-1
     h = hidden[:, :-1][select]
@@ -160,10 +180,12 @@ def response_logps(model, examples: list[Example], device, pad_id: int) -> tuple
         hs, ts = h[start : start + LOGIT_CHUNK], targets[start : start + LOGIT_CHUNK]
         if torch.is_grad_enabled() and hs.requires_grad:
             pieces.append(
-                torch.utils.checkpoint.checkpoint(_chunk_logps, lm_head, hs, ts, use_reentrant=False)
+                torch.utils.checkpoint.checkpoint(
+                    _chunk_logps, lm_head, hs, ts, softcap, scale, use_reentrant=False
+                )
             )
         else:
-            pieces.append(_chunk_logps(lm_head, hs, ts))
+            pieces.append(_chunk_logps(lm_head, hs, ts, softcap, scale))
     token_lp = torch.cat(pieces) if pieces else h.new_zeros(0)
     sums = torch.zeros(len(examples), device=device, dtype=torch.float32).index_add(0, rows, token_lp)
     counts = torch.zeros(len(examples), device=device, dtype=torch.float32).index_add(
@@ -698,6 +720,8 @@ class Trainer:
         """Reference log-probs of every training sample under the frozen base, computed once and cached in the
         run folder. The cache is keyed by what it holds (the data record, the base, the max length): a cache
         for other rows, or one that cannot be read (a kill while it was written), is recomputed."""
+        if self.cfg.objective == "sft":  # SFT has no implicit reward: the base's log-probs are never used
+            return {k: torch.zeros(len(sets.train[k])) for k in (TAR, AUX, NEG)}
         path = self.dir / "reference_logps.pt"
         key = hashlib.sha256(
             json.dumps([record["sets"]["train"], model_dir, self.cfg.max_length], sort_keys=True).encode()
@@ -764,6 +788,22 @@ class Trainer:
             if old != final and int(old.name.split("-")[1]) < step:
                 shutil.rmtree(old, ignore_errors=True)
         return final
+
+
+def check_trainable(store: Store, profile: str, cfg: TrainConfig) -> None:
+    """Refuse, before a run is created, what would make it fail at once: an unknown profile, a model that is
+    not there, too little writing, a missing or empty peer pool."""
+    from core.models import resolve
+
+    resolve(cfg.model)
+    load_sets(
+        store,
+        profile,
+        pool=cfg.pool,
+        peer_cap=cfg.peer_cap,
+        heldout_fraction=cfg.heldout_fraction,
+        seed=cfg.seed,
+    )
 
 
 def create_run(store: Store, profile: str, cfg: TrainConfig) -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from core.errors import IdiolectError
 from core.store import Store, utcnow
-from core.train import TrainConfig, Trainer, create_run, latest_checkpoint, run_dir
+from core.train import TrainConfig, Trainer, check_trainable, create_run, latest_checkpoint, run_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 ACTIVE = ("queued", "running")
@@ -66,6 +66,7 @@ def start(store: Store, profile: str, cfg: TrainConfig) -> int:
             raise IdiolectError(
                 f"run {run['id']} is still training for {profile!r}: cancel it or wait for it"
             )
+    check_trainable(store, profile, cfg)
     run_id = create_run(store, profile, cfg)
     spawn(store, run_id)
     return run_id

@@ -36,7 +36,7 @@ def random_adapter(base_dir, out_dir, seed=1):
     return peft_model.eval()
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 def test_gguf_lora_matches_peft_in_llama_cpp(arch, tiny_models, tiny_ggufs, tmp_path):
     from transformers import AutoTokenizer
 

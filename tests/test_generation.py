@@ -143,6 +143,33 @@ def test_bad_inputs_give_clear_errors(tmp_path, tiny_models):
         SamplingParams(max_new_tokens=0)
 
 
+def test_llama_backend_takes_a_peft_adapter_folder(tiny_models, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from core.gguf_writer import convert_lora_to_gguf
+    from core.models import load_hf_model
+
+    base, _, _ = load_hf_model(tiny_models["qwen2"], device="cpu")
+    torch.manual_seed(3)
+    get_peft_model(
+        base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    ).save_pretrained(tmp_path / "adapter")
+    model = str(tiny_models["qwen2"])
+    plain = open_generator(model, backend="llama", gguf_cache=tmp_path / "cache")
+    on_the_fly = open_generator(
+        model, backend="llama", adapter=str(tmp_path / "adapter"), gguf_cache=tmp_path / "cache"
+    )
+    explicit = open_generator(
+        model,
+        backend="llama",
+        adapter=str(convert_lora_to_gguf(tmp_path / "adapter", tiny_models["qwen2"], tmp_path / "x.gguf")),
+        gguf_cache=tmp_path / "cache",
+    )
+    outs = [g.generate("Review a restaurant.", GREEDY) for g in (plain, on_the_fly, explicit)]
+    assert outs[1] == outs[2] != outs[0]
+    assert len(list((tmp_path / "cache").glob("lora-*.gguf"))) == 1
+
+
 def test_cli_generate_streams_and_fails_in_one_line(tiny_models, tmp_path):
     env_home = {"IDIOLECT_HOME": str(tmp_path)}
     import os

@@ -36,7 +36,7 @@ def _llama(path):
     )
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 def test_gguf_matches_transformers(arch, tiny_models, tiny_ggufs):
     model, tok, _ = load_hf_model(tiny_models[arch], device="cpu")
     llm = _llama(tiny_ggufs[arch])
@@ -108,9 +108,38 @@ def test_llama3_rope_scaling_is_carried_over(tmp_path):
     assert np.abs(ref - got).max() / np.abs(ref).max() < 1e-3
 
 
+def test_each_architecture_says_what_it_supports(tiny_models, tmp_path):
+    from core.gguf_writer import SUPPORT, convert_lora_to_gguf, export_problem
+
+    assert SUPPORT["MistralForCausalLM"].name == "llama" and SUPPORT["Gemma3ForCausalLM"].name == "gemma3"
+    for arch in ("llama", "qwen2", "qwen3", "gemma3"):
+        assert export_problem(tiny_models[arch], "lora") is None
+    assert "cannot be written as a GGUF base" in export_problem(tiny_models["gemma3"], "base")
+    with pytest.raises(IdiolectError, match="cannot be written as a GGUF base"):
+        convert_hf_to_gguf(tiny_models["gemma3"], tmp_path / "g.gguf")
+    assert not (tmp_path / "g.gguf").exists()
+    # A gemma3 LoRA is written (llama.cpp reads it on top of the user's own gemma3 GGUF: test_real_model.py).
+    from peft import LoraConfig, get_peft_model
+
+    from core.models import load_hf_model
+
+    base, _, _ = load_hf_model(tiny_models["gemma3"], device="cpu")
+    get_peft_model(
+        base, LoraConfig(r=2, target_modules="all-linear", init_lora_weights=False)
+    ).save_pretrained(tmp_path / "adapter")
+    out = convert_lora_to_gguf(tmp_path / "adapter", tiny_models["gemma3"], tmp_path / "g-lora.gguf")
+    import gguf
+
+    reader = gguf.GGUFReader(str(out))
+    names = {t.name for t in reader.tensors}
+    assert "blk.0.attn_q.weight.lora_a" in names and "blk.1.ffn_down.weight.lora_b" in names
+    assert reader.fields[gguf.Keys.General.ARCHITECTURE].contents() == "gemma3"
+
+
 def test_unsupported_models_get_a_clear_error(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
-    with pytest.raises(IdiolectError, match="cannot be converted to GGUF here"):
+    with pytest.raises(IdiolectError, match="cannot be written as a GGUF base model here"):
         convert_hf_to_gguf(tmp_path, tmp_path / "x.gguf")
+    assert not (tmp_path / "x.gguf").exists()
     with pytest.raises(IdiolectError, match="no config.json"):
         convert_hf_to_gguf(tmp_path / "nothing", tmp_path / "x.gguf")

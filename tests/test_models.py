@@ -12,6 +12,7 @@ from collections import namedtuple
 from urllib.parse import unquote, urlparse
 
 import pytest
+import torch
 
 from core.errors import IdiolectError
 from core.models import RECOMMENDED, download, local_model_dir, resolve
@@ -145,8 +146,29 @@ def test_resolve(tmp_path, tiny_models, tiny_ggufs):
     (tmp_path / "weights.bin").write_bytes(b"x")
     with pytest.raises(IdiolectError, match="must be .gguf"):
         resolve(str(tmp_path / "weights.bin"))
-    with pytest.raises(IdiolectError, match="llama.cpp backend"):
-        local_model_dir(str(tiny_ggufs["llama"]))
+
+
+def test_a_gguf_file_is_dequantized_once_into_a_training_folder(
+    tiny_models, tiny_ggufs, tmp_path, monkeypatch
+):
+    from core.models import gguf_source, load_hf_model
+
+    monkeypatch.setenv("IDIOLECT_HOME", str(tmp_path / "home"))
+    folder = local_model_dir(str(tiny_ggufs["llama"]))
+    assert gguf_source(folder)["gguf"] == str(tiny_ggufs["llama"].resolve())
+    # The same file under another name is the same cache entry (keyed by content).
+    copy = tmp_path / "renamed.gguf"
+    copy.write_bytes(tiny_ggufs["llama"].read_bytes())
+    assert local_model_dir(str(copy)) == folder
+    # Its weights are the model's own: the same logits as the HF model the GGUF was written from.
+    original, tok, _ = load_hf_model(tiny_models["llama"], device="cpu")
+    dequantized, _, _ = load_hf_model(folder, device="cpu")
+    ids = torch.tensor([tok("The best part of the weekend was the quiet morning.")["input_ids"]])
+    with torch.no_grad():
+        assert torch.allclose(original(ids).logits, dequantized(ids).logits, atol=1e-4)
+    (tmp_path / "bad.gguf").write_bytes(b"GGUF" + b"\x00" * 64)
+    with pytest.raises(IdiolectError, match="not a readable GGUF file|cannot dequantize"):
+        local_model_dir(str(tmp_path / "bad.gguf"))
 
 
 def test_recommended_list_is_well_formed():
@@ -154,3 +176,8 @@ def test_recommended_list_is_well_formed():
     assert len(ids) == len(set(ids)) >= 5
     assert all(resolve(i).kind == "hub" for i in ids)
     assert any(m.gated for m in RECOMMENDED) and all(m.params_b > 0 for m in RECOMMENDED)
+    by_id = {m.id: m for m in RECOMMENDED}
+    mistral = by_id["mistralai/Mistral-7B-Instruct-v0.3"]
+    assert mistral.gguf_lora and not mistral.gguf_base and "no GGUF base export" in mistral.supports()
+    assert by_id["Qwen/Qwen3-0.6B"].gguf_base and by_id["Qwen/Qwen3-0.6B"].cpu_trainable
+    assert not by_id["HuggingFaceTB/SmolLM3-3B"].gguf_lora

@@ -133,6 +133,12 @@ def test_popi_summary_beats_generic_and_another_writers(store, se_base, capsys):
     model, tok, _ = load_hf_model(se_base, device="cpu")
     held = mine["heldout"]
     others_summary = summary_lift(model, tok, other["summary"]["text"], held["user"], held["peers"])
+    # The no-summary pass computed once gives the same score as computed per candidate.
+    from core.profile import summary_baseline
+
+    once = summary_baseline(model, tok, held["user"], held["peers"])
+    cached = summary_lift(model, tok, other["summary"]["text"], held["user"], held["peers"], baseline=once)
+    assert cached["lift"] == pytest.approx(others_summary["lift"], abs=1e-6)
     chosen = mine["summary"]["lift"]
     with capsys.disabled():
         print(f"\nPOPI lift for writer0: chosen {chosen:+.4f} ({mine['summary']['name']}), generic {generic['lift']:+.4f}, "

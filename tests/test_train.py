@@ -159,3 +159,33 @@ def test_qlora_path_runs_on_cpu(pretrained_base, target_store):
     run = create_run(target_store, "me", config(pretrained_base, steps=3, quantize="4bit", device="cpu"))
     result = Trainer(target_store, run).run()
     assert result["status"] == "completed" and len(target_store.run_metrics(run)) == 3
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma3"])
+def test_response_logps_equal_the_models_own_log_softmax(arch, tiny_models):
+    """The chunked response-only head applies what the model applies to its logits (gemma3's final softcap
+    included), so it equals log_softmax(model(...).logits) at the response tokens."""
+    import torch.nn.functional as F
+
+    from core.models import load_hf_model
+    from core.train import response_logps
+    from core.training_data import TAR, Example, tokenize
+
+    model, tok, _ = load_hf_model(tiny_models[arch], device="cpu")
+    examples = [
+        Example(TAR, "Describe rain.", None, "It pours on the tin roof all night, and I sleep anyway."),
+        Example(TAR, "A note to a friend.", "Context line.", "See you Sunday!"),
+    ]
+    tokenize(examples, tok, 128)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    with torch.no_grad():
+        sums, counts = response_logps(model, examples, "cpu", pad)
+        for i, e in enumerate(examples):
+            ids = torch.tensor([e.prompt_ids + e.response_ids])
+            logp = F.log_softmax(model(input_ids=ids).logits.float(), dim=-1)[0]
+            start = len(e.prompt_ids)
+            want = sum(float(logp[t - 1, ids[0, t]]) for t in range(start, ids.shape[1]))
+            assert counts[i] == len(e.response_ids)
+            assert abs(float(sums[i]) - want) < 1e-3 * max(1.0, abs(want)), (arch, float(sums[i]), want)
+    if arch == "gemma3":
+        assert model.config.final_logit_softcapping == 5.0  # the case a plain head gets wrong

