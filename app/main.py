@@ -252,8 +252,12 @@ def build_ui(store: Store) -> gr.Blocks:
             msg = f"Downloaded {spec} to {path}."
         elif source.kind == "gguf":
             # A GGUF file is a training base: dequantized once (cached by its hash); exports target the file.
+            from core.models import OFFLINE_NOTICE
+
             path = local_model_dir(spec, progress=cb)
             msg = f"Using the GGUF file {source.ref} (its weights for training are in {path})."
+            if spec == "offline":
+                msg += f" {OFFLINE_NOTICE}"
         else:
             msg = f"Using the folder {source.ref}."
         store.update_profile_settings(profile, model=spec)

@@ -168,8 +168,10 @@ def engine_trl(args) -> dict:
 def run(args: argparse.Namespace) -> dict:
     from bench.generation import small_model
     from bench.report import write
+    from core.models import local_model_dir
 
-    model = args.model or str(small_model(Path(args.cache)))
+    # A GGUF file (or `offline`) is dequantized once; both engines then load the same Hugging Face folder.
+    model = str(local_model_dir(args.model)) if args.model else str(small_model(Path(args.cache)))
     results = []
     for engine in ("idiolect", "trl", "trl-precompute"):
         cmd = [sys.executable, "-m", "bench.training", "--engine", engine, "--model", model, "--steps", str(args.steps),
@@ -203,10 +205,10 @@ def run(args: argparse.Namespace) -> dict:
     }
     command = f"python launch.py bench training --steps {args.steps} --batch {args.batch} --max-length {args.max_length}"
     if args.model:
-        command += f" --model {args.model}"
+        command += f" --model {args.model} --name {args.name}"
     _, md = write(
         args.out,
-        "training",
+        args.name,
         summary,
         rows,
         "Training step: Idiolect C-BPO vs TRL KTO (same model, data, batch)",
@@ -223,14 +225,17 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="an HF model folder (default: the small bench model)")
+    p.add_argument(
+        "--model", help="an HF model folder, a .gguf file or `offline` (default: the small bench model)"
+    )
     p.add_argument("--steps", type=int, default=30, help="optimizer steps per engine (default: 30)")
     p.add_argument(
         "--batch", type=int, default=8, help="samples per step, half target, half peers (default: 8)"
     )
     p.add_argument("--max-length", type=int, default=256, help="tokens per sample (default: 256)")
     p.add_argument("--target", default="ada", help="bundled writer used as the target (default: ada)")
-    p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder for training.json/.md")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder for NAME.json/.md")
+    p.add_argument("--name", default="training", help="file name of the results (default: training)")
     p.add_argument("--cache", default=str(ROOT / "cache"), help="folder for built models (gitignored)")
 
 

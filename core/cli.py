@@ -69,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--site", help="Stack Exchange site host for attribution links (default: from the file name)"
     )
+    p.add_argument(
+        "--me",
+        metavar="USER_ID",
+        help="your own id in the file (Stack Exchange user id, or the table's writer): your texts are kept out of "
+        "the pool (and removed if an earlier import added them); with --profile they become your samples",
+    )
+    p.add_argument("--profile", help="with --me: the profile your own texts are added to (created if new)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_db(p)
 
@@ -147,6 +154,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-length", type=int, default=512, help="tokens per sample, prompt included (default: 512)"
     )
     p.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default: 8)")
+    p.add_argument(
+        "--heldout-fraction",
+        type=float,
+        default=0.1,
+        help="share of your texts (and of the peer texts) held out for the held-out metrics (default: 0.1)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="CPU compute precision (default auto: bf16 autocast on CPUs with native bf16, for models of 100M+ "
+        "parameters; fp32 otherwise)",
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--quantize", choices=("auto", "4bit", "none"), default="auto", help="auto: 4-bit on CUDA")
     p.add_argument("--seed", type=int, default=0)
@@ -292,9 +312,12 @@ def _progress(message: str) -> None:
 
 def cmd_import_peers(args) -> int:
     with open_store(args.db) as store:
+        if args.profile and not args.me:
+            raise IdiolectError("--profile goes with --me USER_ID (your id in the file)")
         report = import_peers(
-            store, args.path, args.pool, fmt=args.format, site=args.site, progress=_progress
-        )
+            store, args.path, args.pool, fmt=args.format, site=args.site, progress=_progress, me=args.me,
+            me_profile=args.profile,
+        )  # fmt: skip
         if sys.stderr.isatty():
             print(file=sys.stderr)
         if args.json:
@@ -388,7 +411,8 @@ def cmd_train(args) -> int:
                 model=args.model, objective=args.objective, pool=args.pool, steps=args.steps, epochs=args.epochs,
                 batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, beta=args.beta, pi=args.pi,
                 max_length=args.max_length, lora_r=args.lora_r, lora_alpha=2 * args.lora_r, device=args.device,
-                quantize=args.quantize, seed=args.seed, save_every=args.save_every,
+                quantize=args.quantize, seed=args.seed, save_every=args.save_every, precision=args.precision,
+                heldout_fraction=args.heldout_fraction,
             )  # fmt: skip
             check_trainable(store, args.profile, cfg)  # refused here, no failed run is left behind
             if args.background:

@@ -52,6 +52,8 @@ class ImportReport:
     skipped: list[Skipped] = field(default_factory=list)
     error: str | None = None
     writers: int = 0
+    own_added: int = 0  # the user's own texts found in a peer file, added to their profile
+    own_removed: int = 0  # ... and removed from the pool where an earlier import had put them
 
     @property
     def ok(self) -> bool:
@@ -66,6 +68,11 @@ class ImportReport:
             head += f" ({self.writers} writers)"
         head += f", {self.duplicates} already there, {len(self.skipped)} skipped"
         out = [head]
+        if self.own_added or self.own_removed:
+            out.append(
+                f"  your own texts: {self.own_added} added to your profile, kept out of the pool"
+                + (f" ({self.own_removed} removed from it)" if self.own_removed else "")
+            )
         for issue in self.skipped[:max_issues]:
             out.append(f"  skipped {issue.where}: {issue.reason}")
         if len(self.skipped) > max_issues:
@@ -634,10 +641,16 @@ def import_peers(
     description: str | None = None,
     license: str | None = None,
     progress: Progress | None = None,
+    me: str | None = None,
+    me_profile: str | None = None,
 ) -> ImportReport:
     """Build (or extend) a peer pool from a file, anonymizing on the way in: writer ids become pseudonyms
     keyed by the pool's salt, and e-mails, URLs, phone numbers and @handles are scrubbed from the texts.
-    Attribution (licence, post and author links) is kept in its own column, never as the writer's name."""
+    Attribution (licence, post and author links) is kept in its own column, never as the writer's name.
+
+    ``me``: the user's own id in the file (a Stack Exchange user id, or the ``writer`` value of a table). Those
+    texts are never peers -- left out of the pool, and removed if an earlier import put them there -- and, with
+    ``me_profile``, they become that profile's samples (the question as the prompt)."""
     path = Path(path).expanduser()
     pool = check_name(pool, "pool")
     if fmt not in PEER_FORMATS:
@@ -653,7 +666,18 @@ def import_peers(
         rows, skipped, error = read_peer_table(path)
         source = path.name
     report = ImportReport(source=str(path), target=f"pool {pool}", skipped=skipped, error=error)
-    if not rows and store.find_pool(pool) is None:
+    own: list[dict] = []
+    if me is not None:
+        me = str(me).strip()
+        mine = [r["original_writer"] in (me, f"{site}:{me}") for r in rows]
+        own = [r for r, m in zip(rows, mine, strict=True) if m]
+        rows = [r for r, m in zip(rows, mine, strict=True) if not m]
+        if not own:
+            report.error = (
+                report.error or f"no texts by {me!r} in {path.name}: check the id (nothing was imported)"
+            )
+            return report
+    if not rows and not own and store.find_pool(pool) is None:
         return report  # nothing to add: don't create an empty pool
     if progress:
         progress(f"writing {len(rows):,} texts to pool {pool}")
@@ -662,6 +686,16 @@ def import_peers(
         for row in rows:
             row["writer"] = pseudonym(pool_row["salt"], row.pop("original_writer"))
         result = store.add_peer_texts(pool_row["id"], rows)
+        if own:
+            report.own_removed = store.remove_pool_writer(
+                pool_row["id"], pseudonym(pool_row["salt"], own[0]["original_writer"])
+            )
+            if me_profile:
+                profile_row, _ = store.ensure_profile(me_profile)
+                samples = [
+                    {"prompt": r.get("context"), "text": r["text"], "source": f"{source} (own)"} for r in own
+                ]
+                report.own_added = len(store.add_samples(profile_row["id"], samples).added)
     report.added, report.duplicates = len(result.added), len(result.duplicates)
     added_idx = set(range(len(rows))) - set(result.duplicates)
     report.writers = len({rows[i]["writer"] for i in added_idx})

@@ -499,9 +499,23 @@ def load_tokenizer(model_dir: str | Path):
     return tok
 
 
+def quiet_libraries() -> None:
+    """Silence two messages every model load printed that a user can do nothing about: bitsandbytes' warning
+    that it could not fetch an optional CPU kernel from the Hub (it falls back to its own), and transformers'
+    deprecation of ``is_gradient_checkpointing``, which PEFT still calls."""
+    import logging
+    import warnings
+
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    warnings.filterwarnings(
+        "ignore", message=r".*is_gradient_checkpointing.* is deprecated", category=FutureWarning
+    )
+
+
 def load_hf_model(model_dir: str | Path, *, device: str = "auto", quantize: str = "auto"):
     """The base model for training or generation. ``quantize``: ``auto`` (4-bit on CUDA, none on CPU),
     ``4bit`` or ``none``. Returns (model, tokenizer, description dict)."""
+    quiet_libraries()
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 

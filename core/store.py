@@ -740,6 +740,13 @@ class Store:
             args += list(writers)
         return list(self.db.query(sql + " ORDER BY id", args))
 
+    def remove_pool_writer(self, pool_id: int, writer: str) -> int:
+        """Delete every text of one (pseudonymous) writer from a pool; returns how many."""
+        with self.write() as db:
+            return db.execute(
+                "DELETE FROM peer_texts WHERE pool_id = ? AND writer = ?", [pool_id, writer]
+            ).rowcount
+
     def pool_stats(self, pool_id: int, min_texts: int = 3) -> dict:
         counts = [
             r[0]

@@ -52,6 +52,34 @@ from core.training_data import (
 )
 
 LOGIT_CHUNK = 1024  # response tokens per LM-head chunk
+HEAD_MEMORY_BUDGET = (
+    2 * 2**30
+)  # bytes of saved head activations (logits + log-softmax, fp32) kept for backward
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = fh.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+AUTO_BF16_MIN_PARAMS = 100_000_000  # below this, the casts cost more than bf16 matmuls save
+
+
+def autocast_dtype(precision: str, device: str, n_params: int = 0):
+    """The autocast dtype for forward passes, or None (no autocast). On CUDA the base already computes in
+    bf16 (QLoRA's compute dtype), so autocast is for the CPU only; ``auto`` takes bf16 where the CPU has it
+    natively and the model is large enough for it to pay (measured: docs/benchmarks.md)."""
+    if device != "cpu" or precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto" and cpu_has_native_bf16() and n_params >= AUTO_BF16_MIN_PARAMS:
+        return torch.bfloat16
+    return None
 
 
 @dataclass
@@ -86,6 +114,11 @@ class TrainConfig:
     lambda_n: float = 1.0
     lambda_sft: float = 0.0
     delta_decay: float = 0.95
+    # Compute precision of the forward passes on a CPU: auto = bf16 autocast where the CPU has native bf16
+    # (AVX512-BF16 / AMX), else fp32. Reference, policy and evaluation passes always use the same one.
+    precision: str = "auto"
+    recompute_head: bool | None = None  # None: recompute the LM head in the backward pass only when its
+    # saved logits would exceed HEAD_MEMORY_BUDGET
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -98,6 +131,10 @@ class TrainConfig:
             raise IdiolectError("steps must be at least 1")
         if self.lr <= 0:
             raise IdiolectError("the learning rate must be positive")
+        if not 0 <= self.heldout_fraction < 1:
+            raise IdiolectError("the held-out fraction must be in [0, 1)")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise IdiolectError(f"precision must be auto, fp32 or bf16, not {self.precision!r}")
         self.objective_config()  # validates beta, pi, delta_decay
 
     def objective_config(self) -> ObjectiveConfig:
@@ -156,8 +193,22 @@ def _chunk_logps(
     return torch.gather(F.log_softmax(logits, dim=-1), 1, targets[:, None])[:, 0]
 
 
-def response_logps(model, examples: list[Example], device, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per example: the sum of log p(response token | prefix) over response tokens, and the token count."""
+def response_logps(
+    model,
+    examples: list[Example],
+    device,
+    pad_id: int,
+    *,
+    autocast=None,
+    recompute_head: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per example: the sum of log p(response token | prefix) over response tokens, and the token count.
+    ``autocast``: a dtype for the forward pass (bf16 on CPUs that have it). ``recompute_head``: recompute the LM
+    head chunks in the backward pass instead of keeping their logits (None: only when they would exceed
+    :data:`HEAD_MEMORY_BUDGET`)."""
+    if autocast is not None:
+        with torch.autocast(device_type=str(device).split(":")[0], dtype=autocast):
+            return response_logps(model, examples, device, pad_id, recompute_head=recompute_head)
     longest = max(e.length for e in examples)
     ids = torch.full((len(examples), longest), pad_id, dtype=torch.long)
     attn = torch.zeros((len(examples), longest), dtype=torch.long)
@@ -175,10 +226,13 @@ def response_logps(model, examples: list[Example], device, pad_id: int) -> tuple
     h = hidden[:, :-1][select]
     targets = ids[:, 1:][select]
     rows = torch.arange(len(examples), device=device)[:, None].expand_as(select)[select]
+    if recompute_head is None:
+        vocab = lm_head.weight.shape[0]
+        recompute_head = 2 * 4 * h.shape[0] * vocab > HEAD_MEMORY_BUDGET
     pieces = []
     for start in range(0, h.shape[0], LOGIT_CHUNK):
         hs, ts = h[start : start + LOGIT_CHUNK], targets[start : start + LOGIT_CHUNK]
-        if torch.is_grad_enabled() and hs.requires_grad:
+        if recompute_head and torch.is_grad_enabled() and hs.requires_grad:
             pieces.append(
                 torch.utils.checkpoint.checkpoint(
                     _chunk_logps, lm_head, hs, ts, softcap, scale, use_reentrant=False
@@ -208,7 +262,16 @@ def batched(examples: list[Example], max_tokens: int):
 
 
 @torch.no_grad()
-def logps_of(model, examples: list[Example], device, pad_id: int, *, adapter: bool, max_tokens: int = 2048):
+def logps_of(
+    model,
+    examples: list[Example],
+    device,
+    pad_id: int,
+    *,
+    adapter: bool,
+    max_tokens: int = 2048,
+    autocast=None,
+):
     """Sums and counts for many examples without gradients; ``adapter=False`` = the frozen base."""
     sums = torch.zeros(len(examples))
     counts = torch.zeros(len(examples))
@@ -220,20 +283,20 @@ def logps_of(model, examples: list[Example], device, pad_id: int, *, adapter: bo
         for idx in batched(examples, max_tokens):
             chunk = [examples[i] for i in idx]
             if adapter or not hasattr(model, "disable_adapter"):
-                s, c = response_logps(model, chunk, device, pad_id)
+                s, c = response_logps(model, chunk, device, pad_id, autocast=autocast)
             else:
                 with model.disable_adapter():
-                    s, c = response_logps(model, chunk, device, pad_id)
+                    s, c = response_logps(model, chunk, device, pad_id, autocast=autocast)
             sums[idx], counts[idx] = s.float().cpu(), c.float().cpu()
     finally:
         model.train(was_training)
     return sums, counts
 
 
-def mean_token_ll(model, examples, device, pad_id, *, adapter: bool) -> float | None:
+def mean_token_ll(model, examples, device, pad_id, *, adapter: bool, autocast=None) -> float | None:
     if not examples:
         return None
-    s, c = logps_of(model, examples, device, pad_id, adapter=adapter)
+    s, c = logps_of(model, examples, device, pad_id, adapter=adapter, autocast=autocast)
     return float(s.sum() / c.sum())
 
 
@@ -510,6 +573,7 @@ class Trainer:
         self._set_stage("reading your data")
         self._check_stop()
         device = desc["device"]
+        self._autocast = autocast_dtype(cfg.precision, device, desc["params"])
         model = self._model = build_peft_model(cfg, base, device)
         hooks = self._install_stop_hooks(model)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -637,6 +701,11 @@ class Trainer:
             "pi": pi_info,
             "counts": sets.counts(),
             "steps": total,
+            "precision": "bf16 autocast"
+            if self._autocast is torch.bfloat16
+            else "fp32"
+            if device == "cpu"
+            else "bf16",
             "data": {
                 "record": str(self.dir / DATA_RECORD),
                 "sha256": hashlib.sha256((self.dir / DATA_RECORD).read_bytes()).hexdigest(),
@@ -666,7 +735,9 @@ class Trainer:
         for micro in range(cfg.grad_accum):
             t_idx, a_idx, n_idx = plan[step * cfg.grad_accum + micro]
             batch = [tar[i] for i in t_idx] + [aux[i] for i in a_idx] + [neg[i] for i in n_idx]
-            sums, counts = response_logps(model, batch, device, pad_id)
+            sums, counts = response_logps(
+                model, batch, device, pad_id, autocast=self._autocast, recompute_head=cfg.recompute_head
+            )
             ref_b = torch.cat([ref[TAR][t_idx], ref[AUX][a_idx], ref[NEG][n_idx]]).to(sums.device)
             rewards = ocfg.beta * (sums - ref_b)
             nt, na = len(t_idx), len(a_idx)
@@ -724,7 +795,9 @@ class Trainer:
             return {k: torch.zeros(len(sets.train[k])) for k in (TAR, AUX, NEG)}
         path = self.dir / "reference_logps.pt"
         key = hashlib.sha256(
-            json.dumps([record["sets"]["train"], model_dir, self.cfg.max_length], sort_keys=True).encode()
+            json.dumps(
+                [record["sets"]["train"], model_dir, self.cfg.max_length, str(self._autocast)], sort_keys=True
+            ).encode()
         ).hexdigest()
         try:
             cached = torch.load(path, weights_only=True)
@@ -745,7 +818,7 @@ class Trainer:
                 self._set_stage(f"computing reference log-probs {done}/{n}")
                 self._check_stop()
                 parts[idx] = logps_of(model, [sets.train[k][i] for i in idx], device, pad_id, adapter=False,
-                                      max_tokens=budget)[0]  # fmt: skip
+                                      max_tokens=budget, autocast=self._autocast)[0]  # fmt: skip
                 done += len(idx)
             ref[k] = parts
         buffer = io.BytesIO()
@@ -758,8 +831,12 @@ class Trainer:
         """Held-out mean per-token log-likelihood, base vs adapter, on the user's and on other writers' texts."""
         out = {}
         for key, name in ((TAR, "target"), (AUX, "peer")):
-            base = mean_token_ll(model, sets.heldout[key], device, pad_id, adapter=False)
-            tuned = mean_token_ll(model, sets.heldout[key], device, pad_id, adapter=True)
+            base = mean_token_ll(
+                model, sets.heldout[key], device, pad_id, adapter=False, autocast=self._autocast
+            )
+            tuned = mean_token_ll(
+                model, sets.heldout[key], device, pad_id, adapter=True, autocast=self._autocast
+            )
             out[f"heldout_{name}_ll_base"] = base
             out[f"heldout_{name}_ll"] = tuned
             out[f"heldout_{name}_lift"] = None if base is None else tuned - base

@@ -99,3 +99,29 @@ def test_default_db_lives_in_the_data_dir(tmp_path):
     out = cli("stats", "--json", env_home=tmp_path / "home")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["db"] == str(tmp_path / "home" / "idiolect.db")
+
+
+def test_own_answers_in_a_stackexchange_dump_become_samples_not_peers(beer_posts, tmp_path):
+    from collections import Counter
+
+    from core.importers import read_stackexchange
+
+    rows, _, _ = read_stackexchange(beer_posts)
+    me, mine = Counter(r["original_writer"].split(":")[-1] for r in rows).most_common(1)[0]
+    db = tmp_path / "se.db"
+    # An earlier import without --me put the user's answers in the pool; --me takes them out again.
+    assert cli("import-peers", beer_posts, "--pool", "beer", "--db", db).returncode == 0
+    writers_before = (
+        sqlite3.connect(db).execute("SELECT count(DISTINCT writer) FROM peer_texts").fetchone()[0]
+    )
+    out = cli("import-peers", beer_posts, "--pool", "beer", "--me", me, "--profile", "sam", "--db", db)
+    assert out.returncode == 0, out.stderr
+    assert f"your own texts: {mine} added to your profile" in out.stdout and f"({mine} removed" in out.stdout
+    conn = sqlite3.connect(db)
+    samples = conn.execute("SELECT prompt, text FROM samples").fetchall()
+    assert len(samples) == mine and all(p for p, _ in samples)  # each answer with its question as the prompt
+    assert conn.execute("SELECT count(DISTINCT writer) FROM peer_texts").fetchone()[0] == writers_before - 1
+    own_texts = {t for _, t in samples}
+    assert not own_texts & {t for (t,) in conn.execute("SELECT text FROM peer_texts")}
+    wrong = cli("import-peers", beer_posts, "--pool", "beer", "--me", "no-such-user", "--db", db)
+    assert wrong.returncode == 1 and "no texts by 'no-such-user'" in wrong.stdout
