@@ -97,7 +97,7 @@ def engine_idiolect(args) -> dict:
         cfg = TrainConfig(
             model=args.model, objective="cbpo", pool="peers", steps=args.steps, batch_size=half, aux_per_batch=half,
             lr=1e-4, max_length=args.max_length, heldout_fraction=0.0, save_every=10**6, pi=0.1, seed=0,
-            peer_cap=len(aux),
+            peer_cap=len(aux), precision=args.precision,
         )  # fmt: skip
         run = create_run(store, "bench", cfg)
         times: list[float] = []
@@ -175,7 +175,8 @@ def run(args: argparse.Namespace) -> dict:
     results = []
     for engine in ("idiolect", "trl", "trl-precompute"):
         cmd = [sys.executable, "-m", "bench.training", "--engine", engine, "--model", model, "--steps", str(args.steps),
-               "--batch", str(args.batch), "--max-length", str(args.max_length), "--target", args.target]  # fmt: skip
+               "--batch", str(args.batch), "--max-length", str(args.max_length), "--target", args.target,
+               "--precision", args.precision]  # fmt: skip
         out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         if out.returncode != 0:
             raise RuntimeError(f"{engine} engine failed:\n{out.stderr[-3000:]}")
@@ -206,6 +207,8 @@ def run(args: argparse.Namespace) -> dict:
     command = f"python launch.py bench training --steps {args.steps} --batch {args.batch} --max-length {args.max_length}"
     if args.model:
         command += f" --model {args.model} --name {args.name}"
+    if args.precision != "fp32":
+        command += f" --precision {args.precision}"
     _, md = write(
         args.out,
         args.name,
@@ -236,6 +239,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default="ada", help="bundled writer used as the target (default: ada)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder for NAME.json/.md")
     p.add_argument("--name", default="training", help="file name of the results (default: training)")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "auto", "bf16"),
+        default="fp32",
+        help="Idiolect's compute precision (default fp32, as TRL runs here; auto/bf16 to see what bf16 adds)",
+    )
     p.add_argument("--cache", default=str(ROOT / "cache"), help="folder for built models (gitignored)")
 
 
