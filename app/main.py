@@ -493,11 +493,14 @@ def build_ui(store: Store) -> gr.Blocks:
         worker.resume(store, run["id"])
         return f"Run {run['id']} resumed from its last checkpoint.", gr.Timer(active=True)
 
-    def poll(profile):
+    def train_outputs(profile):
+        """The train view and the poll timer, on while the profile's run is active."""
         msg, plot, table = train_view(profile)
         run = current_run(profile)
-        still = run is not None and run["status"] in worker.ACTIVE
-        return msg, plot, table, gr.Timer(active=still), status(profile)
+        return msg, plot, table, gr.Timer(active=run is not None and run["status"] in worker.ACTIVE)
+
+    def poll(profile):
+        return *train_outputs(profile), status(profile)
 
     # -- You vs. peers --------------------------------------------------------------------------------
 
@@ -715,8 +718,7 @@ def build_ui(store: Store) -> gr.Blocks:
         def profile_views(p):
             """Everything that depends on the chosen profile, read from the database now."""
             s_text, s_info = latest_summary(p)
-            train_msg_, plot_, runs_ = train_view(p)
-            run = current_run(p)
+            train_msg_, plot_, runs_, timer_ = train_outputs(p)
             return (
                 status(p),
                 samples_table(p),
@@ -727,7 +729,7 @@ def build_ui(store: Store) -> gr.Blocks:
                 s_info,
                 train_msg_,
                 plot_,
-                gr.Timer(active=run is not None and run["status"] in worker.ACTIVE),
+                timer_,
             )
 
         profile_outputs = [status_md, samples, prompt_pick, hist, runs, summary_box, score_md, progress_md, plot,

@@ -22,7 +22,6 @@ File names come from the profile name through :func:`safe_name`, so no name can 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import re
 import shlex
@@ -52,14 +51,6 @@ class ExportResult:
     skipped: dict[str, str] = field(default_factory=dict)
     manifest: dict = field(default_factory=dict)
     export_id: int | None = None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _latest_completed_run(store: Store, profile_id: int, run_id: int | None) -> dict | None:
@@ -159,7 +150,7 @@ def export(
     gguf_dtype: str = "f16",
 ) -> ExportResult:
     from core.gguf_writer import convert_hf_to_gguf, convert_lora_to_gguf
-    from core.models import gguf_source, local_model_dir, resolve
+    from core.models import gguf_source, local_model_dir, resolve, sha256_file
 
     prof = store.get_profile(profile)
     asked = tuple(formats) if formats else None
@@ -193,9 +184,10 @@ def export(
         from core.gguf_writer import export_problem
 
         base_dir = local_model_dir(base_spec)
-        if resolve(base_spec).kind == "gguf":
+        source = resolve(base_spec)
+        if source.kind == "gguf":
             # The LoRA targets the user's own GGUF: the same quantized weights it was trained against.
-            base_gguf_file = resolve(base_spec).path
+            base_gguf_file = source.path
         problems = {
             "gguf": export_problem(base_dir, "lora")
             or (None if base_gguf_file else export_problem(base_dir, "base")),
@@ -268,7 +260,7 @@ def export(
         "summary": None
         if summary is None
         else {"version": summary["version"], "source": summary["source"], "score": summary["score"]},
-        "files": {str(p.relative_to(folder)): _sha256(p) for p in result.files},
+        "files": {str(p.relative_to(folder)): sha256_file(p) for p in result.files},
     }
     manifest_path = folder / "manifest.json"
     manifest_path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

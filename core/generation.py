@@ -305,14 +305,6 @@ class HFGenerator(Generator):
 _LLAMA_PARAMS_LOCK = threading.Lock()
 
 
-def _cpu_has_amx() -> bool:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            return "amx_tile" in fh.read()
-    except OSError:
-        return False
-
-
 def open_llama(**kwargs):
     """``llama_cpp.Llama(**kwargs)``, with llama.cpp's extra CPU buffer types (AMX, weight repacking) off on
     CPUs with AMX: with them, llama-cpp-python 0.3.36 crashes (segmentation fault) in the first decode of a
@@ -321,7 +313,9 @@ def open_llama(**kwargs):
     import llama_cpp
     import llama_cpp.llama as llama_module
 
-    if not _cpu_has_amx():
+    from core.models import cpu_flags
+
+    if "amx_tile" not in cpu_flags():
         return llama_cpp.Llama(**kwargs)
     with _LLAMA_PARAMS_LOCK:
         original = llama_module.llama_cpp.llama_model_default_params

