@@ -40,7 +40,7 @@ class ModelInfo:
         """Whether Idiolect can write this model as a GGUF base (its architecture and tokenizer)."""
         from core.gguf_writer import SUPPORT
 
-        return bool(SUPPORT.get(self.arch) and SUPPORT[self.arch].base) and self.id not in _SENTENCEPIECE
+        return bool(SUPPORT.get(self.arch) and SUPPORT[self.arch].base)
 
     @property
     def gguf_lora(self) -> bool:
@@ -88,8 +88,6 @@ RECOMMENDED: tuple[ModelInfo, ...] = (
     ModelInfo("mistralai/Mistral-7B-Instruct-v0.3", "Mistral 7B Instruct v0.3", 7.25, 14.5, "MistralForCausalLM",
               "Apache-2.0", cpu_trainable=False, notes="the C-BPO paper's base; QLoRA needs about 10 GB"),
 )  # fmt: skip
-# SentencePiece tokenizers: the GGUF base writer maps byte-level BPE only.
-_SENTENCEPIECE = {"mistralai/Mistral-7B-Instruct-v0.3", "google/gemma-3-270m-it", "google/gemma-3-1b-it"}
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
     AutoModelForCausalLM,
     Gemma3TextConfig,
@@ -65,6 +65,51 @@ def train_bpe_tokenizer(
     return fast
 
 
+SPACE = "\u2581"  # SentencePiece's visible space
+
+
+def train_spm_tokenizer(
+    texts: Iterable[str], vocab_size: int = 512, *, space_prefix: bool = False
+) -> PreTrainedTokenizerFast:
+    """A SentencePiece-style tokenizer as Gemma's ``tokenizer.json`` has it (``space_prefix``: as Llama 2's and
+    Mistral's, with a "▁" put before the text): spaces become "▁", BPE over
+    characters, bytes (``<0x00>``..``<0xFF>``) for characters it does not know, ``<bos>`` first. As in the
+    files converted from SentencePiece, every pair of tokens that makes a token is a merge, ranked by the
+    token's id, so any runtime that merges by score (llama.cpp) splits text exactly as transformers does."""
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    learner = Tokenizer(models.BPE())
+    learner.normalizer = normalizers.Replace(" ", SPACE)
+    learner.pre_tokenizer = pre_tokenizers.Metaspace(replacement=SPACE, prepend_scheme="never", split=True)
+    n_bytes = 256
+    learner.train_from_iterator(
+        texts,
+        trainer=trainers.BpeTrainer(vocab_size=vocab_size - len(specials) - n_bytes, show_progress=False),
+    )
+    learned = sorted(learner.get_vocab().items(), key=lambda kv: kv[1])
+    vocab = {t: i for i, t in enumerate(specials + [f"<0x{b:02X}>" for b in range(n_bytes)])}
+    for token, _ in learned:
+        vocab.setdefault(token, len(vocab))
+    merges = [
+        (token[:cut], token[cut:])
+        for token, _ in sorted(vocab.items(), key=lambda kv: kv[1])
+        for cut in range(1, len(token))
+        if token[:cut] in vocab and token[cut:] in vocab and not token.startswith("<")
+    ]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Replace(" ", SPACE)
+    if space_prefix:
+        tok.normalizer = normalizers.Sequence([normalizers.Prepend(SPACE), normalizers.Replace(" ", SPACE)])
+    tok.pre_tokenizer = pre_tokenizers.Split(" ", behavior="merged_with_previous")
+    tok.decoder = decoders.Sequence([decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()])
+    tok.add_special_tokens(specials)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", vocab["<bos>"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+
 def build_tiny_model(
     arch: str,
     tokenizer: PreTrainedTokenizerFast,
@@ -113,6 +158,7 @@ def build_tiny_model(
             head_dim=hidden_size // heads,
             tie_word_embeddings=True,
             final_logit_softcapping=5.0,
+            query_pre_attn_scalar=hidden_size // heads,  # = head_dim, as in every Gemma 3 but the 27B
             sliding_window=8,
             layer_types=["sliding_attention", "full_attention"][:layers] + ["full_attention"] * (layers - 2),
         )
@@ -132,14 +178,18 @@ def save_tiny_model(
 ) -> Path:
     """Train a tokenizer on ``texts``, build a model, save both to ``path`` (a Hugging Face folder). The
     llama one adds a BOS token and has no chat template (plain prompt format); the qwen2 one has no BOS and
-    a ChatML template, as the real families do, so both prompt paths are exercised."""
+    a ChatML template, as the real families do, so both prompt paths are exercised; the gemma3 one has a
+    SentencePiece-style tokenizer, as Gemma has."""
     path = Path(path)
-    tokenizer = train_bpe_tokenizer(
-        texts,
-        vocab_size,
-        add_bos=arch == "llama",
-        chat_template=CHATML_TEMPLATE if arch == "qwen2" else None,
-    )
+    if arch == "gemma3":  # SentencePiece-style, as Gemma's own
+        tokenizer = train_spm_tokenizer(texts, vocab_size)
+    else:
+        tokenizer = train_bpe_tokenizer(
+            texts,
+            vocab_size,
+            add_bos=arch == "llama",
+            chat_template=CHATML_TEMPLATE if arch == "qwen2" else None,
+        )
     model = build_tiny_model(arch, tokenizer, seed=seed, **model_kwargs)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)

@@ -36,7 +36,7 @@ def _llama(path):
     )
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma3"])
 def test_gguf_matches_transformers(arch, tiny_models, tiny_ggufs):
     model, tok, _ = load_hf_model(tiny_models[arch], device="cpu")
     llm = _llama(tiny_ggufs[arch])
@@ -108,15 +108,48 @@ def test_llama3_rope_scaling_is_carried_over(tmp_path):
     assert np.abs(ref - got).max() / np.abs(ref).max() < 1e-3
 
 
+def test_sentencepiece_tokenizer_with_space_prefix(tmp_path):
+    """A Llama 2 / Mistral style tokenizer (SentencePiece BPE that puts "▁" before the text) on a llama model:
+    llama.cpp splits text as transformers does and computes the same logits."""
+    from conftest import _tokenizer_corpus
+
+    from core.tinymodels import build_tiny_model, train_spm_tokenizer
+
+    tok = train_spm_tokenizer(_tokenizer_corpus(), 400, space_prefix=True)
+    build_tiny_model("llama", tok, seed=5).save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    hf, tok, _ = load_hf_model(tmp_path / "m", device="cpu")
+    llm = _llama(convert_hf_to_gguf(tmp_path / "m", tmp_path / "m.gguf", dtype="f32"))
+    for text in TEXTS + ["   leading spaces", "word"]:
+        assert llm.tokenize(text.encode(), add_bos=True, special=True) == tok(text)["input_ids"], text
+    assert tok.convert_ids_to_tokens(tok("word")["input_ids"])[1].startswith("\u2581")  # the prefix is there
+    ids = tok("the beer glass is cold, I think " * 4)["input_ids"]
+    with torch.no_grad():
+        ref = hf(torch.tensor([ids])).logits[0].numpy()
+    llm.eval(ids)
+    got = np.asarray(llm.scores[: len(ids)])
+    assert np.abs(ref - got).max() / np.abs(ref).max() < 1e-3
+
+
 def test_each_architecture_says_what_it_supports(tiny_models, tmp_path):
     from core.gguf_writer import SUPPORT, convert_lora_to_gguf, export_problem
 
     assert SUPPORT["MistralForCausalLM"].name == "llama" and SUPPORT["Gemma3ForCausalLM"].name == "gemma3"
     for arch in ("llama", "qwen2", "qwen3", "gemma3"):
         assert export_problem(tiny_models[arch], "lora") is None
-    assert "cannot be written as a GGUF base" in export_problem(tiny_models["gemma3"], "base")
-    with pytest.raises(IdiolectError, match="cannot be written as a GGUF base"):
-        convert_hf_to_gguf(tiny_models["gemma3"], tmp_path / "g.gguf")
+    assert export_problem(tiny_models["gemma3"], "base") is None
+    # What llama.cpp's gemma3 graph cannot run is refused before a byte is written.
+    import shutil
+
+    odd = tmp_path / "odd-gemma"
+    shutil.copytree(tiny_models["gemma3"], odd)
+    config = json.loads((odd / "config.json").read_text())
+    (odd / "config.json").write_text(json.dumps({**config, "query_pre_attn_scalar": 99}))
+    with pytest.raises(IdiolectError, match="query_pre_attn_scalar 99 differs from head_dim"):
+        convert_hf_to_gguf(odd, tmp_path / "g.gguf")
+    (odd / "config.json").write_text(json.dumps({**config, "attn_logit_softcapping": 50.0}))
+    with pytest.raises(IdiolectError, match="attention logit softcapping"):
+        convert_hf_to_gguf(odd, tmp_path / "g.gguf")
     assert not (tmp_path / "g.gguf").exists()
     # A gemma3 LoRA is written (llama.cpp reads it on top of the user's own gemma3 GGUF: test_real_model.py).
     from peft import LoraConfig, get_peft_model

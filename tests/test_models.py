@@ -178,6 +178,8 @@ def test_recommended_list_is_well_formed():
     assert any(m.gated for m in RECOMMENDED) and all(m.params_b > 0 for m in RECOMMENDED)
     by_id = {m.id: m for m in RECOMMENDED}
     mistral = by_id["mistralai/Mistral-7B-Instruct-v0.3"]
-    assert mistral.gguf_lora and not mistral.gguf_base and "no GGUF base export" in mistral.supports()
+    assert mistral.gguf_lora and mistral.gguf_base and "GGUF base export" in mistral.supports()
+    assert by_id["google/gemma-3-1b-it"].gguf_base  # SentencePiece tokenizers are written too
     assert by_id["Qwen/Qwen3-0.6B"].gguf_base and by_id["Qwen/Qwen3-0.6B"].cpu_trainable
-    assert not by_id["HuggingFaceTB/SmolLM3-3B"].gguf_lora
+    smol3 = by_id["HuggingFaceTB/SmolLM3-3B"]
+    assert not smol3.gguf_lora and "no GGUF base export" in smol3.supports()

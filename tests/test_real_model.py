@@ -143,3 +143,43 @@ def test_train_on_the_gguf_and_llama_cpp_applies_the_lora_to_the_original_file(r
     cosine = float(hf @ cpp / (np.linalg.norm(hf) * np.linalg.norm(cpp)))
     print(f"\nreal model: cosine of the LoRA's logit change, PEFT vs llama.cpp on Q4_K_M: {cosine:.3f}")
     assert cosine > 0.9, cosine
+
+
+def test_gemma_base_written_back_to_gguf_tokenizes_and_predicts_as_the_original(real, tmp_path):
+    """The GGUF base writer on a real SentencePiece model: Gemma 3 270M's dequantized folder written back as an
+    f16 GGUF splits real text exactly as the user's original file (and transformers) does, and predicts the
+    same next tokens as transformers."""
+    import gzip
+    import html
+    import re
+
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from conftest import SHARED
+
+    from core.gguf_writer import convert_hf_to_gguf
+    from core.models import load_hf_model
+
+    posts = SHARED / "data" / "stackexchange" / "coffee.stackexchange.com_Posts.xml.gz"
+    if not posts.exists():
+        pytest.skip(f"{posts} is absent (../shared is not here)")
+    texts = []
+    with gzip.open(posts, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            if (m := re.search(r' Body="([^"]*)"', line)) and len(texts) < 150:
+                texts.append(html.unescape(m.group(1)))
+    texts += ["naïve café — 1234567 🍺\n\n  two spaces\tand a tab", "<start_of_turn>user\nhi<end_of_turn>\n", "日本語"]
+    written = convert_hf_to_gguf(real["dir"], tmp_path / "gemma-f16.gguf", dtype="f16")
+    mine = llama_cpp.Llama(model_path=str(written), n_ctx=256, logits_all=True, verbose=False, n_threads=2)
+    original = llama_cpp.Llama(model_path=str(real["gguf"]), vocab_only=True, verbose=False)
+    _, tok, _ = load_hf_model(real["dir"], device="cpu")
+    for text in texts:
+        ids = mine.tokenize(text.encode(), add_bos=True, special=True)
+        assert ids == original.tokenize(text.encode(), add_bos=True, special=True) == tok(text)["input_ids"], text
+    model, _, _ = load_hf_model(real["dir"], device="cpu")
+    ids = tok(texts[0])["input_ids"][:160]
+    with torch.no_grad():
+        ref = model(torch.tensor([ids])).logits[0].float().numpy()
+    mine.eval(ids)
+    got = np.asarray(mine.scores[: len(ids)])
+    assert (ref.argmax(-1) == got.argmax(-1)).mean() > 0.95
+    assert np.abs(ref - got).max() / np.abs(ref).max() < 2e-2
