@@ -14,6 +14,8 @@ from core.paths import default_db_path
 from core.peers import ensure_defaults
 from core.store import Store
 
+OBJECTIVE_NAMES = ("cbpo", "sft", "bco", "kto", "cbpo_pi0")  # core.objectives.OBJECTIVES (torch-free here)
+
 
 def _add_db(parser: argparse.ArgumentParser, top: bool = False) -> None:
     parser.add_argument(
@@ -128,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Train a LoRA adapter for a profile (QLoRA on CUDA, fp32 LoRA on CPU). cbpo: C-BPO -- your texts, "
             "thumbs-up and edits are positives, thumbs-down are negatives, the peer pool is the unlabeled set with "
-            "the PU correction; bco: BCO with peers as plain negatives; sft: plain fine-tuning on your texts; "
+            "the PU correction; bco: BCO with peers as plain negatives; kto: KTO with peers as undesirable; sft: plain "
+            "fine-tuning on your texts; "
             "cbpo_pi0: C-BPO without the PU correction. Ctrl-C stops after a checkpoint; --resume RUN_ID "
             "continues a stopped, cancelled or crashed run. The adapter is saved as a PEFT folder and recorded."
         ),
@@ -139,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Hugging Face id, local model folder, or a .gguf file (dequantized once, cached by its hash; the GGUF "
         "LoRA export then targets that very file)",
     )
-    p.add_argument("--objective", choices=("cbpo", "sft", "bco", "cbpo_pi0"), default="cbpo")
+    p.add_argument("--objective", choices=OBJECTIVE_NAMES, default="cbpo")
     p.add_argument("--pool", default="default", help="peer pool (default: the bundled pool)")
     p.add_argument("--steps", type=int, help="optimizer steps (default: epochs x batches per epoch)")
     p.add_argument("--epochs", type=int, default=3, help="passes over your texts (default: 3)")

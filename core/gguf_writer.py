@@ -142,7 +142,10 @@ def _spm_space_prefix(tokenizer_json: dict) -> bool:
             return True
     for part in parts(tokenizer_json.get("pre_tokenizer"), "pretokenizers"):
         if part.get("type") == "Metaspace":
-            return part.get("prepend_scheme", "always" if part.get("add_prefix_space", True) else "never") != "never"
+            return (
+                part.get("prepend_scheme", "always" if part.get("add_prefix_space", True) else "never")
+                != "never"
+            )
     return False
 
 
@@ -151,7 +154,9 @@ def _tokenizer_spec(model_dir: Path) -> TokenizerSpec:
     pipelines from their class, and llama.cpp must tokenize the way the model is actually used), with
     llama.cpp's names for it. Refuses what the writer cannot map."""
     if not (model_dir / "tokenizer.json").exists():
-        raise IdiolectError(f"{model_dir}: no tokenizer.json (a fast tokenizer is needed to write a GGUF base)")
+        raise IdiolectError(
+            f"{model_dir}: no tokenizer.json (a fast tokenizer is needed to write a GGUF base)"
+        )
     from transformers import AutoTokenizer
 
     tokenizer_json = json.loads(AutoTokenizer.from_pretrained(model_dir).backend_tokenizer.to_str())
@@ -401,7 +406,9 @@ def convert_hf_to_gguf(
         for n, t in enumerate(plan):
             data = t.transform(None if t.hf_name is None else _load_tensor(sources[t.hf_name], t.hf_name))
             if data.shape != t.shape:
-                raise IdiolectError(f"{t.hf_name}: shape {data.shape} changed while writing (expected {t.shape})")
+                raise IdiolectError(
+                    f"{t.hf_name}: shape {data.shape} changed while writing (expected {t.shape})"
+                )
             writer.write_tensor_data(data)
             if progress and (n % 32 == 0 or n == len(plan) - 1):
                 progress(f"wrote {n + 1}/{len(plan)} tensors to {out_path.name}")

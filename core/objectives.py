@@ -28,7 +28,11 @@ DESIGN.md):
   Kiryo's gradient-ascent step.
 - ``lambda_sft`` (default 0) optionally adds the target set's token NLL, which keeps fluency on tiny data.
 - Baselines on the same path: ``bco`` -- TRL's BCO with the peers as plain negatives (pooled cumulative mean
-  delta, count-weighted mean over all samples); ``cbpo_pi0`` -- C-BPO with pi = 0 (isolates delta); ``sft``.
+  delta, count-weighted mean over all samples); ``kto`` -- TRL's KTO loss (``1 - sigmoid(r - z0)`` for the
+  target, ``1 - sigmoid(z0 - r)`` for peers and thumbs-down, equal weights: the batches hold as many peer as
+  target texts) with the reference point z0 = max(0, mean detached reward of the batch), which stands in for
+  TRL's KL estimate on mismatched prompt/completion pairs (that costs one more forward pass per step, which the
+  other objectives do not get); ``cbpo_pi0`` -- C-BPO with pi = 0 (isolates delta); ``sft``.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-OBJECTIVES = ("cbpo", "bco", "sft", "cbpo_pi0")
+OBJECTIVES = ("cbpo", "bco", "kto", "sft", "cbpo_pi0")
 
 
 @dataclass
@@ -141,7 +145,19 @@ def objective_loss(
         terms.update(sft=_f(nll_tar), loss=_f(nll_tar))
         return nll_tar, terms
 
-    if cfg.name == "bco":
+    if cfg.name == "kto":
+        pooled = torch.cat([r_tar, r_aux, r_neg]).detach()
+        z0 = max(0.0, float(pooled.mean())) if pooled.numel() else 0.0
+        losses = torch.cat(
+            [
+                1 - torch.sigmoid(r_tar - z0),
+                1 - torch.sigmoid(z0 - r_aux),
+                cfg.lambda_n * (1 - torch.sigmoid(z0 - r_neg)),
+            ]
+        )
+        loss = _mean(losses)
+        terms.update(z0=z0, l_pos=_f(_mean(1 - torch.sigmoid(r_tar - z0))))
+    elif cfg.name == "bco":
         # TRL's BCO: every sample weighs the same, peers are plain negatives.
         losses = torch.cat(
             [l_plus(r_tar, delta), l_minus(r_aux, delta), cfg.lambda_n * l_minus(r_neg, delta)]

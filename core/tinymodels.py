@@ -95,7 +95,9 @@ def train_spm_tokenizer(
         for cut in range(1, len(token))
         if token[:cut] in vocab and token[cut:] in vocab and not token.startswith("<")
     ]
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok = Tokenizer(
+        models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True)
+    )
     tok.normalizer = normalizers.Replace(" ", SPACE)
     if space_prefix:
         tok.normalizer = normalizers.Sequence([normalizers.Prepend(SPACE), normalizers.Replace(" ", SPACE)])

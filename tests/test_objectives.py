@@ -103,3 +103,29 @@ def test_invalid_settings_are_refused():
     for kwargs in ({"name": "dpo"}, {"pi": 0.95}, {"beta": 0}, {"delta_decay": 1.0}):
         with pytest.raises(ValueError):
             ObjectiveConfig(**kwargs)
+
+
+def test_kto_matches_hand_computation():
+    """TRL's KTO loss: 1 - sigmoid(r - z0) for the target, 1 - sigmoid(z0 - r) for peers and thumbs-down, with
+    z0 the batch's mean reward clamped at 0 (no gradient through it)."""
+
+    def sig(x):
+        return 1 / (1 + math.exp(-x))
+
+    r_t, r_a, r_n = tensors(T, A, N)
+    loss, terms = objective_loss(ObjectiveConfig("kto"), PI, D, r_t, r_a, r_n)
+    z0 = max(0.0, mean(T + A + N))
+    expected = mean([1 - sig(r - z0) for r in T] + [1 - sig(z0 - r) for r in A + N])
+    assert float(loss) == pytest.approx(expected, rel=1e-6) and terms["z0"] == pytest.approx(z0)
+    low = tensors([-1.0], [-2.0], [])
+    loss, terms = objective_loss(ObjectiveConfig("kto"), PI, D, *low)
+    assert terms["z0"] == 0.0  # a negative mean reward is clamped
+    loss.backward()
+    assert low[0].grad[0] < 0 < low[1].grad[0]  # pushes the target's reward up and the peer's down
+
+
+def test_cli_offers_every_objective():
+    from core.cli import OBJECTIVE_NAMES
+    from core.objectives import OBJECTIVES
+
+    assert set(OBJECTIVE_NAMES) == set(OBJECTIVES)

@@ -167,14 +167,20 @@ def test_gemma_base_written_back_to_gguf_tokenizes_and_predicts_as_the_original(
         for line in fh:
             if (m := re.search(r' Body="([^"]*)"', line)) and len(texts) < 150:
                 texts.append(html.unescape(m.group(1)))
-    texts += ["naïve café — 1234567 🍺\n\n  two spaces\tand a tab", "<start_of_turn>user\nhi<end_of_turn>\n", "日本語"]
+    texts += [
+        "naïve café — 1234567 🍺\n\n  two spaces\tand a tab",
+        "<start_of_turn>user\nhi<end_of_turn>\n",
+        "日本語",
+    ]
     written = convert_hf_to_gguf(real["dir"], tmp_path / "gemma-f16.gguf", dtype="f16")
     mine = llama_cpp.Llama(model_path=str(written), n_ctx=256, logits_all=True, verbose=False, n_threads=2)
     original = llama_cpp.Llama(model_path=str(real["gguf"]), vocab_only=True, verbose=False)
     _, tok, _ = load_hf_model(real["dir"], device="cpu")
     for text in texts:
         ids = mine.tokenize(text.encode(), add_bos=True, special=True)
-        assert ids == original.tokenize(text.encode(), add_bos=True, special=True) == tok(text)["input_ids"], text
+        assert (
+            ids == original.tokenize(text.encode(), add_bos=True, special=True) == tok(text)["input_ids"]
+        ), text
     model, _, _ = load_hf_model(real["dir"], device="cpu")
     ids = tok(texts[0])["input_ids"][:160]
     with torch.no_grad():
