@@ -1,23 +1,34 @@
-"""The personalization benchmark: C-BPO against its baselines on real writers.
+"""The personalization benchmark: C-BPO against its baselines on real writers, without leaks.
 
     python launch.py bench pretrain --corpus POSTS.xml.gz ... --out DIR
-    python launch.py bench personalization --peers POSTS_XML_OR_JSONL --targets N --base DIR --out DIR [--seed S]
+    python launch.py bench personalization --peers POSTS_XML_OR_JSONL --targets N --base DIR_OR_GGUF --out DIR
 
 ``pretrain`` trains a small llama-architecture LM with its own BPE tokenizer on the given texts within a time
-budget (cached: the same corpus and settings reuse the folder). ``personalization`` takes N target writers out of
-the pool (they are never peers), splits each one's texts into train and held-out, trains one adapter per target
-and objective (SFT, BCO with peers as plain negatives, C-BPO; "base" is the untrained model) through the same
-trainer the app uses, and reports per objective, as means with 95% confidence intervals over targets:
+budget (a labelled smoke-test base). ``personalization`` takes N target writers out of the pool (they are never
+peers), splits each one's texts into train and held-out (report) texts, trains one adapter per target and
+objective through the same trainer the app uses, with the same steps, batch and length for every objective
+(base: the untrained model, measured like the others; sft; bco; kto; cbpo; cbpo_sft: C-BPO plus an SFT term),
+and reports per objective, as means with 95% confidence intervals over targets:
 
-- target_lift / peer_lift: held-out log-likelihood per token, adapter minus base, on the target's texts and on
-  other writers' held-out texts (general-capability preservation);
-- rouge1, rougeL, meteor (exact + Porter-stem matching: WordNet synonyms are a download), bleu: greedy
-  generations for the held-out questions against the target's answers;
-- authorship: share of generations a stylometric classifier (character n-gram TF-IDF + logistic regression,
-  target's training texts vs peers') attributes to the target;
+- target_lift / peer_lift: held-out log-likelihood per token, adapter minus base, on the target's held-out texts
+  and on other writers' held-out texts; specificity = target_lift - peer_lift;
 - pair_accuracy: for held-out questions the target answered alongside other writers, how often the adapter's
-  reward (log-ratio against the base) ranks the target's answer above another writer's (POPI's accuracy);
-and the POPI summary's lift for each target (objective-independent).
+  implicit reward (log-ratio against the base) ranks the target's answer above another writer's (POPI's
+  accuracy; undefined for the base); pair_accuracy_ll: how often the model's own per-token likelihood does
+  (defined for the base too, so the base is measured, not assumed);
+- rouge1, rougeL, meteor (exact + Porter-stem matching: WordNet synonyms are a download), bleu: greedy
+  generations for the held-out questions against the target's answers -- through llama.cpp with the exported
+  GGUF LoRA on the original file when the base is a GGUF (what a user runs), else through transformers;
+- authorship: share of generations a stylometric classifier (character n-gram TF-IDF + logistic regression,
+  target's training texts vs peers' training texts) attributes to the target;
+- popi: the POPI summary, chosen on the target's training texts (core.profile.build_summary), scored on the
+  held-out texts it was not chosen on, against the generic summary and against another target's summary.
+
+No leaks: a held-out text (the target's, a peer's, a pair's "other" answer) is never a text any objective
+trained on in any role -- all peer answers to a question that a target answers in its held-out texts are
+held out of the peer pool, and any held-out text equal to a training text is dropped (:func:`split_targets`,
+:func:`leak_free_pairs`). Hyperparameters: ``--set OBJECTIVE:key=value,...`` overrides them per objective, so
+settings tuned on one dump are passed unchanged to the report on another.
 """
 
 from __future__ import annotations
@@ -33,7 +44,15 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OBJECTIVES = ("base", "sft", "bco", "cbpo")
+OBJECTIVES = ("base", "sft", "bco", "kto", "cbpo", "cbpo_sft")
+TRAINED = {
+    "sft": "sft",
+    "bco": "bco",
+    "kto": "kto",
+    "cbpo": "cbpo",
+    "cbpo_sft": "cbpo",
+    "cbpo_pi0": "cbpo_pi0",
+}
 
 
 def _h(text: str) -> float:
@@ -117,7 +136,20 @@ def add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
 # personalization
 
 
+def _norm(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _ctx(row: dict) -> str:
+    return (row.get("context") or "").strip()
+
+
 def split_targets(rows: list[dict], n_targets: int, seed: int, min_texts: int = 8):
+    """``{writer: {train, heldout}}`` for N target writers, and the peers' training and held-out texts.
+
+    Leak-free by construction: every peer answer to a question one of the targets answers in its held-out
+    texts goes to the peers' held-out set (so a pair's "other" answer was never trained on as unlabeled),
+    plus a fixed 10% of the rest (for peer_lift); held-out texts equal to any training text are dropped."""
     by_writer = defaultdict(list)
     for r in rows:
         by_writer[r["writer"]].append(r)
@@ -128,15 +160,39 @@ def split_targets(rows: list[dict], n_targets: int, seed: int, min_texts: int = 
         raise SystemExit(f"only {len(eligible)} writers have {min_texts}+ texts; ask for fewer --targets")
     rng = random.Random(seed)
     targets = sorted(rng.sample(eligible[: max(n_targets, 3 * n_targets)], n_targets))
-    peers = [r for w, rs in by_writer.items() if w not in targets for r in rs]
-    peer_train = [r for r in peers if _h(r["text"] + "peer") >= 0.1]
-    peer_held = [r for r in peers if _h(r["text"] + "peer") < 0.1]
     splits = {}
     for w in targets:
         texts = sorted(by_writer[w], key=lambda r: _h(r["text"]))
         k = max(3, len(texts) // 4)
         splits[w] = {"train": texts[k:], "heldout": texts[:k]}
+    held_contexts = {_ctx(r) for s in splits.values() for r in s["heldout"] if _ctx(r)}
+    peers = [r for w, rs in by_writer.items() if w not in targets for r in rs]
+    peer_held = [r for r in peers if _ctx(r) in held_contexts or _h(r["text"] + "peer") < 0.1]
+    held_ids = {id(r) for r in peer_held}
+    peer_train = [r for r in peers if id(r) not in held_ids]
+    trained = {_norm(r["text"]) for r in peer_train} | {
+        _norm(r["text"]) for s in splits.values() for r in s["train"]
+    }
+    for s in splits.values():
+        s["heldout"] = [r for r in s["heldout"] if _norm(r["text"]) not in trained]
+    peer_held = [r for r in peer_held if _norm(r["text"]) not in trained]
     return splits, peer_train, peer_held
+
+
+def leak_free_pairs(heldout: list[dict], others: list[dict], trained: set[str]) -> list[tuple[dict, dict]]:
+    """(target's held-out answer, another writer's answer to the same question) pairs in which neither text
+    was trained on (``trained``: normalized training texts of every role)."""
+    by_context = defaultdict(list)
+    for o in others:
+        if _ctx(o):
+            by_context[_ctx(o)].append(o)
+    return [
+        (r, o)
+        for r in heldout
+        if _norm(r["text"]) not in trained
+        for o in by_context.get(_ctx(r), [])
+        if o["writer"] != r["writer"] and _norm(o["text"]) not in trained
+    ]
 
 
 def _examples(rows, tokenizer, max_length):
@@ -147,51 +203,84 @@ def _examples(rows, tokenizer, max_length):
     return ex
 
 
-def evaluate(
-    model, tokenizer, adapter: bool, target, peer_held, pairs, authorship, max_length, gen_tokens, device
-):
-    """All metrics of one (target, objective) on held-out data. ``adapter=False`` = the base model."""
-    import torch
+class Generations:
+    """Greedy generations for held-out questions: llama.cpp with the GGUF LoRA on the original GGUF (what a
+    user runs, and several times faster on a CPU) when the base is a GGUF file, else transformers."""
 
+    def __init__(self, base: str, tokenizer, gen_tokens: int, device) -> None:
+        self.base, self.tokenizer, self.gen_tokens, self.device = base, tokenizer, gen_tokens, device
+        self.llama = base.endswith(".gguf")
+
+    def __call__(self, model, adapter_dir: str | None, contexts: list[str | None]) -> list[str]:
+        if self.llama:
+            from core.generation import LlamaCppGenerator, SamplingParams, gguf_lora_for
+
+            lora = gguf_lora_for(Path(adapter_dir), self.base) if adapter_dir else None
+            gen = LlamaCppGenerator(self.base, lora_path=lora, n_ctx=2048)
+            params = SamplingParams(
+                max_new_tokens=self.gen_tokens, temperature=0.0, repetition_penalty=1.1, seed=0
+            )
+            try:
+                return [
+                    gen.generate(gen.format("Write a short passage.", context=c), params) for c in contexts
+                ]
+            finally:
+                gen.llm.close()
+        import torch
+
+        from core.models import render_prompt
+
+        out = []
+        for c in contexts:
+            text = render_prompt(self.tokenizer, "Write a short passage.", context=c)
+            ids = self.tokenizer(
+                text, add_special_tokens=not self.tokenizer.chat_template, return_tensors="pt"
+            )
+            ids = ids["input_ids"][:, -384:].to(self.device)
+            ctx = (
+                model.disable_adapter()
+                if (not adapter_dir and hasattr(model, "disable_adapter"))
+                else _null()
+            )
+            with torch.no_grad(), ctx:
+                gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=self.gen_tokens,
+                                     do_sample=False, pad_token_id=self.tokenizer.pad_token_id or 0,
+                                     repetition_penalty=1.1)  # fmt: skip
+            out.append(self.tokenizer.decode(gen[0, ids.shape[1] :], skip_special_tokens=True))
+        return out
+
+
+def evaluate(model, tokenizer, adapter_dir, target, peer_held, pairs, authorship, max_length, generate, device,
+             autocast=None):  # fmt: skip
+    """All metrics of one (target, objective) on held-out data. ``adapter_dir=None`` = the base model."""
     from core.metrics import bleu, meteor, rouge1, rouge_l
-    from core.models import render_prompt
     from core.train import logps_of
 
+    adapter = adapter_dir is not None
     held = target["heldout"]
     pad = tokenizer.pad_token_id or 0
-    ex_t = _examples(held, tokenizer, max_length)
-    ex_p = _examples(peer_held, tokenizer, max_length)
-    st, ct = logps_of(model, ex_t, device, pad, adapter=adapter)
-    sp, cp = logps_of(model, ex_p, device, pad, adapter=adapter)
-    out = {"target_ll": float(st.sum() / ct.sum()), "peer_ll": float(sp.sum() / cp.sum())}
 
+    def logps(rows):
+        return logps_of(model, _examples(rows, tokenizer, max_length), device, pad, adapter=adapter,
+                        autocast=autocast)  # fmt: skip
+
+    st, ct = logps(held)
+    sp, cp = logps(peer_held)
+    out = {"target_ll": float(st.sum() / ct.sum()), "peer_ll": float(sp.sum() / cp.sum())}
+    gens = generate(model, adapter_dir, [r["context"] for r in held])
     scores = defaultdict(list)
-    gens = []
-    for r in held:
-        text = render_prompt(tokenizer, "Write a short passage.", context=r["context"])
-        ids = tokenizer(text, add_special_tokens=not tokenizer.chat_template, return_tensors="pt")[
-            "input_ids"
-        ].to(device)
-        ids = ids[:, -max_length // 2 :]
-        ctx = model.disable_adapter() if (not adapter and hasattr(model, "disable_adapter")) else _null()
-        with torch.no_grad(), ctx:
-            gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=gen_tokens, do_sample=False,
-                                 pad_token_id=pad, repetition_penalty=1.1)  # fmt: skip
-        g = tokenizer.decode(gen[0, ids.shape[1] :], skip_special_tokens=True)
-        gens.append(g)
+    for g, r in zip(gens, held, strict=True):
         for name, fn in (("rouge1", rouge1), ("rougeL", rouge_l), ("meteor", meteor), ("bleu", bleu)):
             scores[name].append(fn(g, r["text"]))
     out.update({k: sum(v) / len(v) for k, v in scores.items()})
     out["authorship"] = float((authorship.predict_proba(gens)[:, 1] > 0.5).mean()) if gens else None
     out["generations"] = gens[:2]
-    out["_pair_logps"] = None
+    out["_pairs"] = None
     if pairs:
-        ex_a = _examples([a for a, _ in pairs], tokenizer, max_length)
-        ex_b = _examples([b for _, b in pairs], tokenizer, max_length)
-        out["_pair_logps"] = (
-            logps_of(model, ex_a, device, pad, adapter=adapter)[0],
-            logps_of(model, ex_b, device, pad, adapter=adapter)[0],
-        )
+        (sa, ca), (sb, cb) = logps([a for a, _ in pairs]), logps([b for _, b in pairs])
+        out["_pairs"] = (sa, sb)
+        out["pair_accuracy_ll"] = float((sa / ca.clamp(min=1) > sb / cb.clamp(min=1)).float().mean())
+        out["pairs"] = len(pairs)
     return out
 
 
@@ -216,26 +305,101 @@ def authorship_classifier(target_texts, peer_texts, seed=0):
     return clf
 
 
+def parse_overrides(items: list[str] | None) -> dict[str, dict]:
+    """``--set cbpo:beta=0.05,lr=2e-4`` -> {"cbpo": {"beta": 0.05, "lr": 0.0002}}."""
+    out: dict[str, dict] = {}
+    for item in items or []:
+        name, _, assignments = item.partition(":")
+        if name not in OBJECTIVES or not assignments:
+            raise SystemExit(
+                f"--set {item!r}: expected OBJECTIVE:key=value[,key=value] with OBJECTIVE in {OBJECTIVES}"
+            )
+        for pair in assignments.split(","):
+            key, _, value = pair.partition("=")
+            if key not in ("lr", "beta", "lambda_sft", "delta_decay", "pi"):
+                raise SystemExit(
+                    f"--set {item!r}: {key!r} is not a tunable setting (lr, beta, lambda_sft, delta_decay, pi)"
+                )
+            out.setdefault(name, {})[key] = float(value)
+    return out
+
+
+def objective_settings(objective: str, args, overrides: dict[str, dict]) -> dict:
+    """The trainer settings of one objective: the shared defaults, then its own overrides."""
+    settings = {
+        "lr": args.lr,
+        "beta": args.beta,
+        "lambda_sft": args.lambda_sft if objective == "cbpo_sft" else 0.0,
+    }
+    settings.update(overrides.get(objective, {}))
+    return settings
+
+
+def plot(per_target: dict, objectives: list[str], path: Path) -> Path | None:
+    """Target lift against peer lift, one point per (objective, target) and a cross at each mean: above the
+    diagonal is specific to the person, along it is the site's register."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install -e '.[dev]')", file=sys.stderr)
+        return None
+    fig, ax = plt.subplots(figsize=(6, 5), dpi=120)
+    lim = [0.0, 0.0]
+    for i, o in enumerate(objectives):
+        pts = [(m[o]["peer_lift"], m[o]["target_lift"]) for m in per_target.values() if o in m]
+        if not pts:
+            continue
+        xs, ys = zip(*pts, strict=True)
+        color = f"C{i}"
+        ax.scatter(xs, ys, color=color, alpha=0.5, s=18)
+        ax.scatter([sum(xs) / len(xs)], [sum(ys) / len(ys)], color=color, marker="X", s=110, label=o)
+        lim = [min(lim[0], *xs, *ys), max(lim[1], *xs, *ys)]
+    ax.plot(lim, lim, color="grey", lw=0.8, ls="--")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.axvline(0, color="grey", lw=0.5)
+    ax.set_xlabel("peer lift (held-out nats/token vs base)")
+    ax.set_ylabel("target lift (held-out nats/token vs base)")
+    ax.set_title("Above the diagonal: more like the person than like everyone")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def personalization_cmd(args) -> dict:
     import torch
     from peft import PeftModel
 
     from bench.report import write
     from core.metrics import mean_ci
-    from core.models import load_hf_model
-    from core.profile import build_summary
+    from core.models import load_hf_model, local_model_dir
+    from core.profile import build_summary, summary_baseline, summary_lift
     from core.store import Store
-    from core.train import TrainConfig, Trainer, create_run
+    from core.train import TrainConfig, Trainer, autocast_dtype, create_run
 
     torch.manual_seed(args.seed)
-    rows = read_rows(args.peers)
-    splits, peer_train, peer_held = split_targets(rows, args.targets, args.seed)
-    peer_held = sorted(peer_held, key=lambda r: _h(r["text"]))[: args.peer_heldout]
-    base_dir = Path(args.base)
-    per_target: dict[str, dict[str, dict]] = {}
-    popi = []
     objectives = [o for o in args.objectives.split(",") if o]
+    unknown = [o for o in objectives if o not in OBJECTIVES]
+    if unknown:
+        raise SystemExit(f"unknown objectives {unknown}; choose from {', '.join(OBJECTIVES)}")
+    overrides = parse_overrides(args.set)
+    rows = read_rows(args.peers)
+    splits, peer_train, peer_held_all = split_targets(rows, args.targets, args.seed)
+    trained = {_norm(r["text"]) for r in peer_train} | {
+        _norm(r["text"]) for s in splits.values() for r in s["train"]
+    }
+    for s in splits.values():
+        s["heldout"] = s["heldout"][: args.target_heldout]
+    lift_peers = sorted(peer_held_all, key=lambda r: _h(r["text"]))[: args.peer_heldout]
+    base_dir = local_model_dir(args.base)
+    per_target: dict[str, dict[str, dict]] = {}
+    popi: dict[str, dict] = {}
     started = time.monotonic()
+    default_objective = TrainConfig(model="").objective
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(Path(tmp) / "bench.db")
         pool = store.ensure_pool("peers")
@@ -245,78 +409,86 @@ def personalization_cmd(args) -> dict:
         )
         base_model, tokenizer, desc = load_hf_model(base_dir, device=args.device, quantize="none")
         device = desc["device"]
-        by_context = defaultdict(list)
-        for r in rows:
-            by_context[(r["context"] or "").strip()].append(r)
-        for t_i, (writer, split) in enumerate(splits.items()):
+        autocast = autocast_dtype(args.precision, device, desc["params"])
+        generate = Generations(str(args.base), tokenizer, args.gen_tokens, device)
+        summaries: dict[str, str] = {}
+        by_name: dict[str, dict] = {}
+        for t_i, split in enumerate(splits.values()):
             name = f"target{t_i}"
+            by_name[name] = split
             pid = store.create_profile(name)
             store.add_samples(pid, [{"context": r["context"], "text": r["text"]} for r in split["train"]])
-            pairs = []
-            for r in split["heldout"]:
-                for other in by_context[(r["context"] or "").strip()]:
-                    if other["writer"] != writer:
-                        pairs.append((r, other))
+            pairs = leak_free_pairs(split["heldout"], peer_held_all, trained)[: args.max_pairs]
             clf = authorship_classifier(
                 [r["text"] for r in split["train"]], [r["text"] for r in peer_train[:2000]], args.seed
             )
             per_target[name] = {}
 
-            def evaluate_on(model, adapter, split=split, pairs=pairs, clf=clf):
-                return evaluate(
-                    model,
-                    tokenizer,
-                    adapter,
-                    split,
-                    peer_held,
-                    pairs,
-                    clf,
-                    args.max_length,
-                    args.gen_tokens,
-                    device,
-                )
+            def evaluate_on(model, adapter_dir, split=split, pairs=pairs, clf=clf):
+                return evaluate(model, tokenizer, adapter_dir, split, lift_peers, pairs, clf, args.max_length,
+                                generate, device, autocast)  # fmt: skip
 
-            for objective in objectives:
-                print(
-                    f"[{time.monotonic() - started:5.0f}s] {name} ({len(split['train'])} texts): {objective}",
-                    file=sys.stderr,
-                )
+            for objective in ["base"] + [o for o in objectives if o != "base"]:
+                print(f"[{time.monotonic() - started:5.0f}s] {name} ({len(split['train'])} train, "
+                      f"{len(split['heldout'])} held out, {len(pairs)} pairs): {objective}", file=sys.stderr)  # fmt: skip
                 if objective == "base":
-                    model, adapter = base_model, False
-                else:
-                    cfg = TrainConfig(
-                        model=str(base_dir), objective=objective, pool="peers", steps=args.steps, batch_size=args.batch,
-                        lr=args.lr, max_length=args.max_length, heldout_fraction=0.0, save_every=10**6, seed=args.seed,
-                        device=args.device, quantize="none", beta=args.beta,
-                        lambda_sft=args.lambda_sft if objective != "sft" else 0.0,
-                    )  # fmt: skip
-                    run = create_run(store, name, cfg)
-                    Trainer(store, run).run()
-                    model = PeftModel.from_pretrained(base_model, store.get_run(run)["adapter_path"]).eval()
-                    adapter = True
-                m = evaluate_on(model, adapter)
-                if adapter:
-                    base_model = model.unload()  # detach the adapter, keep the base for the next objective
+                    per_target[name]["base"] = evaluate_on(base_model, None)
+                    continue
+                settings = objective_settings(objective, args, overrides)
+                cfg = TrainConfig(
+                    model=str(args.base), objective=TRAINED[objective], pool="peers", steps=args.steps,
+                    batch_size=args.batch, max_length=args.max_length, heldout_fraction=0.0, save_every=10**6,
+                    seed=args.seed, device=args.device, quantize="none", precision=args.precision, **settings,
+                )  # fmt: skip
+                run = create_run(store, name, cfg)
+                t0 = time.monotonic()
+                Trainer(store, run).run()
+                adapter_dir = store.get_run(run)["adapter_path"]
+                model = PeftModel.from_pretrained(base_model, adapter_dir).eval()
+                m = evaluate_on(model, adapter_dir)
+                base_model = model.unload()  # detach the adapter, keep the base for the next objective
+                m["train_seconds"] = round(time.monotonic() - t0)
+                m["settings"] = settings
                 per_target[name][objective] = m
-            base_m = per_target[name].get("base") or evaluate_on(base_model, False)
-            base_pairs = base_m.get("_pair_logps")
+            base_m = per_target[name]["base"]
             for objective, m in per_target[name].items():
                 m["target_lift"] = m["target_ll"] - base_m["target_ll"]
                 m["peer_lift"] = m["peer_ll"] - base_m["peer_ll"]
-                if m["_pair_logps"] is not None and base_pairs is not None:
-                    ra = m["_pair_logps"][0] - base_pairs[0]
-                    rb = m["_pair_logps"][1] - base_pairs[1]
-                    m["pair_accuracy"] = float((ra > rb).float().mean()) if objective != "base" else 0.5
-                    m["pairs"] = len(ra)
-                else:
-                    m["pair_accuracy"] = None
-                m.pop("_pair_logps")
+                m["specificity"] = m["target_lift"] - m["peer_lift"]
+                m["pair_accuracy"] = None
+                if objective != "base" and m["_pairs"] is not None:
+                    ra = m["_pairs"][0] - base_m["_pairs"][0]
+                    rb = m["_pairs"][1] - base_m["_pairs"][1]
+                    m["pair_accuracy"] = float((ra > rb).float().mean())
+            for m in per_target[name].values():
+                m.pop("_pairs")
             if args.popi:
-                summary = build_summary(store, name, model=str(base_dir), pool="peers", device=args.device)
-                popi.append(summary["summary"]["lift"])
+                chosen = build_summary(store, name, model=str(args.base), pool="peers", device=args.device)
+                summaries[name] = chosen["summary"]["text"]
+                popi[name] = {
+                    "chosen": chosen["summary"]["name"],
+                    "chosen_on_selection": chosen["summary"]["lift"],
+                }
+        if args.popi and summaries:
+            # Scored on held-out texts the choice never saw, against the generic summary and another target's.
+            from core.profile import GENERIC_SUMMARY
+
+            held_peer_pairs = [(r["context"], r["text"]) for r in lift_peers[:32]]
+            names = list(summaries)
+            for i, name in enumerate(names):
+                held_user = [(r["context"], r["text"]) for r in by_name[name]["heldout"]]
+                baseline = summary_baseline(base_model, tokenizer, held_user, held_peer_pairs, device=device)
+                score = {}
+                for label, text in (("own", summaries[name]), ("generic", GENERIC_SUMMARY),
+                                    ("other_writer", summaries[names[(i + 1) % len(names)]] if len(names) > 1 else None)):  # fmt: skip
+                    if text is not None:
+                        score[label] = summary_lift(base_model, tokenizer, text, held_user, held_peer_pairs,
+                                                    device=device, baseline=baseline)["lift"]  # fmt: skip
+                popi[name].update(score)
         store.close()
 
-    keys = ("target_lift", "peer_lift", "rouge1", "rougeL", "meteor", "bleu", "authorship", "pair_accuracy")
+    keys = ("target_lift", "peer_lift", "specificity", "pair_accuracy", "pair_accuracy_ll", "rouge1", "rougeL",
+            "meteor", "bleu", "authorship")  # fmt: skip
     summary = {
         o: {
             k: mean_ci([per_target[t][o][k] for t in per_target if per_target[t][o].get(k) is not None])
@@ -325,26 +497,41 @@ def personalization_cmd(args) -> dict:
         for o in objectives
     }
     flat = {o: {k: v["mean"] for k, v in summary[o].items()} for o in objectives}
+    popi_summary = {
+        k: mean_ci([p[k] for p in popi.values() if k in p]) for k in ("own", "generic", "other_writer")
+    }
     result = {
         "objectives": flat,
         "ci95": summary,
         "targets": len(per_target),
-        "popi_lift": mean_ci(popi),
+        "model": str(args.base),
+        "default_objective": default_objective,
+        "popi": {"per_target": popi, "heldout_lift": popi_summary},
+        "popi_lift": popi_summary["own"],
         "peers_file": str(args.peers),
-        "base": str(base_dir),
+        "base": str(args.base),
+        "generation_backend": "llama.cpp (GGUF LoRA on the original GGUF)"
+        if generate.llama
+        else "transformers",
         "settings": {
-            k: getattr(args, k)
-            for k in (
-                "steps",
-                "batch",
-                "lr",
-                "beta",
-                "lambda_sft",
-                "max_length",
-                "gen_tokens",
-                "seed",
-                "peer_heldout",
-            )
+            **{
+                k: getattr(args, k)
+                for k in (
+                    "steps",
+                    "batch",
+                    "lr",
+                    "beta",
+                    "lambda_sft",
+                    "max_length",
+                    "gen_tokens",
+                    "seed",
+                    "peer_heldout",
+                    "target_heldout",
+                    "max_pairs",
+                    "precision",
+                )
+            },  # fmt: skip
+            "per_objective": {o: objective_settings(o, args, overrides) for o in objectives if o != "base"},
         },
         "per_target": per_target,
         "meteor_note": "METEOR with exact + Porter-stem matching only (WordNet synonyms need a download)",
@@ -360,19 +547,34 @@ def personalization_cmd(args) -> dict:
     table = [{"objective": o, **{k: cell(o, k) for k in keys}} for o in objectives]
     command = (
         f"python launch.py bench personalization --peers {args.peers} --targets {args.targets} --base {args.base} "
-        f"--out {args.out} --seed {args.seed} --steps {args.steps} --beta {args.beta} --lambda-sft {args.lambda_sft} "
-        f"--objectives {args.objectives}" + ("" if args.popi else " --no-popi")
+        f"--out {args.out} --seed {args.seed} --steps {args.steps} --batch {args.batch} --lr {args.lr} "
+        f"--beta {args.beta} --lambda-sft {args.lambda_sft} --max-length {args.max_length} "
+        f"--target-heldout {args.target_heldout} --peer-heldout {args.peer_heldout} --max-pairs {args.max_pairs} "
+        f"--gen-tokens {args.gen_tokens} --precision {args.precision} --objectives {args.objectives}"
+        + "".join(f" --set {s}" for s in args.set or [])
+        + ("" if args.popi else " --no-popi")
     )
     _, md = write(
         args.out,
         "personalization",
         result,
         table,
-        f"Personalization on {Path(args.peers).name} ({len(per_target)} targets; mean ± 95% CI half-width)",
+        f"Personalization on {Path(args.peers).name}, base {Path(str(args.base)).name} ({len(per_target)} targets; "
+        "mean ± 95% CI half-width; every metric on texts no objective trained on)",
         command,
     )
-    popi_text = f"{result['popi_lift']['mean']:+.4f}" if popi else "not measured"
-    extra = f"\nMETEOR: exact + stem matching only. POPI summary lift (nats/token on 64-token openings): {popi_text}\n"
+    png = plot(per_target, objectives, Path(args.out) / "personalization.png")
+
+    def fmt(v):
+        return "not measured" if v["mean"] is None else f"{v['mean']:+.4f} (n={v['n']})"
+
+    extra = (
+        f"\nDefault objective of the product: {default_objective}. Generations: {result['generation_backend']}. "
+        f"Wall time {result['seconds']} s.\nMETEOR: exact + stem matching only. POPI summary lift on held-out "
+        f"texts it was not chosen on (nats/token on 64-token openings): own {fmt(popi_summary['own'])}, generic "
+        f"{fmt(popi_summary['generic'])}, another writer's {fmt(popi_summary['other_writer'])}.\n"
+        + (f"\n![target lift vs peer lift]({png.name})\n" if png else "")
+    )
     md.write_text(md.read_text() + extra)
     print(md.read_text())
     return result
@@ -381,27 +583,38 @@ def personalization_cmd(args) -> dict:
 def add_personalization_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peers", required=True, help="Posts.xml(.gz) or JSONL/CSV {writer, prompt, text}")
     p.add_argument("--targets", type=int, default=5, help="target writers taken out of the pool (default: 5)")
-    p.add_argument("--base", required=True, help="base model folder (e.g. from `bench pretrain`)")
     p.add_argument(
-        "--out", default=str(ROOT / "bench" / "results"), help="folder for personalization.json/.md"
+        "--base", required=True, help="base model: folder, hub id or .gguf file (dequantized once)"
+    )
+    p.add_argument(
+        "--out", default=str(ROOT / "bench" / "results"), help="folder for personalization.json/.md/.png"
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--objectives", default=",".join(OBJECTIVES), help="comma-separated (default: base,sft,bco,cbpo)"
+        "--objectives",
+        default=",".join(OBJECTIVES),
+        help=f"comma-separated (default: {','.join(OBJECTIVES)})",
     )
-    p.add_argument("--steps", type=int, default=60, help="training steps per adapter (default: 60)")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 1e-3, for a small base)")
-    p.add_argument("--beta", type=float, default=0.1, help="reward scale for bco/cbpo (default: 0.1)")
     p.add_argument(
-        "--lambda-sft", type=float, default=0.0, help="target NLL weight added to bco/cbpo (default: 0)"
+        "--steps", type=int, default=60, help="training steps per adapter, every objective (default: 60)"
     )
+    p.add_argument("--batch", type=int, default=4, help="target texts per step (default: 4)")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 1e-3, for a small base)")
+    p.add_argument("--beta", type=float, default=0.1, help="reward scale for bco/kto/cbpo (default: 0.1)")
+    p.add_argument("--lambda-sft", type=float, default=0.5, help="SFT term weight of cbpo_sft (default: 0.5)")
+    p.add_argument("--set", action="append", metavar="OBJECTIVE:key=value,...",
+                   help="per-objective settings (lr, beta, lambda_sft, delta_decay, pi), e.g. tuned ones")  # fmt: skip
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument(
         "--gen-tokens", type=int, default=48, help="tokens generated per held-out question (default: 48)"
     )
     p.add_argument(
+        "--target-heldout", type=int, default=24, help="held-out texts per target, at most (default: 24)"
+    )
+    p.add_argument(
         "--peer-heldout", type=int, default=48, help="held-out peer texts for peer_lift (default: 48)"
     )
+    p.add_argument("--max-pairs", type=int, default=64, help="pairs per target, at most (default: 64)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-popi", dest="popi", action="store_false", help="skip the POPI summary per target")

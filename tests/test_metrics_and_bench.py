@@ -43,25 +43,81 @@ def test_personalization_benchmark_end_to_end(pretrained_base, tmp_path):
     peers = shared_file("coffee.stackexchange.com_Posts.xml.gz")
     out = subprocess.run(
         [sys.executable, str(ROOT / "launch.py"), "bench", "personalization", "--peers", str(peers), "--targets", "2",
-         "--base", str(pretrained_base), "--out", str(tmp_path), "--steps", "4", "--gen-tokens", "8", "--no-popi"],
+         "--base", str(pretrained_base), "--out", str(tmp_path), "--steps", "3", "--gen-tokens", "6",
+         "--target-heldout", "6", "--peer-heldout", "12", "--max-pairs", "12",
+         "--objectives", "base,sft,kto,cbpo,cbpo_sft", "--set", "kto:beta=0.2"],
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads((tmp_path / "personalization.json").read_text())
-    assert result["targets"] == 2
-    for objective in ("base", "sft", "bco", "cbpo"):
+    assert result["targets"] == 2 and result["default_objective"] == "cbpo"
+    assert result["model"] == str(pretrained_base)
+    for objective in ("base", "sft", "kto", "cbpo", "cbpo_sft"):
         row = result["objectives"][objective]
-        for key in (
-            "target_lift",
-            "peer_lift",
-            "rouge1",
-            "rougeL",
-            "meteor",
-            "bleu",
-            "authorship",
-            "pair_accuracy",
-        ):
+        for key in ("target_lift", "peer_lift", "specificity", "rouge1", "rougeL", "meteor", "bleu", "authorship",
+                    "pair_accuracy", "pair_accuracy_ll"):  # fmt: skip
             assert key in row
-    assert result["objectives"]["base"]["target_lift"] == 0.0
+    base = result["objectives"]["base"]
+    assert base["target_lift"] == 0.0 and base["pair_accuracy"] is None  # no implicit reward for the base...
+    assert 0.0 <= base["pair_accuracy_ll"] <= 1.0  # ...but its likelihood ranking is measured
     assert result["objectives"]["sft"]["target_lift"] != 0.0  # the adapters were really trained and applied
-    assert "| cbpo |" in (tmp_path / "personalization.md").read_text()
+    settings = result["settings"]["per_objective"]
+    assert (
+        settings["kto"]["beta"] == 0.2 and settings["cbpo"]["beta"] == 0.1
+    )  # an override touches its objective
+    assert settings["cbpo_sft"]["lambda_sft"] > 0 == settings["cbpo"]["lambda_sft"]
+    for m in result["per_target"]["target0"].values():
+        assert "_pairs" not in m
+    assert "| cbpo_sft |" in (tmp_path / "personalization.md").read_text()
+    png = tmp_path / "personalization.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _rows(writer, context, texts):
+    return [{"writer": writer, "context": context, "text": t} for t in texts]
+
+
+def test_no_pair_or_heldout_text_was_trained_on():
+    """The leaks found on review: a pair's "other" answer was a peer text the adapter trained on as unlabeled,
+    and a held-out text could equal a training text. Neither can happen now."""
+    from bench.personalization import _norm, leak_free_pairs, split_targets
+
+    rows = []
+    for w in range(12):  # 12 writers answering 30 shared questions, some answers copied between writers
+        for q in range(30):
+            if (w + q) % 3:
+                rows += _rows(f"w{w}", f"question {q}?", [f"answer of w{w} to {q} " + "word " * (q % 5)])
+    rows += _rows("w1", "question 1?", ["answer of w0 to 0 "])  # a peer copying a target-ish answer
+    splits, peer_train, peer_held = split_targets(rows, 3, seed=0)
+    trained = {_norm(r["text"]) for r in peer_train} | {
+        _norm(r["text"]) for s in splits.values() for r in s["train"]
+    }
+    assert peer_held and all(s["heldout"] for s in splits.values())
+    for s in splits.values():
+        assert not {_norm(r["text"]) for r in s["heldout"]} & trained
+        pairs = leak_free_pairs(s["heldout"], peer_held, trained)
+        assert pairs  # the benchmark still has pairs to score
+        for a, b in pairs:
+            assert _norm(a["text"]) not in trained and _norm(b["text"]) not in trained
+            assert a["context"] == b["context"] and a["writer"] != b["writer"]
+    assert not {_norm(r["text"]) for r in peer_held} & trained
+    # Every other writer's answer to a target's held-out question is held out of the peer pool.
+    held_q = {r["context"] for s in splits.values() for r in s["heldout"]}
+    assert not [r for r in peer_train if r["context"] in held_q]
+    # leak_free_pairs drops a pair whose other text was trained on, whatever the caller passes.
+    a = splits[next(iter(splits))]["heldout"][0]
+    leaked = {"writer": "zz", "context": a["context"], "text": "trained text"}
+    assert leak_free_pairs([a], [leaked], trained | {"trained text"}) == []
+
+
+def test_per_objective_settings():
+    import argparse
+
+    from bench.personalization import objective_settings, parse_overrides
+
+    args = argparse.Namespace(lr=1e-3, beta=0.1, lambda_sft=0.5)
+    over = parse_overrides(["cbpo:beta=0.05,lr=2e-4", "kto:beta=0.3"])
+    assert objective_settings("cbpo", args, over) == {"lr": 2e-4, "beta": 0.05, "lambda_sft": 0.0}
+    assert objective_settings("cbpo_sft", args, over) == {"lr": 1e-3, "beta": 0.1, "lambda_sft": 0.5}
+    with pytest.raises(SystemExit, match="not a tunable setting"):
+        parse_overrides(["cbpo:steps=3"])
