@@ -505,18 +505,28 @@ def gguf_lora_for(adapter_dir: Path, model: str, cache: Path | None = None) -> P
 
 
 def gguf_for(model_dir: Path, cache: Path | None = None) -> Path:
-    """The GGUF conversion of an HF folder, written once into the cache and reused."""
+    """The GGUF conversion of an HF folder, written once into the cache and reused: keyed by the folder and the
+    content hashes of its config, tokenizer and weight files (hashes remembered per path, size and mtime), so
+    rewritten weights get a new file even where they kept the old modification time."""
     import hashlib
 
     from core.gguf_writer import convert_hf_to_gguf
+    from core.models import file_sha256
     from core.paths import data_dir
 
     cache = cache or data_dir() / "gguf"
-    stamp = max(f.stat().st_mtime_ns for f in model_dir.iterdir() if f.is_file())
-    key = hashlib.sha256(f"{model_dir.resolve()}:{stamp}".encode()).hexdigest()[:12]
+    parts = [str(model_dir.resolve())]
+    for f in sorted(model_dir.iterdir()):
+        if f.is_file() and (f.suffix == ".safetensors" or f.name in ("config.json", "tokenizer.json")):
+            parts.append(f"{f.name}:{file_sha256(f)}")
+    key = hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
     out = cache / f"{model_dir.name}-{key}.gguf"
     if not out.exists():
-        tmp = out.with_suffix(".partial")
-        convert_hf_to_gguf(model_dir, tmp, dtype="f16")
-        tmp.replace(out)
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(f".partial-{os.getpid()}")
+        try:
+            convert_hf_to_gguf(model_dir, tmp, dtype="f16")
+            tmp.replace(out)
+        finally:
+            tmp.unlink(missing_ok=True)
     return out

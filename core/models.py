@@ -269,14 +269,15 @@ def sha256_file(path: str | os.PathLike, *, progress: Progress | None = None) ->
 
 
 def file_sha256(path: str | os.PathLike, *, progress: Progress | None = None) -> str:
-    """:func:`sha256_file`, remembered per (path, size, modification time) in the data folder, so a multi-GB
-    GGUF is hashed once and not at every start."""
+    """:func:`sha256_file`, remembered per (path, inode, size, modification and change times) in the data folder,
+    so a multi-GB GGUF is hashed once and not at every start. The change time (ctime) moves on every write and
+    cannot be set back by a tool that restores the modification time, so rewritten content is hashed anew."""
     from core.paths import data_dir
 
     path = Path(path).resolve()
     st = path.stat()
     memo_path = data_dir() / "dequantized" / "hashes.json"
-    key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    key = f"{path}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
     try:
         memo = json.loads(memo_path.read_text())
     except (OSError, ValueError):
@@ -330,8 +331,10 @@ def dequantized_dir(gguf_path: str | os.PathLike, *, progress: Progress | None =
     cached under the data folder by the file's SHA-256; the cache is reused whatever the file is called.
 
     Weights are written in fp32 for models under 2B parameters (exactly the dequantized values) and in bf16
-    above (half the disk and RAM; a CUDA run quantizes them to NF4 anyway). transformers does the
-    dequantization, so the architectures are the ones it reads from GGUF; another one is refused in one line."""
+    above (half the disk and RAM; a CUDA run quantizes them to NF4 anyway). transformers reads the config and the
+    tokenizer from the file's metadata, so the architectures are the ones it reads from GGUF (another one is
+    refused in one line); the weights of the architectures Idiolect writes (core.gguf_writer.SUPPORT) are
+    dequantized one tensor at a time (peak: the largest tensor), the others by transformers (the whole model)."""
     import shutil as _shutil
 
     from core.paths import data_dir
@@ -363,23 +366,49 @@ def dequantized_dir(gguf_path: str | os.PathLike, *, progress: Progress | None =
             f"{cache}"
         )
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     if progress:
         progress(0, needed, f"dequantizing {gguf_path.name} (once)")
     tmp = cache / f".partial-{out.name}-{os.getpid()}"
     _shutil.rmtree(tmp, ignore_errors=True)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32 if fp32 else torch.bfloat16
-        )
-        # transformers marks a GGUF-loaded model as quantized and refuses to save it; its weights are plain
-        # tensors now, so drop that mark (and the config entry that would make a reload look for the GGUF).
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(tmp)
-        del model
+        from core.gguf_writer import SUPPORT, dequantize_gguf
+
+        config = AutoConfig.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        if not config.architectures:  # the GGUF metadata names a model type, not a class
+            from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+            causal = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type)
+            config.architectures = [causal] if causal else None
+        if any(a in SUPPORT for a in config.architectures or []):
+            tmp.mkdir(parents=True)
+
+            def tensors_done(i, n):
+                if progress:
+                    progress(
+                        int(needed * i / n), needed, f"dequantizing {gguf_path.name} (once): tensor {i}/{n}"
+                    )
+
+            dequantize_gguf(
+                gguf_path, config, tmp / "model.safetensors", bf16=not fp32, progress=tensors_done
+            )
+            config.dtype = torch.float32 if fp32 else torch.bfloat16
+            config.save_pretrained(tmp)
+            GenerationConfig.from_model_config(config).save_pretrained(tmp)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32 if fp32 else torch.bfloat16
+            )
+            # transformers marks a GGUF-loaded model as quantized and refuses to save it; its weights are plain
+            # tensors now, so drop that mark (and the config entry that would make a reload look for the GGUF).
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.save_pretrained(tmp)
+            del model
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         tokenizer.save_pretrained(tmp)
         (tmp / SOURCE_RECORD).write_text(

@@ -206,3 +206,29 @@ def test_generation_benchmark_writes_json_and_markdown(tiny_models, tmp_path):
     assert all(r["decode tokens/s (median)"] > 0 for r in result["rows"])
     assert result["matmul_gflops_fp32"] > 0
     assert "| transformers fp32 |" in (tmp_path / "out" / "generation.md").read_text()
+
+
+def test_gguf_conversion_cache_is_keyed_by_content(tiny_models, tmp_path):
+    """The llama backend's GGUF of an HF folder is reused while the weights are the same and made anew when
+    they change, even where the new weights keep the old modification time (a copy with -p, a restore)."""
+    import os
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from core.generation import gguf_for
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_models["qwen2"], folder)
+    first = gguf_for(folder, tmp_path / "cache")
+    assert gguf_for(folder, tmp_path / "cache") == first
+    weights = folder / "model.safetensors"
+    st = weights.stat()
+    tensors = load_file(str(weights))
+    name = next(iter(tensors))
+    tensors[name] = tensors[name] + 1.0
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    second = gguf_for(folder, tmp_path / "cache")
+    assert second != first and second.exists()
+    assert not list((tmp_path / "cache").glob("*.partial*"))

@@ -176,3 +176,27 @@ def test_unsupported_models_get_a_clear_error(tmp_path):
     assert not (tmp_path / "x.gguf").exists()
     with pytest.raises(IdiolectError, match="no config.json"):
         convert_hf_to_gguf(tmp_path / "nothing", tmp_path / "x.gguf")
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma3"])
+def test_gguf_dequantized_back_to_the_same_weights(arch, tiny_models, tiny_ggufs, tmp_path, monkeypatch):
+    """A GGUF base is a training base: dequantized one block of rows at a time (never the whole model) into a
+    Hugging Face folder whose weights are exactly those the f32 GGUF was written from (llama q/k rows and
+    Gemma's norm offsets undone), and whose tokenizer splits text the same way."""
+    from safetensors.torch import load_file
+
+    from core.models import dequantized_dir
+
+    monkeypatch.setenv("IDIOLECT_HOME", str(tmp_path / "home"))
+    out = dequantized_dir(tiny_ggufs[arch])
+    got = load_file(str(out / "model.safetensors"))
+    want = load_file(str(tiny_models[arch] / "model.safetensors"))
+    assert set(got) == set(want)
+    for name, tensor in want.items():  # exact, but for Gemma's norms: (w + 1) - 1 rounds in float32
+        assert torch.allclose(got[name], tensor, rtol=0, atol=1e-7 if "norm" in name else 0), name
+    model, tok, _ = load_hf_model(out, device="cpu")
+    ref, ref_tok, _ = load_hf_model(tiny_models[arch], device="cpu")
+    ids = ref_tok(TEXTS[0])["input_ids"]
+    assert tok(TEXTS[0])["input_ids"] == ids
+    with torch.no_grad():
+        assert torch.allclose(model(torch.tensor([ids])).logits, ref(torch.tensor([ids])).logits, atol=1e-5)
