@@ -618,3 +618,69 @@ def add_personalization_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-popi", dest="popi", action="store_false", help="skip the POPI summary per target")
+
+
+# --------------------------------------------------------------------------------------------------------
+# tune: choose each objective's settings from personalization runs on the tuning dump
+
+
+def choose_settings(results: list[dict], criterion: str = "specificity") -> dict[str, dict]:
+    """Per objective, the settings of the run with the best mean ``criterion`` over targets (ties: the higher
+    target lift), from ``personalization.json`` results of one dump. Every objective is chosen the same way,
+    from as many settings as it was run with: the caller gives each objective the same number."""
+    seen: dict[str, list[tuple[float, float, dict]]] = defaultdict(list)
+    for result in results:
+        for objective, settings in result["settings"]["per_objective"].items():
+            row = result["objectives"].get(objective) or {}
+            if row.get(criterion) is None:
+                continue
+            seen[objective].append((row[criterion], row.get("target_lift") or 0.0, settings))
+    chosen = {}
+    for objective, candidates in seen.items():
+        score, lift, settings = max(candidates, key=lambda c: (c[0], c[1]))
+        chosen[objective] = {
+            "settings": settings,
+            criterion: score,
+            "target_lift": lift,
+            "candidates": [{"settings": s, criterion: c, "target_lift": t} for c, t, s in candidates],
+        }
+    return chosen
+
+
+def tune_cmd(args) -> dict:
+    results = [json.loads(Path(p).read_text()) for p in args.runs]
+    dumps = {Path(r["peers_file"]).name for r in results}
+    if len(dumps) != 1:
+        raise SystemExit(f"tune on one dump at a time (got {sorted(dumps)})")
+    chosen = choose_settings(results, args.criterion)
+    sets = [
+        f"{o}:"
+        + ",".join(f"{k}={v:g}" for k, v in c["settings"].items() if not (k == "lambda_sft" and not v))
+        for o, c in sorted(chosen.items())
+    ]
+    out = {"tuned_on": dumps.pop(), "criterion": args.criterion, "runs": list(args.runs), "chosen": chosen,
+           "set_arguments": sets}  # fmt: skip
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "tuning.json").write_text(json.dumps(out, indent=2))
+    lines = [f"### Settings tuned on {out['tuned_on']} (criterion: mean {args.criterion} over targets)", "",
+             f"`python launch.py bench tune --runs {' '.join(args.runs)} --out {args.out}`", "",
+             "| objective | candidates (settings: " + args.criterion + ", target lift) | chosen |", "|---|---|---|"]  # fmt: skip
+    for o, c in sorted(chosen.items()):
+        cands = "; ".join(
+            ", ".join(f"{k}={v:g}" for k, v in x["settings"].items())
+            + f": {x[args.criterion]:+.3f}, {x['target_lift']:+.3f}"
+            for x in c["candidates"]
+        )
+        lines.append(f"| {o} | {cands} | {', '.join(f'{k}={v:g}' for k, v in c['settings'].items())} |")
+    lines += ["", "Pass on unchanged: " + " ".join(f"--set {s}" for s in sets)]
+    (Path(args.out) / "tuning.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return out
+
+
+def add_tune_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs", nargs="+", required=True, help="personalization.json files of runs on one dump")
+    p.add_argument(
+        "--criterion", default="specificity", choices=("specificity", "target_lift", "pair_accuracy_ll")
+    )
+    p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder for tuning.json/.md")

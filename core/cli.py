@@ -282,6 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_personalization.add_personalization_arguments(bp)
     _add_db(bp)  # accepted after the bench name too
+    bp = bench_sub.add_parser(
+        "tune",
+        help="choose each objective's settings from personalization runs on one dump (same number per objective)",
+        description=bench_personalization.choose_settings.__doc__,
+    )
+    bench_personalization.add_tune_arguments(bp)
+    _add_db(bp)  # accepted after the bench name too
     _add_db(p)
 
     p = sub.add_parser(
@@ -601,6 +608,7 @@ def cmd_bench(args) -> int:
         "training": bench_training.run,
         "pretrain": bench_personalization.pretrain_cmd,
         "personalization": bench_personalization.personalization_cmd,
+        "tune": bench_personalization.tune_cmd,
     }[args.bench](args)
     return 0
 

@@ -121,3 +121,28 @@ def test_per_objective_settings():
     assert objective_settings("cbpo_sft", args, over) == {"lr": 1e-3, "beta": 0.1, "lambda_sft": 0.5}
     with pytest.raises(SystemExit, match="not a tunable setting"):
         parse_overrides(["cbpo:steps=3"])
+
+
+def test_tuning_picks_each_objectives_best_run_on_the_tuning_dump(tmp_path):
+    from bench.personalization import choose_settings, tune_cmd
+
+    def run(lr, spec_cbpo, spec_sft, dump="beer.xml.gz"):
+        return {
+            "peers_file": dump,
+            "settings": {"per_objective": {"cbpo": {"lr": lr, "beta": 0.1, "lambda_sft": 0.0},
+                                           "sft": {"lr": lr, "beta": 0.1, "lambda_sft": 0.0}}},
+            "objectives": {"cbpo": {"specificity": spec_cbpo, "target_lift": 0.1},
+                           "sft": {"specificity": spec_sft, "target_lift": 0.5}},
+        }  # fmt: skip
+
+    chosen = choose_settings([run(1e-4, 0.02, -0.1), run(1e-3, 0.05, -0.2)])
+    assert chosen["cbpo"]["settings"]["lr"] == 1e-3 and chosen["sft"]["settings"]["lr"] == 1e-4
+    assert len(chosen["cbpo"]["candidates"]) == 2
+    paths = []
+    for i, r in enumerate([run(1e-4, 0.02, -0.1), run(1e-3, 0.05, -0.2, dump="coffee.xml.gz")]):
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps(r))
+    import argparse
+
+    with pytest.raises(SystemExit, match="one dump at a time"):  # never choose on the reported split too
+        tune_cmd(argparse.Namespace(runs=[str(p) for p in paths], criterion="specificity", out=str(tmp_path)))
