@@ -305,6 +305,29 @@ def authorship_classifier(target_texts, peer_texts, seed=0):
     return clf
 
 
+def training_diagnostics(steps: list[dict], run: dict) -> dict:
+    """What a run's own log says about why an objective moved the likelihoods as it did: pi and where it came
+    from, how often the PU term was clamped, delta and the reward means (first and last steps), the loss."""
+
+    def avg(key, rows):
+        vals = [r[key] for r in rows if r.get(key) is not None]
+        return sum(vals) / len(vals) if vals else None
+
+    head, tail = steps[: max(1, len(steps) // 4)], steps[-max(1, len(steps) // 4) :]
+    pi = ((run.get("result") or {}).get("pi") or {}).get("pi")
+    return {
+        "pi": pi,
+        "pu_clamped_share": avg("pu_clamped", steps),
+        "delta_first": avg("delta", head),
+        "delta_last": avg("delta", tail),
+        "reward_tar_last": avg("reward_tar", tail),
+        "reward_aux_last": avg("reward_aux", tail),
+        "reward_margin_last": avg("reward_margin", tail),
+        "loss_first": avg("loss", head),
+        "loss_last": avg("loss", tail),
+    }
+
+
 def parse_overrides(items: list[str] | None) -> dict[str, dict]:
     """``--set cbpo:beta=0.05,lr=2e-4`` -> {"cbpo": {"beta": 0.05, "lr": 0.0002}}."""
     out: dict[str, dict] = {}
@@ -448,6 +471,7 @@ def personalization_cmd(args) -> dict:
                 m = evaluate_on(model, adapter_dir)
                 base_model = model.unload()  # detach the adapter, keep the base for the next objective
                 m["train_seconds"] = round(time.monotonic() - t0)
+                m["diagnostics"] = training_diagnostics(store.run_metrics(run), store.get_run(run))
                 m["settings"] = settings
                 per_target[name][objective] = m
             base_m = per_target[name]["base"]

@@ -68,6 +68,8 @@ def test_personalization_benchmark_end_to_end(pretrained_base, tmp_path):
     assert settings["cbpo_sft"]["lambda_sft"] > 0 == settings["cbpo"]["lambda_sft"]
     for m in result["per_target"]["target0"].values():
         assert "_pairs" not in m
+    diag = result["per_target"]["target0"]["cbpo"]["diagnostics"]  # why an objective did what it did
+    assert 0 <= diag["pi"] < 1 and 0 <= diag["pu_clamped_share"] <= 1 and diag["loss_last"] is not None
     assert "| cbpo_sft |" in (tmp_path / "personalization.md").read_text()
     png = tmp_path / "personalization.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
