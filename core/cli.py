@@ -154,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta", type=float, default=0.1, help="reward scale (default: 0.1)")
     p.add_argument("--pi", type=float, help="class prior of target-like peer texts (default: estimated)")
     p.add_argument(
+        "--lambda-sft",
+        type=float,
+        default=0.0,
+        help="weight of an SFT term on your texts added to a preference objective (default: 0)",
+    )
+    p.add_argument(
         "--max-length", type=int, default=512, help="tokens per sample, prompt included (default: 512)"
     )
     p.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default: 8)")
@@ -422,7 +428,7 @@ def cmd_train(args) -> int:
                 batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, beta=args.beta, pi=args.pi,
                 max_length=args.max_length, lora_r=args.lora_r, lora_alpha=2 * args.lora_r, device=args.device,
                 quantize=args.quantize, seed=args.seed, save_every=args.save_every, precision=args.precision,
-                heldout_fraction=args.heldout_fraction,
+                heldout_fraction=args.heldout_fraction, lambda_sft=args.lambda_sft,
             )  # fmt: skip
             check_trainable(store, args.profile, cfg)  # refused here, no failed run is left behind
             if args.background:

@@ -45,7 +45,7 @@ def test_personalization_benchmark_end_to_end(pretrained_base, tmp_path):
         [sys.executable, str(ROOT / "launch.py"), "bench", "personalization", "--peers", str(peers), "--targets", "2",
          "--base", str(pretrained_base), "--out", str(tmp_path), "--steps", "3", "--gen-tokens", "6",
          "--target-heldout", "6", "--peer-heldout", "12", "--max-pairs", "12",
-         "--objectives", "base,sft,kto,cbpo,cbpo_sft", "--set", "kto:beta=0.2"],
+         "--objectives", "base,sft,kto,cbpo,cbpo_sft", "--set", "kto:beta=0.2"],  # with POPI summaries
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
@@ -71,6 +71,13 @@ def test_personalization_benchmark_end_to_end(pretrained_base, tmp_path):
     diag = result["per_target"]["target0"]["cbpo"]["diagnostics"]  # why an objective did what it did
     assert 0 <= diag["pi"] < 1 and 0 <= diag["pu_clamped_share"] <= 1 and diag["loss_last"] is not None
     assert "| cbpo_sft |" in (tmp_path / "personalization.md").read_text()
+    # POPI: each summary chosen on the target's training texts, scored on held-out texts it never saw, beside
+    # the generic summary and another target's summary.
+    popi = result["popi"]["per_target"]
+    assert set(popi) == {"target0", "target1"}
+    for scores in popi.values():
+        assert {"own", "generic", "other_writer", "chosen", "chosen_on_selection"} <= set(scores)
+    assert result["popi_lift"]["n"] == 2
     png = tmp_path / "personalization.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
