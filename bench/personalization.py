@@ -649,9 +649,12 @@ def add_personalization_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def choose_settings(results: list[dict], criterion: str = "specificity") -> dict[str, dict]:
-    """Per objective, the settings of the run with the best mean ``criterion`` over targets (ties: the higher
-    target lift), from ``personalization.json`` results of one dump. Every objective is chosen the same way,
-    from as many settings as it was run with: the caller gives each objective the same number."""
+    """Per objective, the settings of the run with the best mean ``criterion`` over targets, from
+    ``personalization.json`` results of one dump, among the runs that did not make the model worse on the
+    person's own held-out writing (target lift > 0): a run that wrecks every writer's likelihood, peers' more
+    than the person's, has a high specificity and is useless. Where no run keeps a positive target lift, the
+    one with the highest target lift. Every objective is chosen the same way, from as many settings as it was
+    run with: the caller gives each objective the same number."""
     seen: dict[str, list[tuple[float, float, dict]]] = defaultdict(list)
     for result in results:
         for objective, settings in result["settings"]["per_objective"].items():
@@ -661,11 +664,17 @@ def choose_settings(results: list[dict], criterion: str = "specificity") -> dict
             seen[objective].append((row[criterion], row.get("target_lift") or 0.0, settings))
     chosen = {}
     for objective, candidates in seen.items():
-        score, lift, settings = max(candidates, key=lambda c: (c[0], c[1]))
+        keep = [c for c in candidates if c[1] > 0]
+        score, lift, settings = (
+            max(keep, key=lambda c: (c[0], c[1])) if keep else max(candidates, key=lambda c: c[1])
+        )
         chosen[objective] = {
             "settings": settings,
             criterion: score,
             "target_lift": lift,
+            "rule": f"best {criterion} with target lift > 0"
+            if keep
+            else "no run kept target lift > 0: best lift",
             "candidates": [{"settings": s, criterion: c, "target_lift": t} for c, t, s in candidates],
         }
     return chosen
@@ -686,7 +695,8 @@ def tune_cmd(args) -> dict:
            "set_arguments": sets}  # fmt: skip
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "tuning.json").write_text(json.dumps(out, indent=2))
-    lines = [f"### Settings tuned on {out['tuned_on']} (criterion: mean {args.criterion} over targets)", "",
+    lines = [f"### Settings tuned on {out['tuned_on']} (criterion: mean {args.criterion} over targets, among runs "
+             "with a positive target lift)", "",
              f"`python launch.py bench tune --runs {' '.join(args.runs)} --out {args.out}`", "",
              "| objective | candidates (settings: " + args.criterion + ", target lift) | chosen |", "|---|---|---|"]  # fmt: skip
     for o, c in sorted(chosen.items()):
