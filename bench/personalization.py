@@ -45,14 +45,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OBJECTIVES = ("base", "sft", "bco", "kto", "cbpo", "cbpo_sft")
-TRAINED = {
-    "sft": "sft",
-    "bco": "bco",
-    "kto": "kto",
-    "cbpo": "cbpo",
-    "cbpo_sft": "cbpo",
-    "cbpo_pi0": "cbpo_pi0",
-}
+VARIANTS = {"cbpo_sft": "cbpo"}  # benchmark rows that train another objective with other settings
 
 
 def _h(text: str) -> float:
@@ -170,13 +163,18 @@ def split_targets(rows: list[dict], n_targets: int, seed: int, min_texts: int = 
     peer_held = [r for r in peers if _ctx(r) in held_contexts or _h(r["text"] + "peer") < 0.1]
     held_ids = {id(r) for r in peer_held}
     peer_train = [r for r in peers if id(r) not in held_ids]
-    trained = {_norm(r["text"]) for r in peer_train} | {
-        _norm(r["text"]) for s in splits.values() for r in s["train"]
-    }
+    trained = trained_texts(splits, peer_train)
     for s in splits.values():
         s["heldout"] = [r for r in s["heldout"] if _norm(r["text"]) not in trained]
     peer_held = [r for r in peer_held if _norm(r["text"]) not in trained]
     return splits, peer_train, peer_held
+
+
+def trained_texts(splits: dict, peer_train: list[dict]) -> set[str]:
+    """Every text some objective trains on (targets' training texts, peers' training texts), normalized."""
+    return {_norm(r["text"]) for r in peer_train} | {
+        _norm(r["text"]) for s in splits.values() for r in s["train"]
+    }
 
 
 def leak_free_pairs(heldout: list[dict], others: list[dict], trained: set[str]) -> list[tuple[dict, dict]]:
@@ -207,8 +205,9 @@ class Generations:
     """Greedy generations for held-out questions: llama.cpp with the GGUF LoRA on the original GGUF (what a
     user runs, and several times faster on a CPU) when the base is a GGUF file, else transformers."""
 
-    def __init__(self, base: str, tokenizer, gen_tokens: int, device) -> None:
+    def __init__(self, base: str, tokenizer, gen_tokens: int, max_length: int, device) -> None:
         self.base, self.tokenizer, self.gen_tokens, self.device = base, tokenizer, gen_tokens, device
+        self.prompt_tokens = max_length // 2  # the prompt's tail kept for transformers, as before
         self.llama = base.endswith(".gguf")
 
     def __call__(self, model, adapter_dir: str | None, contexts: list[str | None]) -> list[str]:
@@ -236,7 +235,7 @@ class Generations:
             ids = self.tokenizer(
                 text, add_special_tokens=not self.tokenizer.chat_template, return_tensors="pt"
             )
-            ids = ids["input_ids"][:, -384:].to(self.device)
+            ids = ids["input_ids"][:, -self.prompt_tokens :].to(self.device)
             ctx = (
                 model.disable_adapter()
                 if (not adapter_dir and hasattr(model, "disable_adapter"))
@@ -412,9 +411,7 @@ def personalization_cmd(args) -> dict:
     overrides = parse_overrides(args.set)
     rows = read_rows(args.peers)
     splits, peer_train, peer_held_all = split_targets(rows, args.targets, args.seed)
-    trained = {_norm(r["text"]) for r in peer_train} | {
-        _norm(r["text"]) for s in splits.values() for r in s["train"]
-    }
+    trained = trained_texts(splits, peer_train)
     for s in splits.values():
         s["heldout"] = s["heldout"][: args.target_heldout]
     lift_peers = sorted(peer_held_all, key=lambda r: _h(r["text"]))[: args.peer_heldout]
@@ -433,7 +430,7 @@ def personalization_cmd(args) -> dict:
         base_model, tokenizer, desc = load_hf_model(base_dir, device=args.device, quantize="none")
         device = desc["device"]
         autocast = autocast_dtype(args.precision, device, desc["params"])
-        generate = Generations(str(args.base), tokenizer, args.gen_tokens, device)
+        generate = Generations(str(args.base), tokenizer, args.gen_tokens, args.max_length, device)
         summaries: dict[str, str] = {}
         by_name: dict[str, dict] = {}
         for t_i, split in enumerate(splits.values()):
@@ -459,7 +456,7 @@ def personalization_cmd(args) -> dict:
                     continue
                 settings = objective_settings(objective, args, overrides)
                 cfg = TrainConfig(
-                    model=str(args.base), objective=TRAINED[objective], pool="peers", steps=args.steps,
+                    model=str(args.base), objective=VARIANTS.get(objective, objective), pool="peers", steps=args.steps,
                     batch_size=args.batch, max_length=args.max_length, heldout_fraction=0.0, save_every=10**6,
                     seed=args.seed, device=args.device, quantize="none", precision=args.precision, **settings,
                 )  # fmt: skip

@@ -70,6 +70,14 @@ def permute_qk(weight: np.ndarray, n_head: int) -> np.ndarray:
     )
 
 
+def unpermute_qk(weight: np.ndarray, n_head: int) -> np.ndarray:
+    """The inverse of :func:`permute_qk`: llama.cpp's interleaved pairs back to transformers' two halves."""
+    rows = weight.shape[0]
+    return (
+        weight.reshape(n_head, rows // n_head // 2, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    )
+
+
 def read_config(model_dir: Path, purpose: str = "base") -> tuple[dict, ArchSupport]:
     """The model's config and what the writers support for it; ``purpose`` ``base`` or ``lora`` refuses an
     architecture that writer cannot take."""
@@ -103,9 +111,14 @@ def export_problem(model_dir: Path, purpose: str) -> str | None:
     return None
 
 
+def _sequence_parts(node: dict | None, key: str) -> list[dict]:
+    """The steps of a tokenizer.json normalizer / pre-tokenizer: the list of a ``Sequence``, else the node."""
+    node = node or {}
+    return node.get(key, [node]) if node.get("type") == "Sequence" else [node]
+
+
 def _pre_tokenizer_name(tokenizer_json: dict) -> str:
-    pre = tokenizer_json.get("pre_tokenizer") or {}
-    parts = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    parts = _sequence_parts(tokenizer_json.get("pre_tokenizer"), "pretokenizers")
     kinds = [p.get("type") for p in parts]
     if kinds == ["ByteLevel"] and parts[0].get("use_regex", True):
         return "gpt-2"
@@ -132,15 +145,10 @@ class TokenizerSpec:
 
 def _spm_space_prefix(tokenizer_json: dict) -> bool:
     """Whether a SentencePiece-style tokenizer puts "▁" before the text (Llama 2, Mistral) or not (Gemma)."""
-
-    def parts(node: dict | None, key: str) -> list[dict]:
-        node = node or {}
-        return node.get(key, [node]) if node.get("type") == "Sequence" else [node]
-
-    for part in parts(tokenizer_json.get("normalizer"), "normalizers"):
+    for part in _sequence_parts(tokenizer_json.get("normalizer"), "normalizers"):
         if part.get("type") == "Prepend" and part.get("prepend") == "\u2581":
             return True
-    for part in parts(tokenizer_json.get("pre_tokenizer"), "pretokenizers"):
+    for part in _sequence_parts(tokenizer_json.get("pre_tokenizer"), "pretokenizers"):
         if part.get("type") == "Metaspace":
             return (
                 part.get("prepend_scheme", "always" if part.get("add_prefix_space", True) else "never")
@@ -217,7 +225,8 @@ def _add_tokenizer(writer: gguf.GGUFWriter, model_dir: Path, vocab_size: int) ->
         writer.add_token_scores(scores)
         writer.add_add_space_prefix(spec.add_space_prefix)
     vocab_log = logging.getLogger("gguf.vocab")  # it warns of template details llama.cpp does not use
-    level, vocab_log.level = vocab_log.level, logging.ERROR
+    level = vocab_log.level
+    vocab_log.setLevel(logging.ERROR)
     try:
         special = gguf.SpecialVocab(model_dir, load_merges=spec.model == "gpt2", n_vocab=len(tokens))
     finally:
@@ -623,13 +632,10 @@ def dequantize_gguf(
         for start in range(0, shape[0], step):
             rows = t.data[
                 start : start + step
-            ]  # quantized data is (rows, bytes per row): blocks never span rows
+            ]  # quantized data is (rows, bytes per row): no block spans rows
             data = dequantize(rows, t.tensor_type).astype(np.float32, copy=False).reshape(-1, *shape[1:])
             if whole and len(shape) > 1:  # llama q/k: rows back from llama.cpp's interleaved pairs
-                heads = n_head if "q_proj" in hf_name else n_kv
-                data = (
-                    data.reshape(heads, shape[0] // heads // 2, 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
-                )
+                data = unpermute_qk(data, n_head if "q_proj" in hf_name else n_kv)
             if support.arch == gguf.MODEL_ARCH.GEMMA3 and hf_name.endswith("norm.weight"):
                 data = data - 1.0
             yield data.reshape(-1, *shape[1:]) if len(shape) > 1 else data.reshape(shape)

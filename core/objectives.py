@@ -148,15 +148,12 @@ def objective_loss(
     if cfg.name == "kto":
         pooled = torch.cat([r_tar, r_aux, r_neg]).detach()
         z0 = max(0.0, float(pooled.mean())) if pooled.numel() else 0.0
+        pos = 1 - torch.sigmoid(r_tar - z0)
         losses = torch.cat(
-            [
-                1 - torch.sigmoid(r_tar - z0),
-                1 - torch.sigmoid(z0 - r_aux),
-                cfg.lambda_n * (1 - torch.sigmoid(z0 - r_neg)),
-            ]
+            [pos, 1 - torch.sigmoid(z0 - r_aux), cfg.lambda_n * (1 - torch.sigmoid(z0 - r_neg))]
         )
         loss = _mean(losses)
-        terms.update(z0=z0, l_pos=_f(_mean(1 - torch.sigmoid(r_tar - z0))))
+        terms.update(z0=z0, l_pos=_f(_mean(pos)))
     elif cfg.name == "bco":
         # TRL's BCO: every sample weighs the same, peers are plain negatives.
         losses = torch.cat(

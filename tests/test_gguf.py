@@ -36,6 +36,16 @@ def _llama(path):
     )
 
 
+def _relative_logit_error(hf, llm, ids) -> float:
+    """Max |transformers - llama.cpp| over the logits of ``ids``, relative to the largest logit."""
+    with torch.no_grad():
+        ref = hf(torch.tensor([ids])).logits[0].numpy()
+    llm.reset()
+    llm.eval(ids)
+    got = np.asarray(llm.scores[: len(ids)])
+    return float(np.abs(ref - got).max() / np.abs(ref).max())
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma3"])
 def test_gguf_matches_transformers(arch, tiny_models, tiny_ggufs):
     model, tok, _ = load_hf_model(tiny_models[arch], device="cpu")
@@ -49,13 +59,7 @@ def test_gguf_matches_transformers(arch, tiny_models, tiny_ggufs):
     words = " ".join(
         rng.choice(["the", "beer", "glass", "cold", "I", "think", "42", "ok,", "really"]) for _ in range(40)
     )
-    ids = tok(words)["input_ids"]
-    with torch.no_grad():
-        hf_logits = model(torch.tensor([ids])).logits[0].numpy()
-    llm.reset()
-    llm.eval(ids)
-    cpp_logits = np.asarray(llm.scores[: len(ids)])
-    rel = np.abs(hf_logits - cpp_logits).max() / np.abs(hf_logits).max()
+    rel = _relative_logit_error(model, llm, tok(words)["input_ids"])
     assert rel < 1e-3, rel
 
     # Greedy continuation, token by token.
@@ -100,12 +104,7 @@ def test_llama3_rope_scaling_is_carried_over(tmp_path):
     tok.save_pretrained(tmp_path / "m")
     hf, tok, _ = load_hf_model(tmp_path / "m", device="cpu")
     llm = _llama(convert_hf_to_gguf(tmp_path / "m", tmp_path / "m.gguf", dtype="f32"))
-    ids = tok("text to train on " * 8)["input_ids"]
-    with torch.no_grad():
-        ref = hf(torch.tensor([ids])).logits[0].numpy()
-    llm.eval(ids)
-    got = np.asarray(llm.scores[: len(ids)])
-    assert np.abs(ref - got).max() / np.abs(ref).max() < 1e-3
+    assert _relative_logit_error(hf, llm, tok("text to train on " * 8)["input_ids"]) < 1e-3
 
 
 def test_sentencepiece_tokenizer_with_space_prefix(tmp_path):
@@ -123,12 +122,7 @@ def test_sentencepiece_tokenizer_with_space_prefix(tmp_path):
     for text in TEXTS + ["   leading spaces", "word"]:
         assert llm.tokenize(text.encode(), add_bos=True, special=True) == tok(text)["input_ids"], text
     assert tok.convert_ids_to_tokens(tok("word")["input_ids"])[1].startswith("\u2581")  # the prefix is there
-    ids = tok("the beer glass is cold, I think " * 4)["input_ids"]
-    with torch.no_grad():
-        ref = hf(torch.tensor([ids])).logits[0].numpy()
-    llm.eval(ids)
-    got = np.asarray(llm.scores[: len(ids)])
-    assert np.abs(ref - got).max() / np.abs(ref).max() < 1e-3
+    assert _relative_logit_error(hf, llm, tok("the beer glass is cold, I think " * 4)["input_ids"]) < 1e-3
 
 
 def test_each_architecture_says_what_it_supports(tiny_models, tmp_path):

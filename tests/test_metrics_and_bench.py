@@ -89,7 +89,7 @@ def _rows(writer, context, texts):
 def test_no_pair_or_heldout_text_was_trained_on():
     """The leaks found on review: a pair's "other" answer was a peer text the adapter trained on as unlabeled,
     and a held-out text could equal a training text. Neither can happen now."""
-    from bench.personalization import _norm, leak_free_pairs, split_targets
+    from bench.personalization import _norm, leak_free_pairs, split_targets, trained_texts
 
     rows = []
     for w in range(12):  # 12 writers answering 30 shared questions, some answers copied between writers
@@ -101,6 +101,7 @@ def test_no_pair_or_heldout_text_was_trained_on():
     trained = {_norm(r["text"]) for r in peer_train} | {
         _norm(r["text"]) for s in splits.values() for r in s["train"]
     }
+    assert trained_texts(splits, peer_train) == trained  # what the benchmark keeps out of every held-out set
     assert peer_held and all(s["heldout"] for s in splits.values())
     for s in splits.values():
         assert not {_norm(r["text"]) for r in s["heldout"]} & trained
