@@ -37,6 +37,7 @@ import argparse
 import hashlib
 import json
 import random
+import re
 import sys
 import tempfile
 import time
@@ -44,7 +45,7 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OBJECTIVES = ("base", "sft", "bco", "kto", "cbpo", "cbpo_sft")
+OBJECTIVES = ("base", "sft", "bco", "kto", "cbpo", "cbpo_sft", "cbpo_pi0")
 VARIANTS = {"cbpo_sft": "cbpo"}  # benchmark rows that train another objective with other settings
 
 
@@ -327,33 +328,69 @@ def training_diagnostics(steps: list[dict], run: dict) -> dict:
     }
 
 
-def parse_overrides(items: list[str] | None) -> dict[str, dict]:
+TUNABLE = {
+    "lr": float,
+    "beta": float,
+    "lambda_sft": float,
+    "delta_decay": float,
+    "pi": float,
+    "reward_norm": str,
+}
+
+
+def parse_objectives(spec: str) -> dict[str, str]:
+    """``base,sft,kto_b02=kto`` -> {label: family}: a bare name is its own family; ``label=family`` runs the
+    family's objective once more under another label (with its own ``--set label:...``), so one run can hold
+    several settings of one objective measured against the same base and the same splits."""
+    out: dict[str, str] = {}
+    for item in (x.strip() for x in spec.split(",")):
+        if not item:
+            continue
+        label, _, family = item.partition("=")
+        family = family or label
+        if family not in OBJECTIVES:
+            raise SystemExit(f"unknown objective {family!r}; choose from {', '.join(OBJECTIVES)}")
+        if (
+            not re.fullmatch(r"[a-z][a-z0-9_.]*", label)
+            or label in out
+            or (label != family and label in OBJECTIVES)
+        ):
+            raise SystemExit(
+                f"--objectives: {label!r} must be a new lower-case label, not a repeat or an objective"
+            )
+        out[label] = family
+    return out
+
+
+def parse_overrides(items: list[str] | None, labels=OBJECTIVES) -> dict[str, dict]:
     """``--set cbpo:beta=0.05,lr=2e-4`` -> {"cbpo": {"beta": 0.05, "lr": 0.0002}}."""
     out: dict[str, dict] = {}
     for item in items or []:
         name, _, assignments = item.partition(":")
-        if name not in OBJECTIVES or not assignments:
+        if name not in labels or not assignments:
             raise SystemExit(
-                f"--set {item!r}: expected OBJECTIVE:key=value[,key=value] with OBJECTIVE in {OBJECTIVES}"
+                f"--set {item!r}: expected LABEL:key=value[,key=value] with LABEL in {', '.join(labels)}"
             )
         for pair in assignments.split(","):
             key, _, value = pair.partition("=")
-            if key not in ("lr", "beta", "lambda_sft", "delta_decay", "pi"):
-                raise SystemExit(
-                    f"--set {item!r}: {key!r} is not a tunable setting (lr, beta, lambda_sft, delta_decay, pi)"
-                )
-            out.setdefault(name, {})[key] = float(value)
+            if key not in TUNABLE:
+                raise SystemExit(f"--set {item!r}: {key!r} is not a tunable setting ({', '.join(TUNABLE)})")
+            try:
+                out.setdefault(name, {})[key] = TUNABLE[key](value)
+            except ValueError:
+                raise SystemExit(f"--set {item!r}: {value!r} is not a valid {key}") from None
     return out
 
 
-def objective_settings(objective: str, args, overrides: dict[str, dict]) -> dict:
-    """The trainer settings of one objective: the shared defaults, then its own overrides."""
+def objective_settings(label: str, args, overrides: dict[str, dict], family: str | None = None) -> dict:
+    """The trainer settings of one objective (or labelled variant): the shared defaults, then its own
+    overrides."""
     settings = {
         "lr": args.lr,
         "beta": args.beta,
-        "lambda_sft": args.lambda_sft if objective == "cbpo_sft" else 0.0,
+        "lambda_sft": args.lambda_sft if (family or label) == "cbpo_sft" else 0.0,
     }
-    settings.update(overrides.get(objective, {}))
+    settings.update(overrides.get(label, {}))
     return settings
 
 
@@ -404,11 +441,9 @@ def personalization_cmd(args) -> dict:
     from core.train import TrainConfig, Trainer, autocast_dtype, create_run
 
     torch.manual_seed(args.seed)
-    objectives = [o for o in args.objectives.split(",") if o]
-    unknown = [o for o in objectives if o not in OBJECTIVES]
-    if unknown:
-        raise SystemExit(f"unknown objectives {unknown}; choose from {', '.join(OBJECTIVES)}")
-    overrides = parse_overrides(args.set)
+    families = parse_objectives(args.objectives)
+    objectives = list(families)
+    overrides = parse_overrides(args.set, objectives)
     rows = read_rows(args.peers)
     splits, peer_train, peer_held_all = split_targets(rows, args.targets, args.seed)
     trained = trained_texts(splits, peer_train)
@@ -454,9 +489,10 @@ def personalization_cmd(args) -> dict:
                 if objective == "base":
                     per_target[name]["base"] = evaluate_on(base_model, None)
                     continue
-                settings = objective_settings(objective, args, overrides)
+                family = families[objective]
+                settings = objective_settings(objective, args, overrides, family)
                 cfg = TrainConfig(
-                    model=str(args.base), objective=VARIANTS.get(objective, objective), pool="peers", steps=args.steps,
+                    model=str(args.base), objective=VARIANTS.get(family, family), pool="peers", steps=args.steps,
                     batch_size=args.batch, max_length=args.max_length, heldout_fraction=0.0, save_every=10**6,
                     seed=args.seed, device=args.device, quantize="none", precision=args.precision, **settings,
                 )  # fmt: skip
@@ -470,6 +506,7 @@ def personalization_cmd(args) -> dict:
                 m["train_seconds"] = round(time.monotonic() - t0)
                 m["diagnostics"] = training_diagnostics(store.run_metrics(run), store.get_run(run))
                 m["settings"] = settings
+                m["family"] = family
                 per_target[name][objective] = m
             base_m = per_target[name]["base"]
             for objective, m in per_target[name].items():
@@ -552,7 +589,10 @@ def personalization_cmd(args) -> dict:
                     "precision",
                 )
             },  # fmt: skip
-            "per_objective": {o: objective_settings(o, args, overrides) for o in objectives if o != "base"},
+            "per_objective": {
+                o: objective_settings(o, args, overrides, families[o]) for o in objectives if o != "base"
+            },
+            "families": families,
         },
         "per_target": per_target,
         "meteor_note": "METEOR with exact + Porter-stem matching only (WordNet synonyms need a download)",
@@ -613,8 +653,8 @@ def add_personalization_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--objectives",
-        default=",".join(OBJECTIVES),
-        help=f"comma-separated (default: {','.join(OBJECTIVES)})",
+        default=",".join(OBJECTIVES[:-1]),
+        help=f"comma-separated, LABEL=OBJECTIVE for another setting of one (default: {','.join(OBJECTIVES[:-1])})",
     )
     p.add_argument(
         "--steps", type=int, default=60, help="training steps per adapter, every objective (default: 60)"
@@ -624,7 +664,7 @@ def add_personalization_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beta", type=float, default=0.1, help="reward scale for bco/kto/cbpo (default: 0.1)")
     p.add_argument("--lambda-sft", type=float, default=0.5, help="SFT term weight of cbpo_sft (default: 0.5)")
     p.add_argument("--set", action="append", metavar="OBJECTIVE:key=value,...",
-                   help="per-objective settings (lr, beta, lambda_sft, delta_decay, pi), e.g. tuned ones")  # fmt: skip
+                   help="settings per objective or label (lr, beta, lambda_sft, delta_decay, pi, reward_norm)")  # fmt: skip
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument(
         "--gen-tokens", type=int, default=48, help="tokens generated per held-out question (default: 48)"
@@ -645,20 +685,24 @@ def add_personalization_arguments(p: argparse.ArgumentParser) -> None:
 # tune: choose each objective's settings from personalization runs on the tuning dump
 
 
-def choose_settings(results: list[dict], criterion: str = "specificity") -> dict[str, dict]:
+def choose_settings(
+    results: list[dict], criterion: str = "specificity", exclude: tuple[str, ...] = ()
+) -> dict[str, dict]:
     """Per objective, the settings of the run with the best mean ``criterion`` over targets, from
     ``personalization.json`` results of one dump, among the runs that did not make the model worse on the
     person's own held-out writing (target lift > 0): a run that wrecks every writer's likelihood, peers' more
     than the person's, has a high specificity and is useless. Where no run keeps a positive target lift, the
-    one with the highest target lift. Every objective is chosen the same way, from as many settings as it was
-    run with: the caller gives each objective the same number."""
+    one with the highest target lift. Labelled variants (``kto_b02=kto``) are candidates of their objective; the
+    labels in ``exclude`` (diagnostic ablations) are not. Every objective is chosen the same way, from as many
+    settings as it was run with: the caller gives each objective the same number."""
     seen: dict[str, list[tuple[float, float, dict]]] = defaultdict(list)
     for result in results:
-        for objective, settings in result["settings"]["per_objective"].items():
-            row = result["objectives"].get(objective) or {}
-            if row.get(criterion) is None:
+        families = result["settings"].get("families", {})
+        for label, settings in result["settings"]["per_objective"].items():
+            row = result["objectives"].get(label) or {}
+            if row.get(criterion) is None or label in exclude:
                 continue
-            seen[objective].append((row[criterion], row.get("target_lift") or 0.0, settings))
+            seen[families.get(label, label)].append((row[criterion], row.get("target_lift") or 0.0, settings))
     chosen = {}
     for objective, candidates in seen.items():
         keep = [c for c in candidates if c[1] > 0]
@@ -677,15 +721,23 @@ def choose_settings(results: list[dict], criterion: str = "specificity") -> dict
     return chosen
 
 
+def _setting(v) -> str:
+    return f"{v:g}" if isinstance(v, float | int) else str(v)
+
+
 def tune_cmd(args) -> dict:
     results = [json.loads(Path(p).read_text()) for p in args.runs]
     dumps = {Path(r["peers_file"]).name for r in results}
     if len(dumps) != 1:
         raise SystemExit(f"tune on one dump at a time (got {sorted(dumps)})")
-    chosen = choose_settings(results, args.criterion)
+    chosen = choose_settings(
+        results, args.criterion, tuple(x for x in (getattr(args, "exclude", None) or "").split(",") if x)
+    )
     sets = [
         f"{o}:"
-        + ",".join(f"{k}={v:g}" for k, v in c["settings"].items() if not (k == "lambda_sft" and not v))
+        + ",".join(
+            f"{k}={_setting(v)}" for k, v in c["settings"].items() if not (k == "lambda_sft" and not v)
+        )
         for o, c in sorted(chosen.items())
     ]
     out = {"tuned_on": dumps.pop(), "criterion": args.criterion, "runs": list(args.runs), "chosen": chosen,
@@ -698,11 +750,13 @@ def tune_cmd(args) -> dict:
              "| objective | candidates (settings: " + args.criterion + ", target lift) | chosen |", "|---|---|---|"]  # fmt: skip
     for o, c in sorted(chosen.items()):
         cands = "; ".join(
-            ", ".join(f"{k}={v:g}" for k, v in x["settings"].items())
+            ", ".join(f"{k}={_setting(v)}" for k, v in x["settings"].items())
             + f": {x[args.criterion]:+.3f}, {x['target_lift']:+.3f}"
             for x in c["candidates"]
         )
-        lines.append(f"| {o} | {cands} | {', '.join(f'{k}={v:g}' for k, v in c['settings'].items())} |")
+        lines.append(
+            f"| {o} | {cands} | {', '.join(f'{k}={_setting(v)}' for k, v in c['settings'].items())} |"
+        )
     lines += ["", "Pass on unchanged: " + " ".join(f"--set {s}" for s in sets)]
     (Path(args.out) / "tuning.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -714,4 +768,5 @@ def add_tune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--criterion", default="specificity", choices=("specificity", "target_lift", "pair_accuracy_ll")
     )
+    p.add_argument("--exclude", help="comma-separated labels of diagnostic variants that are not candidates")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder for tuning.json/.md")

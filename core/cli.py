@@ -152,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-accum", type=int, default=1, help="batches per optimizer step (default: 1)")
     p.add_argument("--lr", type=float, default=1e-4, help="learning rate (default: 1e-4)")
     p.add_argument("--beta", type=float, default=0.1, help="reward scale (default: 0.1)")
+    p.add_argument(
+        "--reward-norm",
+        choices=("sum", "mean"),
+        default="sum",
+        help="implicit reward summed over the response's tokens, or their mean (length-normalized; use a beta "
+        "near 1) (default: sum)",
+    )
     p.add_argument("--pi", type=float, help="class prior of target-like peer texts (default: estimated)")
     p.add_argument(
         "--lambda-sft",
@@ -428,7 +435,7 @@ def cmd_train(args) -> int:
                 batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, beta=args.beta, pi=args.pi,
                 max_length=args.max_length, lora_r=args.lora_r, lora_alpha=2 * args.lora_r, device=args.device,
                 quantize=args.quantize, seed=args.seed, save_every=args.save_every, precision=args.precision,
-                heldout_fraction=args.heldout_fraction, lambda_sft=args.lambda_sft,
+                heldout_fraction=args.heldout_fraction, lambda_sft=args.lambda_sft, reward_norm=args.reward_norm,
             )  # fmt: skip
             check_trainable(store, args.profile, cfg)  # refused here, no failed run is left behind
             if args.background:

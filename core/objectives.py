@@ -26,6 +26,9 @@ DESIGN.md):
   Both start at 0, the reward of every sample before training.
 - the clamp is a plain ``max(0, .)`` (no gradient through a negative PU term), as DESIGN.md states, not
   Kiryo's gradient-ascent step.
+- ``reward_norm``: ``sum`` (the default, as in DPO/BCO) or ``mean`` -- the log-ratio averaged over the
+  response's tokens (SimPO's length normalization), so a 300-token answer does not get a reward 10x a 30-token
+  one's; with ``mean`` the per-token ratios are small and beta is ~10x larger (about 1).
 - ``lambda_sft`` (default 0) optionally adds the target set's token NLL, which keeps fluency on tiny data.
 - Baselines on the same path: ``bco`` -- TRL's BCO with the peers as plain negatives (pooled cumulative mean
   delta, count-weighted mean over all samples); ``kto`` -- TRL's KTO loss (``1 - sigmoid(r - z0)`` for the
@@ -43,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 OBJECTIVES = ("cbpo", "bco", "kto", "sft", "cbpo_pi0")
+REWARD_NORMS = ("sum", "mean")
 
 
 @dataclass
@@ -54,6 +58,7 @@ class ObjectiveConfig:
     lambda_sft: float = 0.0  # weight of the target token NLL
     delta_decay: float = 0.95  # EMA decay of the reward means behind delta
     pi_cap: float = 0.9
+    reward_norm: str = "sum"  # "sum" over response tokens, or "mean" per token (length-normalized)
 
     def __post_init__(self) -> None:
         if self.name not in OBJECTIVES:
@@ -62,6 +67,10 @@ class ObjectiveConfig:
             raise ValueError(f"pi must be within [0, {self.pi_cap}]")
         if self.beta <= 0:
             raise ValueError("beta must be positive")
+        if self.reward_norm not in REWARD_NORMS:
+            raise ValueError(
+                f"reward_norm must be one of {', '.join(REWARD_NORMS)}, not {self.reward_norm!r}"
+            )
         if not 0 <= self.delta_decay < 1:
             raise ValueError("delta_decay must be in [0, 1)")
 
@@ -108,6 +117,17 @@ class RewardShift:
     def load_state_dict(self, state: dict) -> None:
         for k, v in state.items():
             setattr(self, k, v)
+
+
+def implicit_rewards(
+    cfg: ObjectiveConfig, logps: torch.Tensor, ref_logps: torch.Tensor, counts: torch.Tensor
+):
+    """``beta * (log pi(y|x) - log pi_ref(y|x))`` per sample from summed response log-probs, divided by the
+    response's token count where ``reward_norm`` is ``mean``."""
+    ratio = logps - ref_logps
+    if cfg.reward_norm == "mean":
+        ratio = ratio / counts.to(ratio.dtype).clamp(min=1)
+    return cfg.beta * ratio
 
 
 def l_plus(r: torch.Tensor, delta: float) -> torch.Tensor:

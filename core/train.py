@@ -37,7 +37,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from core.errors import IdiolectError
-from core.objectives import OBJECTIVES, ObjectiveConfig, RewardShift, objective_loss
+from core.objectives import OBJECTIVES, ObjectiveConfig, RewardShift, implicit_rewards, objective_loss
 from core.store import Store, content_hash, utcnow
 from core.training_data import (
     AUX,
@@ -111,6 +111,7 @@ class TrainConfig:
     lambda_n: float = 1.0
     lambda_sft: float = 0.0
     delta_decay: float = 0.95
+    reward_norm: str = "sum"  # core.objectives: "mean" divides each reward by the response's token count
     # Compute precision of the forward passes on a CPU: auto = bf16 autocast where the CPU has native bf16
     # (AVX512-BF16 / AMX), else fp32. Reference, policy and evaluation passes always use the same one.
     precision: str = "auto"
@@ -143,6 +144,7 @@ class TrainConfig:
                 lambda_n=self.lambda_n,
                 lambda_sft=self.lambda_sft,
                 delta_decay=self.delta_decay,
+                reward_norm=self.reward_norm,
             )
         except ValueError as exc:
             raise IdiolectError(str(exc)) from None
@@ -735,7 +737,7 @@ class Trainer:
                 model, batch, device, pad_id, autocast=self._autocast, recompute_head=cfg.recompute_head
             )
             ref_b = torch.cat([ref[TAR][t_idx], ref[AUX][a_idx], ref[NEG][n_idx]]).to(sums.device)
-            rewards = ocfg.beta * (sums - ref_b)
+            rewards = implicit_rewards(ocfg, sums, ref_b, counts)
             nt, na = len(t_idx), len(a_idx)
             r_tar, r_aux, r_neg = rewards[:nt], rewards[nt : nt + na], rewards[nt + na :]
             nll_tar = -(sums[:nt].sum() / counts[:nt].sum())

@@ -133,6 +133,40 @@ def test_per_objective_settings():
         parse_overrides(["cbpo:steps=3"])
 
 
+def test_labelled_variants_run_another_setting_of_an_objective_and_compete_in_its_tuning():
+    import argparse
+
+    from bench.personalization import choose_settings, objective_settings, parse_objectives, parse_overrides
+
+    families = parse_objectives("base,kto,kto_mean=kto,cbpo_sft_l1=cbpo_sft,cbpo_dd=cbpo")
+    assert families == {"base": "base", "kto": "kto", "kto_mean": "kto", "cbpo_sft_l1": "cbpo_sft",
+                        "cbpo_dd": "cbpo"}  # fmt: skip
+    over = parse_overrides(["kto_mean:reward_norm=mean,beta=1", "cbpo_dd:delta_decay=0.99"], list(families))
+    args = argparse.Namespace(lr=1e-3, beta=0.1, lambda_sft=0.5)
+    assert objective_settings("kto_mean", args, over, "kto") == {
+        "lr": 1e-3, "beta": 1.0, "lambda_sft": 0.0, "reward_norm": "mean"}  # fmt: skip
+    assert objective_settings("cbpo_sft_l1", args, over, "cbpo_sft")["lambda_sft"] == 0.5
+    for bad in ("kto=cbpo", "x=nope", "kto,kto", "Bad=kto"):
+        with pytest.raises(SystemExit):
+            parse_objectives(bad)
+    with pytest.raises(SystemExit, match="LABEL"):
+        parse_overrides(["kto_b:beta=1"], list(families))  # a label not in the run
+    with pytest.raises(SystemExit, match="not a valid"):
+        parse_overrides(["kto:beta=high"])
+    result = {
+        "peers_file": "beer.xml.gz",
+        "settings": {"families": families,
+                     "per_objective": {"kto": {"lr": 1e-3, "beta": 0.1}, "kto_mean": over["kto_mean"],
+                                       "cbpo_dd": {"delta_decay": 0.99}}},
+        "objectives": {"kto": {"specificity": 0.1, "target_lift": 0.2},
+                       "kto_mean": {"specificity": 0.3, "target_lift": 0.1},
+                       "cbpo_dd": {"specificity": 0.9, "target_lift": 0.1}},
+    }  # fmt: skip
+    chosen = choose_settings([result], exclude=("cbpo_dd",))
+    assert chosen["kto"]["settings"]["reward_norm"] == "mean" and len(chosen["kto"]["candidates"]) == 2
+    assert "cbpo" not in chosen and "kto_mean" not in chosen  # a diagnostic is no candidate; labels fold in
+
+
 def test_tuning_picks_each_objectives_best_run_on_the_tuning_dump(tmp_path):
     from bench.personalization import choose_settings, tune_cmd
 

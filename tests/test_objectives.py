@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from core.objectives import ObjectiveConfig, RewardShift, objective_loss
+from core.objectives import ObjectiveConfig, RewardShift, implicit_rewards, objective_loss
 
 
 def lp(r, d):  # -log sigmoid(r - d)
@@ -129,3 +129,13 @@ def test_cli_offers_every_objective():
     from core.objectives import OBJECTIVES
 
     assert set(OBJECTIVE_NAMES) == set(OBJECTIVES)
+
+
+def test_length_normalized_rewards_do_not_grow_with_the_answer():
+    logps, ref, counts = torch.tensor([-30.0, -300.0]), torch.tensor([-40.0, -400.0]), torch.tensor([10, 100])
+    summed = implicit_rewards(ObjectiveConfig("cbpo", beta=0.1), logps, ref, counts)
+    assert summed.tolist() == pytest.approx([1.0, 10.0])  # ten times the tokens, ten times the reward
+    mean = implicit_rewards(ObjectiveConfig("cbpo", beta=1.0, reward_norm="mean"), logps, ref, counts)
+    assert mean.tolist() == pytest.approx([1.0, 1.0])  # the same per-token gain, the same reward
+    with pytest.raises(ValueError, match="reward_norm"):
+        ObjectiveConfig("cbpo", reward_norm="max")

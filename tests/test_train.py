@@ -113,7 +113,7 @@ def test_cli_train_shows_progress_and_results(pretrained_base, target_store):
     out = subprocess.run(
         [sys.executable, str(ROOT / "launch.py"), "train", "--profile", "me", "--model", str(pretrained_base),
          "--pool", "others", "--steps", "4", "--lr", "1e-3", "--objective", "kto", "--lambda-sft", "0.3",
-         "--db", str(target_store.path)],
+         "--reward-norm", "mean", "--db", str(target_store.path)],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
@@ -121,6 +121,7 @@ def test_cli_train_shows_progress_and_results(pretrained_base, target_store):
     assert "completed: adapter in" in out.stdout and "held-out target texts" in out.stdout
     run = target_store.list_runs(target_store.get_profile("me")["id"])[0]
     assert run["objective"] == "kto" and run["config"]["lambda_sft"] == 0.3  # the flags reach the run
+    assert run["config"]["reward_norm"] == "mean"
     assert "sft" in target_store.run_metrics(run["id"])[-1]  # the SFT term was trained and logged
     bad = subprocess.run(
         [sys.executable, str(ROOT / "launch.py"), "train", "--profile", "ghost", "--model", str(pretrained_base),
