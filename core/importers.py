@@ -54,6 +54,7 @@ class ImportReport:
     writers: int = 0
     own_added: int = 0  # the user's own texts found in a peer file, added to their profile
     own_removed: int = 0  # ... and removed from the pool where an earlier import had put them
+    import_id: int | None = None  # the profile's import-history entry (undo it as a whole)
 
     @property
     def ok(self) -> bool:
@@ -370,8 +371,9 @@ def import_samples(
         prof, _ = store.ensure_profile(profile)
         for report, rows in parsed:
             if rows:
-                result = store.add_samples(prof["id"], rows)
+                result = store.add_samples(prof["id"], rows, import_source=Path(report.source).name)
                 report.added, report.duplicates = len(result.added), len(result.duplicates)
+                report.import_id = result.import_id
     return [report for report, _ in parsed]
 
 
@@ -385,8 +387,9 @@ def import_sample_texts(store: Store, profile: str, texts: str, *, split: str = 
         return report
     with store.write():
         prof, _ = store.ensure_profile(profile)
-        result = store.add_samples(prof["id"], rows)
+        result = store.add_samples(prof["id"], rows, import_source="pasted text")
     report.added, report.duplicates = len(result.added), len(result.duplicates)
+    report.import_id = result.import_id
     return report
 
 
@@ -695,7 +698,10 @@ def import_peers(
                 samples = [
                     {"prompt": r.get("context"), "text": r["text"], "source": f"{source} (own)"} for r in own
                 ]
-                report.own_added = len(store.add_samples(profile_row["id"], samples).added)
+                added = store.add_samples(
+                    profile_row["id"], samples, import_source=f"{Path(path).name} (own answers)"
+                )
+                report.own_added = len(added.added)
     report.added, report.duplicates = len(result.added), len(result.duplicates)
     added_idx = set(range(len(rows))) - set(result.duplicates)
     report.writers = len({rows[i]["writer"] for i in added_idx})

@@ -36,7 +36,7 @@ import sqlite_utils
 
 from core.errors import IdiolectError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 BUSY_TIMEOUT_MS = 30_000
 RUN_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 PROFILE_NAME_RE = re.compile(r"^[^\W_][\w .'-]{0,63}$")
@@ -246,11 +246,34 @@ def _migration_4(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE runs ADD COLUMN stage TEXT")
 
 
+def _migration_5(conn: sqlite3.Connection) -> None:
+    """Import history: every batch of samples added at once (a paste, a file) is one ``imports`` row, and each
+    sample remembers its batch, so one import can be undone as a whole. Samples from before have none."""
+    _run_script(
+        conn,
+        """
+        CREATE TABLE imports (
+            id INTEGER PRIMARY KEY,
+            profile_id INTEGER NOT NULL REFERENCES profiles(id) ON DELETE CASCADE,
+            source TEXT NOT NULL,
+            added INTEGER NOT NULL DEFAULT 0,
+            duplicates INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL,
+            undone_at TEXT
+        );
+        CREATE INDEX idx_imports_profile ON imports(profile_id);
+        ALTER TABLE samples ADD COLUMN import_id INTEGER REFERENCES imports(id) ON DELETE SET NULL;
+        CREATE INDEX idx_samples_import ON samples(import_id);
+        """,
+    )
+
+
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _migration_1,
     2: _migration_2,
     3: _migration_3,
     4: _migration_4,
+    5: _migration_5,
 }
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))
 
@@ -262,6 +285,7 @@ assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))
 class InsertResult:
     added: list[int]  # row ids of the rows written
     duplicates: list[int]  # positions (in the input) of rows already present
+    import_id: int | None = None  # the import-history row of a batch of samples
 
 
 def _loads(value: str | None, default):
@@ -474,9 +498,37 @@ class Store:
         return list(self.db.query("SELECT * FROM profiles ORDER BY name"))
 
     def delete_profile(self, name: str) -> None:
+        """Delete the profile and every row that is its own (cascades). Files of its runs are the caller's:
+        ``core.train.delete_profile`` removes both."""
         profile = self.get_profile(name)
         with self.write() as db:
             db.execute("DELETE FROM profiles WHERE id = ?", [profile["id"]])
+
+    def rename_profile(self, name: str, new_name: str) -> dict:
+        new_name = check_name(new_name)
+        with self.write() as db:
+            profile = self.get_profile(name)
+            if new_name == profile["name"]:
+                return profile
+            if self.find_profile(new_name) is not None:
+                raise IdiolectError(f"a profile named {new_name!r} already exists")
+            db.execute("UPDATE profiles SET name = ? WHERE id = ?", [new_name, profile["id"]])
+        return self.get_profile(new_name)
+
+    def profile_footprint(self, name: str) -> dict:
+        """What deleting the profile would delete, counted: for a confirmation that names it."""
+        pid = self.get_profile(name)["id"]
+        one = lambda sql: self.conn.execute(sql, [pid]).fetchone()[0]  # noqa: E731
+        return {
+            "samples": one("SELECT count(*) FROM samples WHERE profile_id = ?"),
+            "generations": one("SELECT count(*) FROM generations WHERE profile_id = ?"),
+            "ratings": one(
+                "SELECT count(*) FROM feedback f JOIN generations g ON g.id = f.generation_id "
+                "WHERE g.profile_id = ? AND f.superseded_at IS NULL"
+            ),
+            "runs": one("SELECT count(*) FROM runs WHERE profile_id = ?"),
+            "summaries": one("SELECT count(*) FROM summaries WHERE profile_id = ?"),
+        }
 
     # -- generic de-duplicating insert --------------------------------------------------------------------
 
@@ -510,12 +562,115 @@ class Store:
 
     SAMPLE_FIELDS = ("prompt", "context", "text", "source")
 
-    def add_samples(self, profile_id: int, rows: Sequence[dict]) -> InsertResult:
+    def add_samples(
+        self, profile_id: int, rows: Sequence[dict], *, import_source: str | None = None
+    ) -> InsertResult:
+        """Add the rows that are new (same prompt, context and text = the same sample). With
+        ``import_source`` the batch is one entry of the import history, and can be undone as a whole."""
         clean = [{k: r.get(k) for k in self.SAMPLE_FIELDS} for r in rows]
-        return self._insert_unique("samples", "profile_id", profile_id, clean, ("prompt", "context", "text"))
+        if import_source is None:
+            return self._insert_unique(
+                "samples", "profile_id", profile_id, clean, ("prompt", "context", "text")
+            )
+        with self.write() as db:
+            import_id = db.execute(
+                "INSERT INTO imports (profile_id, source, created_at) VALUES (?, ?, ?)",
+                [profile_id, import_source, utcnow()],
+            ).lastrowid
+            result = self._insert_unique(
+                "samples", "profile_id", profile_id, [{**r, "import_id": import_id} for r in clean],
+                ("prompt", "context", "text"),
+            )  # fmt: skip
+            db.execute(
+                "UPDATE imports SET added = ?, duplicates = ? WHERE id = ?",
+                [len(result.added), len(result.duplicates), import_id],
+            )
+        result.import_id = import_id
+        return result
 
     def list_samples(self, profile_id: int) -> list[dict]:
         return list(self.db.query("SELECT * FROM samples WHERE profile_id = ? ORDER BY id", [profile_id]))
+
+    def search_samples(
+        self, profile_id: int, query: str = "", *, offset: int = 0, limit: int = 50
+    ) -> tuple[list[dict], int]:
+        """One page of the profile's samples whose text or prompt contains ``query`` (case-insensitive for
+        ASCII; % and _ are plain characters), newest first, and how many match in all."""
+        where, args = "profile_id = ?", [profile_id]
+        query = (query or "").strip()
+        if query:
+            pattern = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            where += " AND (text LIKE ? ESCAPE '\\' OR coalesce(prompt, '') LIKE ? ESCAPE '\\')"
+            args += [pattern, pattern]
+        total = self.conn.execute(f"SELECT count(*) FROM samples WHERE {where}", args).fetchone()[0]
+        rows = list(
+            self.db.query(
+                f"SELECT * FROM samples WHERE {where} ORDER BY id DESC LIMIT ? OFFSET ?",
+                [*args, int(limit), max(0, int(offset))],
+            )
+        )
+        return rows, total
+
+    def delete_samples(self, profile_id: int, sample_ids: Sequence[int]) -> list[dict]:
+        """Delete several of the profile's own samples in one transaction (all or none: an id that is missing
+        or another profile's refuses the whole batch); returns the deleted rows for ``restore_samples``."""
+        ids = list(dict.fromkeys(int(i) for i in sample_ids))
+        with self.write() as db:
+            for i in ids:
+                self._own(db, "samples", "id", profile_id, i)
+            rows = [dict(r) for r in self.db.query(
+                f"SELECT * FROM samples WHERE id IN ({', '.join('?' * len(ids))}) ORDER BY id", ids
+            )] if ids else []  # fmt: skip
+            db.execute(f"DELETE FROM samples WHERE id IN ({', '.join('?' * len(ids))})", ids)
+        return rows
+
+    def restore_samples(self, profile_id: int, rows: Sequence[dict]) -> int:
+        """Undo ``delete_samples``: the rows come back with their ids, texts, sources and import batch. A row
+        whose text was added again in the meantime is not doubled. Returns how many came back."""
+        restored = 0
+        with self.write() as db:
+            present = {r[0] for r in db.execute("SELECT content_hash FROM samples WHERE profile_id = ?",
+                                                [profile_id])}  # fmt: skip
+            batches = {r[0] for r in db.execute("SELECT id FROM imports WHERE profile_id = ?", [profile_id])}
+            for row in rows:
+                if row.get("profile_id") != profile_id or row.get("content_hash") in present:
+                    continue
+                record = {k: row.get(k) for k in ("id", "prompt", "context", "text", "source", "created_at",
+                                                  "content_hash", "import_id")}  # fmt: skip
+                record["profile_id"] = profile_id
+                if record["import_id"] not in batches:
+                    record["import_id"] = None
+                if db.execute("SELECT 1 FROM samples WHERE id = ?", [record["id"]]).fetchone():
+                    record.pop("id")
+                db.execute(
+                    f"INSERT INTO samples ({', '.join(record)}) VALUES ({', '.join('?' * len(record))})",
+                    list(record.values()),
+                )
+                present.add(record["content_hash"])
+                restored += 1
+        return restored
+
+    def list_imports(self, profile_id: int) -> list[dict]:
+        """The profile's import history, newest first, with how many of each batch's samples are still there."""
+        return list(
+            self.db.query(
+                """SELECT i.*, (SELECT count(*) FROM samples s WHERE s.import_id = i.id) AS remaining
+                   FROM imports i WHERE i.profile_id = ? ORDER BY i.id DESC""",
+                [profile_id],
+            )
+        )
+
+    def undo_import(self, profile_id: int, import_id: int) -> list[dict]:
+        """Delete the samples that one import added and are still there (edited ones included); the import
+        stays in the history marked as undone. Returns the deleted rows (``restore_samples`` brings them back)."""
+        with self.write() as db:
+            _, undone = self._own(db, "imports", "id, undone_at", profile_id, import_id)
+            if undone:
+                raise IdiolectError(f"import {import_id} was undone already ({undone[:19]} UTC)")
+            ids = [r[0] for r in db.execute("SELECT id FROM samples WHERE import_id = ?", [import_id])]
+            rows = self.delete_samples(profile_id, ids)
+            db.execute("UPDATE imports SET undone_at = ? WHERE id = ?", [utcnow(), import_id])
+        return rows
 
     def _own(self, db, table: str, columns: str, profile_id: int, row_id: int) -> tuple:
         """The row's ``columns``, refusing an id that is missing or belongs to another profile: the one check

@@ -330,6 +330,26 @@ def run_dir(store: Store, run_id: int) -> Path:
     return store.path.parent / "runs" / str(run_id)
 
 
+def delete_profile(store: Store, name: str) -> dict:
+    """Delete a profile with everything that is its own: its rows (samples, ratings, runs, summaries) and its
+    runs' folders (adapters, checkpoints). Refused while one of its runs is training. Returns what was deleted
+    (``Store.profile_footprint``, taken just before)."""
+    from core import worker
+
+    profile = store.get_profile(name)
+    runs = store.list_runs(profile["id"])
+    active = [r["id"] for r in runs if worker.status(store, r["id"])["status"] in worker.ACTIVE]
+    if active:
+        raise IdiolectError(
+            f"run {active[0]} of {name!r} is training: cancel it first, then delete the profile"
+        )
+    gone = store.profile_footprint(name)
+    store.delete_profile(name)
+    for r in runs:
+        shutil.rmtree(run_dir(store, r["id"]), ignore_errors=True)
+    return gone
+
+
 def latest_completed_run(
     store: Store, profile_id: int, *, model_dir: str | Path | None = None
 ) -> dict | None:

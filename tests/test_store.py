@@ -175,3 +175,78 @@ def test_concurrent_processes_lose_no_write(tmp_path):
     assert len(main.run_metrics(run)) == 120
     assert main.integrity_check() == "ok"
     main.close()
+
+
+def test_search_pages_and_bulk_delete_with_undo(store):
+    pid = store.create_profile("ana")
+    other = store.create_profile("bo")
+    store.add_samples(
+        pid, [{"text": f"note {i} about {'coffee' if i % 3 == 0 else 'beer'}"} for i in range(30)]
+    )
+    store.add_samples(pid, [{"text": "100% sure_thing", "prompt": "Coffee?"}])
+    theirs = store.add_samples(other, [{"text": "coffee from bo"}]).added
+    page, total = store.search_samples(pid, "COFFEE", offset=0, limit=4)
+    assert total == 11 and len(page) == 4 and page[0]["text"] == "100% sure_thing"  # newest first; prompt too
+    assert (
+        store.search_samples(pid, "%")[1] == 1 and store.search_samples(pid, "o_e")[1] == 0
+    )  # literal % and _
+    assert store.search_samples(pid, "", offset=28, limit=10)[1] == 31
+    assert len(store.search_samples(pid, "", offset=28, limit=10)[0]) == 3
+    ids = [r["id"] for r in store.search_samples(pid, "coffee", limit=100)[0]]
+    with pytest.raises(IdiolectError, match="no sample"):
+        store.delete_samples(pid, ids + theirs)  # another profile's id refuses the whole batch
+    assert store.search_samples(pid, "coffee")[1] == 11
+    gone = store.delete_samples(pid, ids)
+    assert len(gone) == 11 and store.search_samples(pid, "coffee")[1] == 0
+    store.add_samples(pid, [{"text": gone[0]["text"]}])  # re-added meanwhile: the undo does not double it
+    assert store.restore_samples(pid, gone) == 10
+    back = {r["id"]: r["text"] for r in store.list_samples(pid)}
+    assert all(back.get(r["id"]) == r["text"] for r in gone[1:])  # same ids, same texts
+    assert store.restore_samples(other, gone) == 0  # never into another profile
+
+
+def test_an_import_can_be_undone_as_a_whole(store, tmp_path):
+    from core.importers import import_sample_texts, import_samples
+
+    pid = store.create_profile("ana")
+    first = import_sample_texts(store, "ana", "one\n\ntwo\n\nthree")
+    f = tmp_path / "notes.txt"
+    f.write_text("three\n\nfour")
+    (second,) = import_samples(store, "ana", [f])
+    hist = store.list_imports(pid)
+    assert [(h["source"], h["added"], h["duplicates"], h["remaining"]) for h in hist] == [
+        ("notes.txt", 1, 1, 1), ("pasted text", 3, 0, 3)]  # fmt: skip
+    assert second.import_id == hist[0]["id"] and first.import_id == hist[1]["id"]
+    sample = next(s for s in store.list_samples(pid) if s["text"] == "two")
+    store.update_sample(pid, sample["id"], "two, edited")  # an edited sample still belongs to its import
+    gone = store.undo_import(pid, first.import_id)
+    assert sorted(r["text"] for r in gone) == ["one", "three", "two, edited"]
+    assert [s["text"] for s in store.list_samples(pid)] == ["four"]
+    assert store.list_imports(pid)[1]["undone_at"] and store.list_imports(pid)[1]["remaining"] == 0
+    with pytest.raises(IdiolectError, match="undone already"):
+        store.undo_import(pid, first.import_id)
+    other = store.create_profile("bo")
+    with pytest.raises(IdiolectError, match="no import"):
+        store.undo_import(other, second.import_id)
+
+
+def test_rename_and_delete_a_profile_with_its_run_folders(store):
+    from core.train import delete_profile, run_dir
+
+    pid = store.create_profile("ana")
+    store.create_profile("bo")
+    store.add_samples(pid, [{"text": "hello"}, {"text": "again"}])
+    store.rate(pid, store.add_generation(pid, "p", "t"), 1)
+    run = store.create_run(pid, "cbpo", "tiny", {"steps": 2})
+    store.update_run(run, status="completed")
+    run_dir(store, run).mkdir(parents=True)
+    (run_dir(store, run) / "adapter_model.safetensors").write_bytes(b"x")
+    with pytest.raises(IdiolectError, match="already exists"):
+        store.rename_profile("ana", "bo")
+    assert store.rename_profile("ana", "  ana2 ")["id"] == pid
+    assert store.find_profile("ana") is None and len(store.list_samples(pid)) == 2
+    assert store.profile_footprint("ana2") == {"samples": 2, "generations": 1, "ratings": 1, "runs": 1,
+                                               "summaries": 0}  # fmt: skip
+    assert delete_profile(store, "ana2")["samples"] == 2
+    assert store.find_profile("ana2") is None and not run_dir(store, run).exists()
+    assert [p["name"] for p in store.list_profiles()] == ["bo"]
