@@ -51,6 +51,26 @@ class ExportResult:
     skipped: dict[str, str] = field(default_factory=dict)
     manifest: dict = field(default_factory=dict)
     export_id: int | None = None
+    commands: dict[str, str] = field(default_factory=dict)  # what to type to run this export, per runner
+
+
+def run_commands(folder: Path, slug: str, base_gguf: str | None, lora_gguf: str | None) -> dict[str, str]:
+    """The exact commands that run an export with llama.cpp's server and with Ollama (from any folder)."""
+    if not lora_gguf and not base_gguf:
+        return {}
+    q = shlex.quote
+    base = (
+        base_gguf
+        if base_gguf and Path(base_gguf).is_absolute()
+        else str(folder / (base_gguf or "YOUR-BASE-MODEL.gguf"))
+    )
+    lora = f" --lora {q(str(folder / lora_gguf))}" if lora_gguf else ""
+    out = {"llama-server": f"llama-server -m {q(base)}{lora} --port 8080"}
+    if (folder / "Modelfile").exists():
+        out["ollama"] = (
+            f"cd {q(str(folder))} && ollama create {q(slug.lower())} -f Modelfile && ollama run {q(slug.lower())}"
+        )
+    return out
 
 
 def _latest_completed_run(store: Store, profile_id: int, run_id: int | None) -> dict | None:
@@ -262,6 +282,8 @@ def export(
         else {"version": summary["version"], "source": summary["source"], "score": summary["score"]},
         "files": {str(p.relative_to(folder)): sha256_file(p) for p in result.files},
     }
+    result.commands = run_commands(folder, slug, base_gguf_name, lora_gguf_name)
+    manifest["commands"] = result.commands
     manifest_path = folder / "manifest.json"
     manifest_path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     result.files.append(manifest_path)

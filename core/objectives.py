@@ -48,6 +48,17 @@ import torch.nn.functional as F
 OBJECTIVES = ("cbpo", "bco", "kto", "sft", "cbpo_pi0")
 REWARD_NORMS = ("sum", "mean")
 
+# What each objective does, in words for the app and the CLI (the product's default first where they list them).
+DESCRIPTIONS = {
+    "cbpo": "C-BPO: learns what is yours against other writers' texts, and does not push down what you share "
+    "with them (a positive-unlabeled correction). Uses your texts, your ratings and a peer pool.",
+    "kto": "KTO: raises the likelihood of your texts and lowers other writers' against a moving reference "
+    "point. Uses your texts, your ratings and a peer pool; can collapse at high learning rates.",
+    "sft": "SFT: imitates your texts and 👍 edits; no peers, no 👎. Learns the site's register as much as you.",
+    "bco": "BCO: yours against others, treating every peer text as something you would not write.",
+    "cbpo_pi0": "C-BPO without the PU correction (pi = 0): an ablation, for comparisons.",
+}
+
 
 @dataclass
 class ObjectiveConfig:

@@ -36,7 +36,7 @@ import sqlite_utils
 
 from core.errors import IdiolectError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 BUSY_TIMEOUT_MS = 30_000
 RUN_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 PROFILE_NAME_RE = re.compile(r"^[^\W_][\w .'-]{0,63}$")
@@ -268,12 +268,38 @@ def _migration_5(conn: sqlite3.Connection) -> None:
     )
 
 
+def _migration_6(conn: sqlite3.Connection) -> None:
+    """ "Sounds like me?": each test shows the user one of their own held-out texts and an adapter's answer to
+    the same prompt, in random order; the user's pick is kept, and the score is how often the adapter fooled
+    its own author."""
+    _run_script(
+        conn,
+        """
+        CREATE TABLE likeness_tests (
+            id INTEGER PRIMARY KEY,
+            profile_id INTEGER NOT NULL REFERENCES profiles(id) ON DELETE CASCADE,
+            run_id INTEGER REFERENCES runs(id) ON DELETE SET NULL,
+            prompt TEXT NOT NULL,
+            own_text TEXT NOT NULL,
+            own_hash TEXT NOT NULL,
+            model_text TEXT NOT NULL,
+            own_side INTEGER NOT NULL CHECK (own_side IN (0, 1)),
+            picked_side INTEGER CHECK (picked_side IN (0, 1)),
+            created_at TEXT NOT NULL,
+            answered_at TEXT
+        );
+        CREATE INDEX idx_likeness_profile ON likeness_tests(profile_id);
+        """,
+    )
+
+
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _migration_1,
     2: _migration_2,
     3: _migration_3,
     4: _migration_4,
     5: _migration_5,
+    6: _migration_6,
 }
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))
 
@@ -1019,6 +1045,39 @@ class Store:
 
     # -- exports ----------------------------------------------------------------------------------------
 
+    # -- "Sounds like me?" --------------------------------------------------------------------------------
+
+    def add_likeness_test(
+        self, profile_id: int, run_id: int | None, prompt: str, own_text: str, own_hash: str, model_text: str,
+        own_side: int,
+    ) -> int:  # fmt: skip
+        with self.write() as db:
+            return db.execute(
+                """INSERT INTO likeness_tests (profile_id, run_id, prompt, own_text, own_hash, model_text, own_side,
+                   created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+                [profile_id, run_id, prompt, own_text, own_hash, model_text, int(own_side), utcnow()],
+            ).lastrowid
+
+    def answer_likeness_test(self, profile_id: int, test_id: int, picked_side: int) -> dict:
+        """Keep the user's pick (the side they think they wrote); a test is answered once."""
+        if picked_side not in (0, 1):
+            raise IdiolectError("pick side 0 or 1")
+        with self.write() as db:
+            _, answered = self._own(db, "likeness_tests", "id, answered_at", profile_id, test_id)
+            if answered:
+                raise IdiolectError("this test was answered already: start a new one")
+            db.execute(
+                "UPDATE likeness_tests SET picked_side = ?, answered_at = ? WHERE id = ?",
+                [picked_side, utcnow(), test_id],
+            )
+        return next(iter(self.db.query("SELECT * FROM likeness_tests WHERE id = ?", [test_id])))
+
+    def likeness_tests(self, profile_id: int, run_id: int | None = None) -> list[dict]:
+        where, args = "profile_id = ?", [profile_id]
+        if run_id is not None:
+            where, args = where + " AND run_id = ?", [*args, run_id]
+        return list(self.db.query(f"SELECT * FROM likeness_tests WHERE {where} ORDER BY id", args))
+
     def add_export(
         self,
         profile_id: int,
@@ -1060,6 +1119,8 @@ class Store:
         "run_metrics",
         "summaries",
         "exports",
+        "imports",
+        "likeness_tests",
     )
 
     def stats(self) -> dict:

@@ -103,7 +103,9 @@ def test_first_time_user_journey(app, pretrained_base, tmp_path):
             pg.wait_for_function(
                 f"document.querySelector('#status')?.innerText.includes('Profile e2e: {n_blocks} samples')"
             )
-            assert texts[0][:40] in pg.inner_text("#samples")
+            pg.wait_for_function(
+                f"document.querySelector('#page-info')?.innerText.includes('{n_blocks} samples in all')"
+            )
 
         page.reload()
         shows_profile(page)
@@ -111,6 +113,35 @@ def test_first_time_user_journey(app, pretrained_base, tmp_path):
         second.set_default_timeout(60_000)
         second.goto(url)
         shows_profile(second)
+
+        # Your writing: find a sample, click it, edit it; tick two rows, delete them, undo.
+        probe = " ".join(texts[0].split()[:4])
+        page.fill("#sample-search input, #sample-search textarea", probe)
+        page.press("#sample-search input, #sample-search textarea", "Enter")
+        page.wait_for_function("document.querySelector('#page-info')?.innerText.includes('matching')")
+        page.locator("#samples").get_by_text(probe).last.click()
+        page.wait_for_function("document.querySelector('#edit-text textarea')?.value.length > 0")
+        opened = page.input_value("#edit-text textarea")
+        assert opened.startswith(probe)  # the whole text, not the table's cut
+        page.fill("#edit-text textarea", opened + " (edited in the browser)")
+        page.click("#save-sample")
+        page.wait_for_function("document.querySelector('#edit-status')?.innerText.includes('Saved sample')")
+        page.fill("#sample-search input, #sample-search textarea", "")
+        page.press("#sample-search input, #sample-search textarea", "Enter")
+        page.wait_for_function(
+            f"document.querySelector('#page-info')?.innerText.includes('{n_blocks} samples in all')"
+        )
+        boxes = page.locator("#samples input[type=checkbox]")  # the first one ticks the whole page
+        boxes.nth(1).check()
+        boxes.nth(2).check()
+        page.click("#delete-ticked")
+        page.wait_for_function(
+            "document.querySelector('#edit-status')?.innerText.includes('Deleted 2 samples')"
+        )
+        assert f"{n_blocks - 2} samples" in page.inner_text("#status")
+        page.click("#undo-delete")
+        page.wait_for_function("document.querySelector('#edit-status')?.innerText.includes('Brought back 2')")
+        assert f"{n_blocks} samples" in page.inner_text("#status")
 
         # Model
         tab("Model")
@@ -178,6 +209,32 @@ def test_first_time_user_journey(app, pretrained_base, tmp_path):
         second.close()
         shot("4-train")
 
+        # Rate, blind: after training one side is the adapter, named only once a side is rated.
+        tab("Rate")
+        third_pair = generate_pair()
+        assert "shown after you rate" in page.inner_text("#pair-label")
+        page.click("#up-b")
+        page.wait_for_function(
+            "document.querySelector('#rate-status')?.innerText.includes('was your adapter (run 1)')"
+        )
+        assert third_pair[0] != third_pair[1]
+
+        # "Sounds like me?": one held-out text of the user's and the adapter's answer; the pick is scored.
+        page.click("#likeness")
+        page.click("#likeness-new")
+        page.wait_for_function(
+            "document.querySelector('#likeness-1 textarea')?.value.length > 0"
+            " && !document.querySelector('#likeness-pick-0').disabled",
+            timeout=120_000,
+        )
+        shot("3b-sounds-like-me")
+        page.click("#likeness-pick-0")
+        page.wait_for_function(
+            "document.querySelector('#likeness-result')?.innerText.includes('Run 1 has fooled you')"
+        )
+        tab("Train")
+        page.wait_for_function("document.querySelector('#runs')?.innerText.includes('of 1 times')")
+
         # You vs. peers: differences and the summary chosen by lift.
         tab("You vs. peers")
         page.click("#analyze")
@@ -197,19 +254,48 @@ def test_first_time_user_journey(app, pretrained_base, tmp_path):
             "document.querySelector('#export-report')?.innerText.includes('Exported to')", timeout=300_000
         )
         assert "e2e-lora.gguf" in page.inner_text("#export-report")
+        assert "ollama create" in page.inner_text("#export-commands") or "llama-server" in page.inner_text(
+            "#export-commands"
+        )
+        with page.expect_download() as download:
+            page.locator("#export-downloads a", has_text="e2e-export.zip").first.click()
+        zipped = tmp_path / "download.zip"
+        download.value.save_as(zipped)
+        import zipfile
+
+        with zipfile.ZipFile(zipped) as z:
+            assert "manifest.json" in z.namelist() and "e2e-lora.gguf" in z.namelist()
         shot("6-export")
+
+        # A second profile, deleted after a confirmation that says what goes.
+        page.fill("#new-profile input, #new-profile textarea", "scratch")
+        page.click("#create-profile")
+        page.wait_for_function("document.querySelector('#status')?.innerText.includes('Profile scratch')")
+        page.click("#profile-manage")
+        page.click("#delete-profile")
+        page.wait_for_function(
+            "document.querySelector('#delete-confirm')?.innerText.includes('Delete profile scratch?')"
+        )
+        page.click("#delete-yes")
+        page.wait_for_function(
+            "document.querySelector('#profile-manage-status')?.innerText.includes('Deleted profile scratch')"
+        )
         browser.close()
 
     conn = sqlite3.connect(db)
     count = lambda sql: conn.execute(sql).fetchone()[0]  # noqa: E731
     assert count("SELECT count(*) FROM samples") == n_blocks
-    assert count("SELECT count(*) FROM generations") == 4
+    assert count("SELECT count(*) FROM samples WHERE text LIKE '%(edited in the browser)'") == 1
+    assert count("SELECT count(*) FROM profiles WHERE name = 'scratch'") == 0
+    assert count("SELECT count(*) FROM generations") == 6
+    assert count("SELECT count(*) FROM likeness_tests WHERE picked_side IS NOT NULL AND run_id = 1") == 1
     current = conn.execute(
         "SELECT g.text, f.rating FROM feedback f JOIN generations g ON g.id = f.generation_id "
         "WHERE f.superseded_at IS NULL ORDER BY g.id"
     ).fetchall()
-    assert current == [(first_pair[0], -1), (first_pair[1], -1)]  # one label per generation
-    assert count("SELECT count(*) FROM feedback") == 3  # A's 👍 is kept as history
+    # one label per generation
+    assert current == [(first_pair[0], -1), (first_pair[1], -1), (third_pair[1], 1)]
+    assert count("SELECT count(*) FROM feedback") == 4  # A's 👍 is kept as history
     assert count("SELECT count(*) FROM runs WHERE status = 'completed' AND step = 30") == 1
     assert count("SELECT text FROM summaries ORDER BY version DESC LIMIT 1") == summary
     assert count("SELECT count(*) FROM exports") == 1

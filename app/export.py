@@ -1,0 +1,76 @@
+"""Tab "Export": write the adapter (PEFT, GGUF LoRA), the preference summary and the files that run them; then
+download them (each file or one zip), copy the summary, and the exact llama-server and Ollama commands."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import gradio as gr
+
+from app.common import Ctx, need, on, status
+from core.export import DEFAULT_FORMATS, FORMATS, export, safe_name
+from core.paths import data_dir
+
+
+def download_copy(folder: Path, files: list[Path], slug: str) -> list[str]:
+    """The exported files and one zip of them, copied under the temp folder (the only place, with the working
+    directory, that Gradio serves downloads from), newest export only."""
+    out = Path(tempfile.gettempdir()) / "idiolect-downloads" / slug
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    zipped = out / f"{slug}-export.zip"
+    copies = []
+    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in files:
+            rel = f.relative_to(folder)
+            z.write(f, rel)
+            dest = out / "files" / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, dest)
+            copies.append(str(dest))
+    return [str(zipped), *copies]
+
+
+def do_export(ctx: Ctx, profile, formats, folder):
+    need(ctx, profile)
+    folder = (folder or "").strip() or str(data_dir() / "exports" / profile)
+    result = export(ctx.store, profile, folder, formats=formats or None)
+    files = "\n".join(f"- `{p.relative_to(result.folder)}`" for p in result.files)
+    skipped = "".join(f"\n- skipped {k}: {v}" for k, v in result.skipped.items())
+    summary = next((p.read_text() for p in result.files if p.name.endswith("-summary.txt")), "")
+    snippet = next((p.read_text() for p in result.files if p.name.endswith("-openai.py")), "")
+    commands = "\n".join(f"# {name}\n{cmd}" for name, cmd in result.commands.items())
+    downloads = download_copy(result.folder, result.files, safe_name(profile))
+    return f"Exported to `{result.folder}`:\n{files}{skipped}", summary, snippet, commands, downloads
+
+
+class ExportTab:
+    def __init__(self, ctx: Ctx, profile, status_md) -> None:
+        formats = gr.CheckboxGroup(
+            list(FORMATS), value=list(DEFAULT_FORMATS), label="Formats", elem_id="formats"
+        )
+        folder = gr.Textbox(
+            label="Folder (default: exports/<profile> in the data folder)", elem_id="export-folder"
+        )
+        export_btn = gr.Button("Export", variant="primary", elem_id="export-btn")
+        report = gr.Markdown(elem_id="export-report")
+        downloads = gr.File(label="Download (the zip holds every file)", file_count="multiple", interactive=False,
+                            elem_id="export-downloads")  # fmt: skip
+        commands = gr.Code(label="Run it (llama.cpp server, Ollama)", language="shell", elem_id="export-commands",
+                           buttons=["copy"])  # fmt: skip
+        summary = gr.Code(label="Summary (copy into any system prompt)", language=None, elem_id="export-summary",
+                          buttons=["copy"])  # fmt: skip
+        snippet = gr.Code(label="Python (official openai client)", language="python", buttons=["copy"])
+
+        def run(p, f, d):
+            return (*do_export(ctx, p, f, d), status(ctx, p))
+
+        on(export_btn.click, run, [profile, formats, folder],
+           [report, summary, snippet, commands, downloads, status_md])  # fmt: skip
+        self.outputs: list = []
+
+    def views(self, profile):
+        return ()

@@ -1,0 +1,106 @@
+"""Tab "Model": this machine, the recommended base models, the model in use and the models on disk."""
+
+from __future__ import annotations
+
+import os
+
+import gradio as gr
+
+from app.common import Ctx, need, on, status
+from core.errors import IdiolectError
+from core.models import RECOMMENDED, local_model_dir, models_on_disk, resolve
+
+
+def device_md() -> str:
+    import psutil
+    import torch
+
+    mem = psutil.virtual_memory()
+    lines = [
+        f"CPU: {os.cpu_count()} cores, {mem.total / 2**30:.1f} GiB RAM ({mem.available / 2**30:.1f} GiB free)"
+    ]
+    if torch.cuda.is_available():
+        free, total = torch.cuda.mem_get_info()
+        lines.append(
+            f"GPU: {torch.cuda.get_device_name(0)}, {total / 2**30:.1f} GiB ({free / 2**30:.1f} GiB free): QLoRA 4-bit"
+        )
+    else:
+        lines.append("No CUDA GPU: training runs on the CPU (slow for models above ~0.5B parameters)")
+    return "\n\n".join(lines)
+
+
+def recommended_md() -> str:
+    return "\n".join(
+        f"- **{m.id}**: {m.params_b:.2f}B, ~{m.download_gb:.1f} GB, {m.license}. {m.notes} ({m.supports()})"
+        for m in RECOMMENDED
+    )
+
+
+def models_md(ctx: Ctx, profile: str | None = None) -> str:
+    """The model in use and the models on this machine, read now."""
+    store = ctx.store
+    current = (
+        store.profile_settings(profile).get("model") if profile and store.find_profile(profile) else None
+    )
+    lines = [f"**In use by {profile}:** `{current}`" if current else "**In use:** none chosen yet"]
+    lines.append("**On this machine** (type the path or id below, or `offline` for the offline model):")
+    lines += [
+        f"- {m['kind']}: `{m['path']}`"
+        + (f" ({m['bytes'] / 1e9:.2f} GB)" if m["bytes"] else "")
+        + (f" -- {m['name']}" if m["kind"] == "offline" else "")
+        for m in models_on_disk()
+    ] or ["- none yet"]
+    return "\n".join(lines)
+
+
+def choose_model(ctx: Ctx, profile: str | None, recommended: str, custom: str, progress=None) -> str:
+    need(ctx, profile)
+    spec = (custom or "").strip() or recommended
+    if not spec:
+        raise IdiolectError("Pick a recommended model or give a folder, GGUF file or Hugging Face id.")
+    source = resolve(spec)
+
+    def cb(done, total, name):
+        if progress is not None:
+            progress(done / total if total else None, desc=name)
+
+    if source.kind == "hub":
+        path = local_model_dir(spec, progress=cb)
+        msg = f"Downloaded {spec} to {path}."
+    elif source.kind == "gguf":
+        # A GGUF file is a training base: dequantized once (cached by its hash); exports target the file.
+        from core.models import OFFLINE_NOTICE
+
+        path = local_model_dir(spec, progress=cb)
+        msg = f"Using the GGUF file {source.ref} (its weights for training are in {path})."
+        if spec == "offline":
+            msg += f" {OFFLINE_NOTICE}"
+    else:
+        msg = f"Using the folder {source.ref}."
+    ctx.store.update_profile_settings(profile, model=spec)
+    return msg
+
+
+class ModelTab:
+    def __init__(self, ctx: Ctx, profile, status_md) -> None:
+        self.ctx = ctx
+        device = gr.Markdown(elem_id="device")
+        recommended = gr.Dropdown(
+            [m.id for m in RECOMMENDED], label="Recommended base models", value=RECOMMENDED[0].id
+        )
+        gr.Markdown(recommended_md())
+        on_disk = gr.Markdown(elem_id="models-on-disk")
+        custom = gr.Textbox(
+            label="Or: a local model folder, a Hugging Face id, or a GGUF file", elem_id="custom-model"
+        )
+        model_btn = gr.Button("Use this model", variant="primary", elem_id="use-model")
+        model_md = gr.Markdown(elem_id="model-status")
+
+        def use(p, rec, cus, progress=gr.Progress()):
+            return choose_model(ctx, p, rec, cus, progress), status(ctx, p), models_md(ctx, p)
+
+        on(model_btn.click, use, [profile, recommended, custom], [model_md, status_md, on_disk])
+        self.outputs = [device, on_disk]
+
+    def views(self, profile):
+        return device_md(), models_md(self.ctx, profile)

@@ -1,0 +1,274 @@
+"""Tab "Rate": generate two texts for a prompt and rate each one 👍 / 👎 (an edit is learned as your writing)."""
+
+from __future__ import annotations
+
+import random
+
+import gradio as gr
+import pandas as pd
+
+from app.common import Ctx, model_of, need, on, status
+from core import likeness
+from core.errors import IdiolectError
+from core.generation import SamplingParams
+from core.train import latest_completed_run
+from core.training_data import feedback_meaning
+
+RATING_HELP = (
+    "An edit is learned as your own writing: edit a text, then 👍 (the original is left out) or 👎 (the original "
+    "is also learned as what you would not write). Rating again replaces the rating; undo takes it back."
+)
+
+
+def prompt_choices(ctx: Ctx, profile: str | None) -> list[str]:
+    prof = ctx.store.find_profile(profile) if profile else None
+    return [p["text"] for p in ctx.store.list_prompts(prof["id"] if prof else None)]
+
+
+def history(ctx: Ctx, profile: str | None) -> pd.DataFrame:
+    prof = ctx.store.find_profile(profile) if profile else None
+    rows = [] if prof is None else ctx.store.list_feedback(prof["id"])[::-1][:50]
+    return pd.DataFrame(
+        [[f["created_at"][:19], "👍" if f["rating"] > 0 else "👎", f["prompt"][:60],
+          (f["edited_text"] or f["text"])[:120], "yes" if f["edited_text"] else ""] for f in rows],
+        columns=["when", "rating", "prompt", "text", "edited"],
+    )  # fmt: skip
+
+
+def _buttons(enabled: bool):
+    return [gr.update(interactive=enabled) for _ in range(6)]
+
+
+def generate_pair(ctx: Ctx, profile, prompt_pick, prompt_own, temperature, max_tokens, seed):
+    """Stream two generations. While they stream, the rating buttons are off and the texts read-only (a rating
+    always belongs to the pair on screen; an edit is never overwritten); the stored ids arrive only when both
+    texts are complete. Yields (text A, text B, ids, label, *6 button updates)."""
+    store = ctx.store
+    prof = need(ctx, profile)
+    prompt = (prompt_own or "").strip() or prompt_pick
+    if not prompt:
+        raise IdiolectError("Pick or type a prompt.")
+    if prompt_own and prompt_own.strip():
+        store.add_prompts([{"text": prompt_own.strip()}], profile_id=prof["id"])
+    model = model_of(ctx, profile)
+    seed = str(seed or "").strip()
+    if seed and not seed.isdigit():
+        raise IdiolectError(
+            f"The seed must be a whole number (or empty for a new one each time), not {seed!r}."
+        )
+    gen = ctx.generators.get(model)
+    run = latest_completed_run(store, prof["id"], model_dir=gen.model_ref)
+    other = latest_completed_run(store, prof["id"])
+    note = ""
+    if run is None and other is not None:
+        note = (
+            f" (your latest adapter, run {other['id']}, was trained on another base model: train on this one to "
+            "compare)"
+        )
+    first = SamplingParams(max_new_tokens=int(max_tokens), temperature=float(temperature)).with_seed(
+        int(seed) if seed else None
+    )
+    outputs = ["", ""]
+    # Blind: the adapter's side is drawn at random and named only after a rating. A seed of its own per side:
+    # with no adapter yet, both sides are the base and must differ.
+    adapter_side = random.randrange(2) if run else None
+    sides = [
+        (run["adapter_path"] if side == adapter_side else None, first.with_seed(first.seed + side))
+        for side in (0, 1)
+    ]
+
+    def frame(ids, label, done):
+        box = gr.update(interactive=done)
+        return (gr.update(value=outputs[0], **box), gr.update(value=outputs[1], **box), ids, label,
+                *_buttons(done))  # fmt: skip
+
+    who = (
+        "which one is your adapter is shown after you rate"
+        if run
+        else "both are the base model: no adapter yet"
+    )
+    yield frame([None, None], "Generating A ...", False)
+    ids = [None, None]
+    for side, (adapter, sp) in enumerate(sides):
+        gen.set_adapter(gen.load_adapter(adapter) if adapter else None)
+        for piece in gen.stream(prompt, sp):
+            outputs[side] += piece
+            yield frame([None, None], f"Generating {'AB'[side]} ... ({who})", False)
+        ids[side] = store.add_generation(
+            prof["id"], prompt, outputs[side], model=model, adapter=adapter, params=sp.to_dict()
+        )
+    yield frame(
+        ids,
+        f"Now rate each with 👍 / 👎 (keys 1-4): {who}{note}; seeds {sides[0][1].seed} / {sides[1][1].seed}",
+        True,
+    )
+
+
+def reveal(ctx: Ctx, profile, ids) -> str:
+    """Which model and adapter wrote each side (shown once the user has rated)."""
+    prof = need(ctx, profile)
+    runs = {r["adapter_path"]: r["id"] for r in ctx.store.list_runs(prof["id"]) if r["adapter_path"]}
+    parts = []
+    for side, gid in enumerate(ids or []):
+        if gid is None:
+            continue
+        g = ctx.store.get_generation(gid)
+        what = f"your adapter (run {runs.get(g['adapter'], '?')})" if g["adapter"] else "the base model"
+        parts.append(f"{'AB'[side]} was {what}")
+    model = ctx.store.get_generation(ids[0])["model"] if ids and ids[0] else None
+    return "; ".join(parts) + (f" (base `{model}`)." if model else ".")
+
+
+def rate(ctx: Ctx, profile, ids, side: int, rating: int, shown_text: str) -> str:
+    prof = need(ctx, profile)
+    if not ids or ids[side] is None:
+        raise IdiolectError("Generate first (and let both texts finish), then rate.")
+    saved = ctx.store.rate(prof["id"], ids[side], rating, edited_text=shown_text)
+    mark = "👍" if rating > 0 else "👎"
+    edited = saved["edited_text"] is not None
+    if not saved["changed"]:
+        return f"{'AB'[side]} already has this rating ({mark}); nothing changed."
+    what = feedback_meaning(rating, edited)
+    return f"Saved {mark} for {'AB'[side]}" + (" with your edit" if edited else "") + f": {what}."
+
+
+def undo(ctx: Ctx, profile, ids, side: int) -> str:
+    prof = need(ctx, profile)
+    if not ids or ids[side] is None:
+        raise IdiolectError("Nothing to undo: generate and rate first.")
+    had = ctx.store.undo_rating(prof["id"], ids[side])
+    return f"Took back the rating of {'AB'[side]}." if had else f"{'AB'[side]} has no rating to undo."
+
+
+LIKENESS_HELP = (
+    "One of these texts is yours, one your adapter wrote for the same prompt: pick the one you wrote. Your text is "
+    "one the adapter never trained on; both are cut to the same length. The score is how often the adapter fooled "
+    "you (50% = you cannot tell them apart)."
+)
+
+
+def new_likeness_test(ctx: Ctx, profile, temperature, max_tokens) -> dict:
+    """A "Sounds like me?" test for the profile's latest adapter on the model in use."""
+    prof = need(ctx, profile)
+    gen = ctx.generators.get(model_of(ctx, profile))
+    run = latest_completed_run(ctx.store, prof["id"], model_dir=gen.model_ref)
+    if run is None:
+        raise IdiolectError(
+            "Train an adapter on this model first (tab Train): the test asks it to write like you."
+        )
+    params = SamplingParams(max_new_tokens=int(max_tokens), temperature=float(temperature))
+
+    def generate(prompt, context):
+        gen.set_adapter(gen.load_adapter(run["adapter_path"]))
+        return gen.generate(prompt, params.with_seed(), context=context)
+
+    return {**likeness.start_test(ctx.store, prof["id"], run, generate), "run": run["id"]}
+
+
+def pick_likeness(ctx: Ctx, profile, test_id, side: int) -> str:
+    prof = need(ctx, profile)
+    if test_id is None:
+        raise IdiolectError("Start a test first.")
+    result = likeness.answer(ctx.store, prof["id"], int(test_id), side)
+    own, run = result["own_side"] + 1, result["run_id"]
+    verdict = (
+        f"Right: you wrote text {own}; text {3 - own} was your adapter (run {run})."
+        if result["right"]
+        else f"Fooled: you wrote text {own}; text {3 - own} was your adapter (run {run})."
+    )
+    return f"{verdict} Run {run} has {likeness.describe(result['score'])}."
+
+
+class RateTab:
+    def __init__(self, ctx: Ctx, profile, status_md) -> None:
+        self.ctx = ctx
+        with gr.Row():
+            prompt_pick = gr.Dropdown([], label="Prompt", scale=3, elem_id="prompt-pick")
+            prompt_own = gr.Textbox(label="...or your own prompt", scale=3, elem_id="prompt-own")
+        with gr.Row():
+            temperature = gr.Slider(0, 1.5, value=0.8, step=0.05, label="Temperature")
+            max_tokens = gr.Slider(16, 512, value=160, step=16, label="Max tokens")
+            # A textbox, not gr.Number: an empty Number comes back as 0, which would fix the seed.
+            seed = gr.Textbox("", label="Seed (empty: a new one each time)", elem_id="seed", max_lines=1)
+        with gr.Row():
+            gen_btn = gr.Button("Generate (g)", variant="primary", elem_id="generate-btn")
+            stop_btn = gr.Button("Stop", elem_id="stop-btn")
+        pair_md = gr.Markdown(elem_id="pair-label")
+        gr.Markdown(RATING_HELP, elem_id="rating-help")
+        ids_state = gr.State([None, None])
+        with gr.Row():
+            with gr.Column():
+                text_a = gr.Textbox(label="A", lines=8, elem_id="text-a", interactive=False)
+                with gr.Row():
+                    up_a = gr.Button("👍 A is good (1)", elem_id="up-a", interactive=False)
+                    down_a = gr.Button("👎 A is not me (2)", elem_id="down-a", interactive=False)
+                    undo_a = gr.Button("Undo A", elem_id="undo-a", interactive=False)
+            with gr.Column():
+                text_b = gr.Textbox(label="B", lines=8, elem_id="text-b", interactive=False)
+                with gr.Row():
+                    up_b = gr.Button("👍 B is good (3)", elem_id="up-b", interactive=False)
+                    down_b = gr.Button("👎 B is not me (4)", elem_id="down-b", interactive=False)
+                    undo_b = gr.Button("Undo B", elem_id="undo-b", interactive=False)
+        rate_md = gr.Markdown(elem_id="rate-status")
+        hist = gr.Dataframe(history(ctx, None), label="Your ratings", interactive=False, wrap=True)
+        with gr.Accordion(
+            "Sounds like me? Tell your writing from your adapter's", open=False, elem_id="likeness"
+        ):
+            gr.Markdown(LIKENESS_HELP)
+            like_btn = gr.Button("New test", variant="primary", elem_id="likeness-new")
+            like_prompt = gr.Markdown(elem_id="likeness-prompt")
+            with gr.Row():
+                like_texts = [gr.Textbox(label=f"Text {i + 1}", lines=6, interactive=False, elem_id=f"likeness-{i}")
+                              for i in (0, 1)]  # fmt: skip
+            with gr.Row():
+                picks = [gr.Button(f"I wrote text {i + 1}", interactive=False, elem_id=f"likeness-pick-{i}")
+                         for i in (0, 1)]  # fmt: skip
+            like_md = gr.Markdown(elem_id="likeness-result")
+            like_state = gr.State(None)
+
+        buttons = [up_a, down_a, up_b, down_b, undo_a, undo_b]
+
+        def stream_pair(p, pick, own, temp, tokens, sd):
+            yield from generate_pair(ctx, p, pick, own, temp, tokens, sd)
+
+        generating = on(gen_btn.click, stream_pair, [profile, prompt_pick, prompt_own, temperature, max_tokens, seed],
+                        [text_a, text_b, ids_state, pair_md, *buttons])  # fmt: skip
+        stop_btn.click(
+            lambda: ("Stopped. Generate again to get a pair you can rate.", [None, None], *_buttons(False)),
+            None, [pair_md, ids_state, *buttons], cancels=[generating],
+        )  # fmt: skip
+        for btn, side, rating in ((up_a, 0, 1), (down_a, 0, -1), (up_b, 1, 1), (down_b, 1, -1)):
+
+            def press(p, ids, a, b, side=side, rating=rating):
+                msg = rate(ctx, p, ids, side, rating, (a, b)[side])
+                return f"{msg} {reveal(ctx, p, ids)}", history(ctx, p), status(ctx, p)
+
+            on(btn.click, press, [profile, ids_state, text_a, text_b], [rate_md, hist, status_md])
+        for btn, side in ((undo_a, 0), (undo_b, 1)):
+
+            def take_back(p, ids, side=side):
+                return undo(ctx, p, ids, side), history(ctx, p), status(ctx, p)
+
+            on(btn.click, take_back, [profile, ids_state], [rate_md, hist, status_md])
+
+        def new_test(p, temp, tokens):
+            t = new_likeness_test(ctx, p, temp, tokens)
+            prompt = f"**Prompt:** {t['prompt']}" + (
+                f"\n\n**Context:** {t['context'][:300]}" if t["context"] else ""
+            )
+            on_ = gr.update(interactive=True)
+            return prompt, *t["texts"], t["id"], on_, on_, "Which one did you write?"
+
+        on(like_btn.click, new_test, [profile, temperature, max_tokens],
+           [like_prompt, *like_texts, like_state, *picks, like_md])  # fmt: skip
+        for side, btn in enumerate(picks):
+
+            def choose(p, test_id, side=side):
+                off = gr.update(interactive=False)
+                return pick_likeness(ctx, p, test_id, side), None, off, off
+
+            on(btn.click, choose, [profile, like_state], [like_md, like_state, *picks])
+        self.outputs = [prompt_pick, hist]
+
+    def views(self, profile):
+        return gr.update(choices=prompt_choices(self.ctx, profile), value=None), history(self.ctx, profile)

@@ -1,0 +1,173 @@
+"""Tab "Train": settings with the objective explained, the run in progress (stage, step, ETA) followed by
+polling, cancel/resume, and a comparison of runs (held-out lifts and loss curves on one plot)."""
+
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+
+from app.common import Ctx, frame, model_of, need, on, signed, status
+from core import likeness, worker
+from core.errors import IdiolectError
+from core.objectives import DESCRIPTIONS
+from core.train import TrainConfig
+
+DEFAULTS = TrainConfig(model="")
+
+
+def objective_choices() -> list[tuple[str, str]]:
+    """(label, value) per objective, the product's default first and marked."""
+    names = [DEFAULTS.objective] + [o for o in DESCRIPTIONS if o != DEFAULTS.objective]
+    return [(DESCRIPTIONS[o] + (" (default)" if o == DEFAULTS.objective else ""), o) for o in names]
+
+
+def runs_table(ctx: Ctx, profile: str | None) -> pd.DataFrame:
+    prof = ctx.store.find_profile(profile) if profile else None
+    rows = (
+        [] if prof is None else [worker.status(ctx.store, r["id"]) for r in ctx.store.list_runs(prof["id"])]
+    )
+
+    def lift(r, key):
+        return signed((r["result"].get("eval") or {}).get(key))
+
+    return pd.DataFrame(
+        [[r["id"], r["objective"], r["status"], f"{r['step']}/{r['total_steps'] or '?'}",
+          lift(r, "heldout_target_lift"), lift(r, "heldout_peer_lift"),
+          f"lr {r['config'].get('lr')}, r {r['config'].get('lora_r')}, len {r['config'].get('max_length')}",
+          likeness.describe(likeness.score(ctx.store, prof["id"], r["id"])), (r["error"] or "")[:80]] for r in rows],
+        columns=["run", "objective", "status", "steps", "held-out lift (you)", "held-out lift (peers)", "settings",
+                 "sounds like me? (Rate tab)", "note"],
+    )  # fmt: skip
+
+
+def current_run(ctx: Ctx, profile: str | None) -> dict | None:
+    prof = ctx.store.find_profile(profile) if profile else None
+    runs = [] if prof is None else ctx.store.list_runs(prof["id"])
+    return worker.status(ctx.store, runs[0]["id"]) if runs else None
+
+
+def progress_md(ctx: Ctx, profile: str | None) -> str:
+    run = current_run(ctx, profile)
+    if run is None:
+        return "No training run yet."
+    total, step = run["total_steps"] or 0, run["step"] or 0
+    pct = 100 * step / total if total else 0
+    eta = f", about {run['eta_seconds']:.0f} s left" if run.get("eta_seconds") else ""
+    bar = f"<progress value='{step}' max='{total or 1}' style='width:100%'></progress>"
+    msg = (
+        f"Run {run['id']} ({run['objective']}): **{run['activity']}**, step {step}/{total or '?'} ({pct:.0f}%)"
+        f"{eta}.\n\n{bar}"
+    )
+    return msg + (f"\n\n{run['error']}" if run["error"] else "")
+
+
+def curves(ctx: Ctx, profile: str | None, run_ids=None):
+    """Loss per step of the chosen runs (default: the latest), one series per run; None when there is none."""
+    prof = ctx.store.find_profile(profile) if profile else None
+    if prof is None:
+        return None
+    runs = {r["id"]: r for r in ctx.store.list_runs(prof["id"])}
+    chosen = [int(i) for i in (run_ids or []) if int(i) in runs] or list(runs)[:1]
+    rows = [
+        {"step": m["step"], "loss": m["loss"], "run": f"run {i} ({runs[i]['objective']})"}
+        for i in chosen
+        for m in ctx.store.run_metrics(i)
+        if m.get("loss") is not None
+    ]
+    return frame(rows, step=int, loss=float, run=str)
+
+
+def run_choices(ctx: Ctx, profile: str | None) -> list[tuple[str, int]]:
+    prof = ctx.store.find_profile(profile) if profile else None
+    runs = [] if prof is None else ctx.store.list_runs(prof["id"])
+    return [(f"run {r['id']} ({r['objective']}, {r['status']})", r["id"]) for r in runs]
+
+
+def start(ctx: Ctx, profile, objective, steps, epochs, lr, batch, lora_r, max_length) -> str:
+    need(ctx, profile)
+    try:
+        cfg = TrainConfig(
+            model=model_of(ctx, profile), objective=objective or DEFAULTS.objective, steps=int(steps or 0) or None,
+            epochs=int(epochs or DEFAULTS.epochs), lr=float(lr), batch_size=int(batch), lora_r=int(lora_r),
+            lora_alpha=2 * int(lora_r), max_length=int(max_length),
+        )  # fmt: skip
+    except (TypeError, ValueError) as exc:
+        raise IdiolectError(f"Check the settings: {exc}") from None
+    run_id = worker.start(ctx.store, profile, cfg)
+    return f"Run {run_id} started in a worker process."
+
+
+def cancel(ctx: Ctx, profile) -> str:
+    run = current_run(ctx, profile)
+    if run is None or run["status"] not in worker.ACTIVE:
+        raise IdiolectError("Nothing is training.")
+    worker.cancel(ctx.store, run["id"])
+    return f"Cancelling run {run['id']}: it stops within a few seconds and keeps its last whole step."
+
+
+def resume(ctx: Ctx, profile) -> str:
+    run = current_run(ctx, profile)
+    if run is None:
+        raise IdiolectError("No run to resume.")
+    worker.resume(ctx.store, run["id"])
+    return f"Run {run['id']} resumed from its last checkpoint."
+
+
+def active(ctx: Ctx, profile) -> bool:
+    run = current_run(ctx, profile)
+    return run is not None and run["status"] in worker.ACTIVE
+
+
+class TrainTab:
+    def __init__(self, ctx: Ctx, profile, status_md) -> None:
+        self.ctx = ctx
+        objective = gr.Radio(
+            objective_choices(), value=DEFAULTS.objective, label="Objective", elem_id="objective"
+        )
+        with gr.Row():
+            steps = gr.Number(
+                value=0, precision=0, label="Steps (0: by epochs)", elem_id="train-steps", minimum=0
+            )
+            epochs = gr.Number(value=DEFAULTS.epochs, precision=0, label="Epochs (passes over your texts)",
+                               elem_id="train-epochs", minimum=1)  # fmt: skip
+            lr = gr.Number(value=1e-4, label="Learning rate", elem_id="train-lr")
+        with gr.Row():
+            batch = gr.Number(value=DEFAULTS.batch_size, precision=0, label="Your texts per step", minimum=1)
+            lora_r = gr.Number(value=DEFAULTS.lora_r, precision=0, label="LoRA rank (alpha = 2 x rank)", minimum=1,
+                               elem_id="train-rank")  # fmt: skip
+            max_length = gr.Number(value=DEFAULTS.max_length, precision=0, label="Max tokens per text", minimum=16,
+                                   elem_id="train-max-length")  # fmt: skip
+        with gr.Row():
+            start_btn = gr.Button("Start training", variant="primary", elem_id="start-train")
+            cancel_btn = gr.Button("Cancel", elem_id="cancel-train")
+            resume_btn = gr.Button("Resume", elem_id="resume-train")
+        train_msg = gr.Markdown(elem_id="train-msg")
+        progress = gr.Markdown(elem_id="train-progress")
+        runs = gr.Dataframe(runs_table(ctx, None), label="Runs", interactive=False, elem_id="runs")
+        compare = gr.CheckboxGroup([], label="Compare runs (loss per step)", elem_id="compare-runs")
+        plot = gr.LinePlot(None, x="step", y="loss", color="run", title="Training loss per run", height=280,
+                           elem_id="loss-plot")  # fmt: skip
+        timer = gr.Timer(2.0, active=False)
+
+        settings = [profile, objective, steps, epochs, lr, batch, lora_r, max_length]
+
+        def begin(*args):
+            msg = start(ctx, *args)
+            return msg, gr.Timer(active=True), gr.update(choices=run_choices(ctx, args[0]))
+
+        on(start_btn.click, begin, settings, [train_msg, timer, compare])
+        on(cancel_btn.click, lambda p: cancel(ctx, p), [profile], [train_msg])
+        on(resume_btn.click, lambda p: (resume(ctx, p), gr.Timer(active=True)), [profile], [train_msg, timer])
+        on(compare.change, lambda p, ids: curves(ctx, p, ids), [profile, compare], [plot])
+
+        def poll(p, ids):
+            return (progress_md(ctx, p), curves(ctx, p, ids), runs_table(ctx, p), gr.Timer(active=active(ctx, p)),
+                    status(ctx, p))  # fmt: skip
+
+        timer.tick(poll, [profile, compare], [progress, plot, runs, timer, status_md])
+        self.outputs = [progress, plot, runs, compare, timer]
+
+    def views(self, profile):
+        ctx = self.ctx
+        return (progress_md(ctx, profile), curves(ctx, profile), runs_table(ctx, profile),
+                gr.update(choices=run_choices(ctx, profile), value=[]), gr.Timer(active=active(ctx, profile)))  # fmt: skip

@@ -1,0 +1,145 @@
+"""Each tab's handlers, called directly (no browser): what a user would see after each action, and the errors
+they would get. The browser test walks the same journey through the page."""
+
+from __future__ import annotations
+
+import logging
+import zipfile
+
+import pandas as pd
+import pytest
+
+from app import export as export_tab
+from app import profiles, rate, train, writing
+from app.common import Ctx, message_of
+from core.errors import IdiolectError
+
+
+@pytest.fixture
+def ctx(store):
+    return Ctx(store)
+
+
+def test_expected_errors_are_their_message_and_faults_go_to_the_log(caplog):
+    assert message_of("x", IdiolectError("add at least 4 samples")) == "add at least 4 samples"
+    with caplog.at_level(logging.ERROR, logger="idiolect.app"):
+        try:
+            raise KeyError("boom")
+        except KeyError as exc:
+            msg = message_of("train", exc)
+    assert msg.startswith("Something went wrong (KeyError") and "Details are in the log" in msg
+    assert "Traceback" in caplog.text
+
+
+def test_writing_search_pages_edit_delete_undo_and_import_history(ctx):
+    with pytest.raises(IdiolectError, match="profile first"):
+        writing.add_pasted(ctx, None, "hello")
+    profiles.create(ctx, "ana")
+    pasted = "\n\n".join(
+        f"Paragraph {i} about {'coffee' if i % 2 else 'tea'}, written slowly." for i in range(60)
+    )
+    assert "60 added" in writing.add_pasted(ctx, "ana", pasted)
+    table, info, page = writing.samples_page(ctx, "ana", "", 1)
+    assert len(table) == writing.PAGE_SIZE and "60 samples in all; page 1 of 3" in info
+    table, info, page = writing.samples_page(ctx, "ana", "", 99)  # past the end: the last page
+    assert page == 3 and len(table) == 10
+    table, info, page = writing.samples_page(ctx, "ana", "coffee", 1)
+    assert "30 samples matching “coffee”" in info and all("coffee" in t for t in table["text"])
+
+    # Click a row: the whole sample opens; a save keeps its prompt unless the prompt box changed.
+    sid = int(table["id"].iloc[0])
+    ctx.store.update_sample(
+        ctx.store.get_profile("ana")["id"], sid, table["text"].iloc[0], prompt="Why coffee?"
+    )
+    opened = writing.open_sample(ctx, "ana", sid)
+    assert opened[1] == "Why coffee?" and opened[2].startswith("Paragraph")
+    writing.save_sample(ctx, "ana", sid, opened[1], "A better paragraph.")
+    s = ctx.store.get_sample(ctx.store.get_profile("ana")["id"], sid)
+    assert (s["prompt"], s["text"]) == ("Why coffee?", "A better paragraph.")
+    with pytest.raises(IdiolectError, match="Click the sample"):
+        writing.save_sample(ctx, "ana", None, "", "text")
+
+    # Tick three rows and delete them; undo brings them back with their ids.
+    table["delete?"] = [i < 3 for i in range(len(table))]
+    ticked = writing.ticked_ids(table)
+    msg, undo = writing.delete_ticked(ctx, "ana", table, [])
+    assert "Deleted 3 samples" in msg and writing.samples_page(ctx, "ana", "coffee")[1].startswith(
+        "27 samples"
+    )
+    with pytest.raises(IdiolectError, match="Tick the samples"):
+        writing.delete_ticked(ctx, "ana", table.assign(**{"delete?": False}), undo)
+    msg, undo = writing.undo_delete(ctx, "ana", undo)
+    assert msg == "Brought back 3 samples." and undo == []
+    assert set(ticked) <= {s["id"] for s in ctx.store.list_samples(ctx.store.get_profile("ana")["id"])}
+    with pytest.raises(IdiolectError, match="Nothing to undo"):
+        writing.undo_delete(ctx, "ana", undo)
+
+    # The import history names the paste; undoing it removes what it added (edited ones too), undoably.
+    (label, import_id), = writing.import_choices(ctx, "ana")  # fmt: skip
+    assert "pasted text" in label and "60 added, 60 still here" in label
+    msg, undo = writing.undo_import(ctx, "ana", import_id, [])
+    assert "removed 60 samples" in msg and writing.samples_page(ctx, "ana")[1].startswith("0 samples")
+    assert "undone" in writing.import_choices(ctx, "ana")[0][0]
+    writing.undo_delete(ctx, "ana", undo)
+    assert writing.samples_page(ctx, "ana")[1].startswith("60 samples")
+
+
+def test_ticked_rows_come_from_the_table_as_the_browser_sends_it():
+    as_sent = pd.DataFrame([["true", 4, "", "", "a"], ["false", 5, "", "", "b"], [True, 9, "", "", "c"]],
+                           columns=writing.COLUMNS)  # fmt: skip
+    assert writing.ticked_ids(as_sent) == [4, 9]
+    assert writing.ticked_ids(None) == []
+
+
+def test_profile_rename_and_delete_with_a_confirmation_that_names_what_goes(ctx):
+    profiles.create(ctx, "ana")
+    with pytest.raises(IdiolectError, match="already exists"):
+        profiles.create(ctx, "ana")
+    writing.add_pasted(ctx, "ana", "one\n\ntwo")
+    assert profiles.rename(ctx, "ana", "ana-b") == "ana-b"
+    question = profiles.what_delete_removes(ctx, "ana-b")
+    assert "Delete profile ana-b?" in question and "2 samples" in question and "0 training runs" in question
+    assert profiles.delete(ctx, "ana-b").startswith("Deleted profile ana-b (2 samples")
+    assert profiles.names(ctx) == []
+
+
+def test_train_tab_offers_every_objective_default_first_and_checks_settings(ctx):
+    choices = train.objective_choices()
+    assert choices[0][1] == train.DEFAULTS.objective and "(default)" in choices[0][0]
+    assert {v for _, v in choices} >= {"cbpo", "kto", "sft", "bco"}
+    profiles.create(ctx, "ana")
+    with pytest.raises(IdiolectError, match="base model first"):
+        train.start(ctx, "ana", "kto", 0, 3, 1e-4, 4, 8, 512)
+    ctx.store.update_profile_settings("ana", model="/nowhere")
+    with pytest.raises(IdiolectError, match="LoRA|lora r|at least 1"):
+        train.start(ctx, "ana", "kto", 0, 3, 1e-4, 4, 0, 512)
+    assert train.progress_md(ctx, "ana") == "No training run yet." and train.curves(ctx, "ana") is None
+    with pytest.raises(IdiolectError, match="Nothing is training"):
+        train.cancel(ctx, "ana")
+
+
+def test_rate_refuses_before_a_pair_exists(ctx):
+    profiles.create(ctx, "ana")
+    with pytest.raises(IdiolectError, match="Generate first"):
+        rate.rate(ctx, "ana", [None, None], 0, 1, "text")
+    with pytest.raises(IdiolectError, match="prompt"):
+        next(rate.generate_pair(ctx, "ana", None, "  ", 0.8, 16, ""))
+    pid = ctx.store.get_profile("ana")["id"]
+    gen = ctx.store.add_generation(pid, "p", "a text")
+    assert rate.rate(ctx, "ana", [gen, None], 0, 1, "a text").startswith("Saved 👍 for A")
+    assert "nothing changed" in rate.rate(ctx, "ana", [gen, None], 0, 1, "a text")
+    assert rate.undo(ctx, "ana", [gen, None], 0) == "Took back the rating of A."
+    assert rate.history(ctx, "ana").empty
+
+
+def test_export_offers_a_zip_and_each_file(ctx, tmp_path):
+    folder = tmp_path / "out"
+    (folder / "sub").mkdir(parents=True)
+    files = [folder / "ana-summary.txt", folder / "sub" / "adapter.bin"]
+    files[0].write_text("Writes tersely.")
+    files[1].write_bytes(b"\0" * 10)
+    paths = export_tab.download_copy(folder, files, "ana")
+    assert paths[0].endswith("ana-export.zip") and len(paths) == 3
+    with zipfile.ZipFile(paths[0]) as z:
+        assert sorted(z.namelist()) == ["ana-summary.txt", "sub/adapter.bin"]
+        assert z.read("ana-summary.txt") == b"Writes tersely."
