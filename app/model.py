@@ -8,7 +8,7 @@ import gradio as gr
 
 from app.common import Ctx, need, on, status
 from core.errors import IdiolectError
-from core.models import RECOMMENDED, local_model_dir, models_on_disk, resolve
+from core.models import RECOMMENDED, delete_model, local_model_dir, models_on_disk, resolve
 
 
 def device_md() -> str:
@@ -53,6 +53,35 @@ def models_md(ctx: Ctx, profile: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def disk_choices() -> list[tuple[str, str]]:
+    return [
+        (
+            f"{m['kind']}: {m['path']}" + (f" ({m['bytes'] / 1e9:.2f} GB)" if m["bytes"] else ""),
+            f"{m['kind']}|{m['path']}",
+        )
+        for m in models_on_disk()
+        if m["kind"] != "offline"
+    ]
+
+
+def delete_from_disk(ctx: Ctx, choice: str | None, confirmed: bool) -> str:
+    """Delete a model on disk; refused while a profile uses it (a dequantized copy is a cache: always allowed)."""
+    if not choice:
+        raise IdiolectError("Choose the model to delete first.")
+    if not confirmed:
+        raise IdiolectError("Tick “yes, delete it” first: a deleted download has to be downloaded again.")
+    kind, _, path = choice.partition("|")
+    users = [
+        p["name"]
+        for p in ctx.store.list_profiles()
+        if ctx.store.profile_settings(p["name"]).get("model") == path
+    ]
+    if users and kind != "dequantized":
+        raise IdiolectError(f"{path} is in use by {', '.join(users)}: choose another model for them first.")
+    freed = delete_model(path, kind=kind)
+    return f"Deleted {kind} model {path} ({freed / 1e9:.2f} GB freed)."
+
+
 def choose_model(ctx: Ctx, profile: str | None, recommended: str, custom: str, progress=None) -> str:
     need(ctx, profile)
     spec = (custom or "").strip() or recommended
@@ -95,12 +124,22 @@ class ModelTab:
         )
         model_btn = gr.Button("Use this model", variant="primary", elem_id="use-model")
         model_md = gr.Markdown(elem_id="model-status")
+        with gr.Accordion("Delete a model from disk", open=False), gr.Row():
+            to_delete = gr.Dropdown([], label="Model on disk", scale=3, elem_id="model-delete-pick")
+            sure = gr.Checkbox(label="yes, delete it", scale=1)
+            delete_btn = gr.Button("Delete", variant="stop", scale=1, elem_id="model-delete")
 
         def use(p, rec, cus, progress=gr.Progress()):
             return choose_model(ctx, p, rec, cus, progress), status(ctx, p), models_md(ctx, p)
 
         on(model_btn.click, use, [profile, recommended, custom], [model_md, status_md, on_disk])
-        self.outputs = [device, on_disk]
+
+        def remove(p, choice, ok):
+            msg = delete_from_disk(ctx, choice, ok)
+            return msg, models_md(ctx, p), gr.update(choices=disk_choices(), value=None), False
+
+        on(delete_btn.click, remove, [profile, to_delete, sure], [model_md, on_disk, to_delete, sure])
+        self.outputs = [device, on_disk, to_delete]
 
     def views(self, profile):
-        return device_md(), models_md(self.ctx, profile)
+        return device_md(), models_md(self.ctx, profile), gr.update(choices=disk_choices(), value=None)

@@ -3,7 +3,10 @@ how much it helps the base model predict your held-out writing, and the peer poo
 
 from __future__ import annotations
 
+import math
+
 import gradio as gr
+import pandas as pd
 
 from app.common import Ctx, frame, model_of, need, on, reports_md, status
 from core.errors import IdiolectError
@@ -31,12 +34,55 @@ def analyze(ctx: Ctx, profile, pool, progress=None):
     )  # fmt: skip
     best = result["summary"]
     generic = next((c for c in result["candidates"] if c["name"] == "generic"), None)
-    score = (
-        f"Summary v{result['version']}: lift **{best['lift']:+.4f}** nats/token (candidate '{best['name']}')"
-        + (f"; a generic summary scores {generic['lift']:+.4f}." if generic else ".")
+    score = f"Summary v{result['version']}: " + score_words(
+        best["lift"], generic["lift"] if generic else None
     )
-    md = report_text(report) + f"\n\nRepresentative peers: {', '.join(report['representatives'])}."
+    md = (
+        "**How you write, compared with other writers**\n\n"
+        + report_text(report)
+        + "\n\n**The writers you were compared with** (one typical writer per group of similar writers):\n\n"
+        + writers_md(ctx, pool or "default", report["representatives"])
+    )
     return md, bars, best["text"], score
+
+
+def percent(lift: float) -> str:
+    """A lift in nats per token as the change in how likely the model finds each piece of your text."""
+    return f"{100 * (math.exp(lift) - 1):+.1f}%"
+
+
+def score_words(lift: float | None, generic: float | None = None) -> str:
+    if lift is None:
+        return "edited by you (not scored)."
+    out = (
+        f"given this summary as its instructions, the base model finds your held-out writing {percent(lift)} "
+        "more likely, word piece by word piece, than with no instructions"
+    )
+    return out + (f" (a generic summary: {percent(generic)})." if generic is not None else ".")
+
+
+def writers_md(ctx: Ctx, pool: str, writers: list[str]) -> str:
+    """Writer A, B, C ... with one short excerpt each (their pseudonyms stay internal)."""
+    texts = ctx.store.peer_texts(ctx.store.get_pool(pool)["id"], writers=writers)
+    first = {}
+    for t in texts:
+        first.setdefault(t["writer"], t["text"])
+    lines = []
+    for i, w in enumerate(writers):
+        words = first.get(w, "").split()
+        excerpt = " ".join(words[:30]) + (" …" if len(words) > 30 else "")
+        lines.append(f"- **Writer {chr(65 + i)}**: “{excerpt}”")
+    return "\n".join(lines) or "- none"
+
+
+def summary_history(ctx: Ctx, profile) -> pd.DataFrame:
+    prof = ctx.store.find_profile(profile) if profile else None
+    rows = [] if prof is None else ctx.store.list_summaries(prof["id"])
+    return pd.DataFrame(
+        [[s["version"], s["created_at"][:16].replace("T", " "), "you" if s["source"] == "user" else s["source"],
+          "not scored" if s["score"] is None else percent(s["score"]), s["text"][:120]] for s in rows],
+        columns=["version", "when", "written by", "helps the model by", "summary"],
+    )  # fmt: skip
 
 
 def save_summary(ctx: Ctx, profile, text) -> str:
@@ -51,8 +97,7 @@ def latest_summary(ctx: Ctx, profile) -> tuple[str, str]:
     if not rows:
         return "", "No summary yet."
     s = rows[0]
-    score = f"lift {s['score']:+.4f}" if s["score"] is not None else "edited by you"
-    return s["text"], f"Summary v{s['version']} ({s['source']}, {score})."
+    return s["text"], f"Summary v{s['version']}: " + score_words(s["score"])
 
 
 def import_pool(ctx: Ctx, f, name) -> str:
@@ -70,9 +115,11 @@ class PeersTab:
         pool_pick = gr.Dropdown([], value=None, label="Compare with pool", elem_id="pool-pick")
         analyze_btn = gr.Button("Compare and write my summary", variant="primary", elem_id="analyze")
         report_md = gr.Markdown(elem_id="report")
-        bars = gr.BarPlot(None, x="feature", y="z", color="dimension",
-                          color_map={"writing": "#4c78a8", "emotional": "#f58518", "semantic": "#e45756"},
-                          title="You vs. representative writers (z-scores)", x_label_angle=-45, height=320)  # fmt: skip
+        with gr.Accordion("The numbers behind it (how far you are from typical writers, in standard deviations)",
+                          open=False):  # fmt: skip
+            bars = gr.BarPlot(None, x="feature", y="z", color="dimension",
+                              color_map={"writing": "#4c78a8", "emotional": "#f58518", "semantic": "#e45756"},
+                              title="You vs. typical writers (z-scores)", x_label_angle=-45, height=320)  # fmt: skip
         summary_box = gr.Textbox(
             "",
             label="Your preference summary (editable; give it to any chat model)",
@@ -81,6 +128,8 @@ class PeersTab:
         )
         score_md = gr.Markdown("No summary yet.", elem_id="summary-score")
         save_btn = gr.Button("Save my edit as a new version")
+        history = gr.Dataframe(summary_history(ctx, None), label="Versions of your summary", interactive=False,
+                               wrap=True, elem_id="summary-history")  # fmt: skip
         with gr.Accordion("Peer pools (other writers)", open=False):
             gr.Markdown("A bundled pool ships with the app. Add a Stack Exchange `Posts.xml(.gz)` or a JSONL/CSV of "
                         "`{writer, prompt, text}`; writers get pseudonyms and contact details are scrubbed.")  # fmt: skip
@@ -105,8 +154,8 @@ class PeersTab:
            [score_md, status_md])  # fmt: skip
         on(pool_btn.click, lambda f, n, cur: (import_pool(ctx, f, n), pool_choices(ctx, cur)),
            [pool_file, pool_name, pool_pick], [pool_md, pool_pick])  # fmt: skip
-        self.outputs = [pool_pick, summary_box, score_md]
+        self.outputs = [pool_pick, summary_box, score_md, history]
 
     def views(self, profile):
         text, info = latest_summary(self.ctx, profile)
-        return pool_choices(self.ctx), text, info
+        return pool_choices(self.ctx), text, info, summary_history(self.ctx, profile)

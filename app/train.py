@@ -10,7 +10,7 @@ from app.common import Ctx, frame, model_of, need, on, signed, status
 from core import likeness, worker
 from core.errors import IdiolectError
 from core.objectives import DESCRIPTIONS
-from core.train import TrainConfig
+from core.train import TrainConfig, estimate_run
 
 DEFAULTS = TrainConfig(model="")
 
@@ -83,7 +83,7 @@ def run_choices(ctx: Ctx, profile: str | None) -> list[tuple[str, int]]:
     return [(f"run {r['id']} ({r['objective']}, {r['status']})", r["id"]) for r in runs]
 
 
-def start(ctx: Ctx, profile, objective, steps, epochs, lr, batch, lora_r, max_length) -> str:
+def config_of(ctx: Ctx, profile, objective, steps, epochs, lr, batch, lora_r, max_length) -> TrainConfig:
     need(ctx, profile)
     try:
         cfg = TrainConfig(
@@ -93,8 +93,26 @@ def start(ctx: Ctx, profile, objective, steps, epochs, lr, batch, lora_r, max_le
         )  # fmt: skip
     except (TypeError, ValueError) as exc:
         raise IdiolectError(f"Check the settings: {exc}") from None
-    run_id = worker.start(ctx.store, profile, cfg)
+    return cfg
+
+
+def start(ctx: Ctx, profile, *settings) -> str:
+    run_id = worker.start(ctx.store, profile, config_of(ctx, profile, *settings))
     return f"Run {run_id} started in a worker process."
+
+
+def estimate_md(ctx: Ctx, profile, *settings) -> str:
+    """What the run would take, before it starts, from what this machine measured."""
+    cfg = config_of(ctx, profile, *settings)
+    e = estimate_run(ctx.store, profile, cfg)
+    head = f"{e['steps']} steps over {e['target_texts']} of your texts."
+    if e["seconds"] is None:
+        return head + " Time and memory: no run on this model has been measured on this machine yet; the first " \
+            "run's progress shows its speed."  # fmt: skip
+    minutes = e["seconds"] / 60
+    took = f"about {minutes:.0f} min" if minutes >= 1 else f"about {e['seconds']:.0f} s"
+    mem = f", peak memory about {e['peak_memory_mb'] / 1024:.1f} GiB" if e["peak_memory_mb"] else ""
+    return f"{head} On this machine: {took}{mem} (scaled from run {e['based_on_run']} on the same model)."
 
 
 def cancel(ctx: Ctx, profile) -> str:
@@ -138,6 +156,7 @@ class TrainTab:
             max_length = gr.Number(value=DEFAULTS.max_length, precision=0, label="Max tokens per text", minimum=16,
                                    elem_id="train-max-length")  # fmt: skip
         with gr.Row():
+            estimate_btn = gr.Button("Estimate time and memory", elem_id="estimate-train")
             start_btn = gr.Button("Start training", variant="primary", elem_id="start-train")
             cancel_btn = gr.Button("Cancel", elem_id="cancel-train")
             resume_btn = gr.Button("Resume", elem_id="resume-train")
@@ -156,6 +175,7 @@ class TrainTab:
             return msg, gr.Timer(active=True), gr.update(choices=run_choices(ctx, args[0]))
 
         on(start_btn.click, begin, settings, [train_msg, timer, compare])
+        on(estimate_btn.click, lambda *a: estimate_md(ctx, *a), settings, [train_msg])
         on(cancel_btn.click, lambda p: cancel(ctx, p), [profile], [train_msg])
         on(resume_btn.click, lambda p: (resume(ctx, p), gr.Timer(active=True)), [profile], [train_msg, timer])
         on(compare.change, lambda p, ids: curves(ctx, p, ids), [profile, compare], [plot])

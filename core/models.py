@@ -489,8 +489,9 @@ def models_on_disk() -> list[dict]:
         for repo in scan_cache_dir(_hub_cache()).repos:
             if repo.repo_type == "model":
                 found.append(
-                    {"kind": "hub", "name": repo.repo_id, "path": repo.repo_id, "bytes": repo.size_on_disk}
-                )
+                    {"kind": "hub", "name": repo.repo_id, "path": repo.repo_id, "bytes": repo.size_on_disk,
+                     "folder": str(repo.repo_path)}
+                )  # fmt: skip
     except Exception:  # noqa: BLE001 - no cache yet, or one this version cannot read
         pass
     for gguf_file in sorted((data_dir() / "models").glob("*.gguf")):
@@ -508,6 +509,27 @@ def models_on_disk() -> list[dict]:
                  "bytes": _size(folder), "folder": str(folder)}
             )  # fmt: skip
     return found
+
+
+def delete_model(path: str, *, kind: str | None = None) -> int:
+    """Delete one model of :func:`models_on_disk` (its ``path``; ``kind`` picks between a GGUF file and its
+    dequantized copy, which share a path): a hub repository from the cache, a GGUF file from the data folder,
+    or a dequantized copy (a cache: made again when needed). Returns the bytes freed. Only what
+    ``models_on_disk`` lists can be deleted, never another path."""
+    import shutil
+
+    matches = [m for m in models_on_disk() if m["path"] == path and (kind is None or m["kind"] == kind)]
+    if not matches:
+        raise IdiolectError(f"{path!r} is not a model this app keeps on disk")
+    m = matches[0]
+    if m["kind"] == "offline":
+        raise IdiolectError("the offline model is a Python package: remove it with pip uninstall")
+    target = Path(m.get("folder") or m["path"])
+    if target.is_dir():
+        shutil.rmtree(target)
+    else:
+        target.unlink()
+    return int(m["bytes"] or 0)
 
 
 def _offline_installed() -> bool:

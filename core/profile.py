@@ -361,20 +361,37 @@ def difference_report(
     return report
 
 
+def _num(x: float) -> str:
+    return f"{x:.0f}" if abs(x) >= 10 else f"{x:.1f}" if abs(x) >= 1 else f"{x:.2f}"
+
+
+def plain_differences(report: dict, threshold: float = 0.8, limit: int = 12) -> list[str]:
+    """The clearest differences as short sentences with rounded numbers, strongest first: "You write longer
+    sentences: 24 words vs 15 for most writers." (the z-scores stay in the report, for those who ask)."""
+    out = []
+    for row in sorted(report["features"], key=lambda r: -abs(r["z_vs_representatives"])):
+        z = row["z_vs_representatives"]
+        if abs(z) < threshold or len(out) >= limit:
+            continue
+        f = FEATURE_BY_NAME[row["feature"]]
+        unit = f" {f.unit}" if f.unit else ""
+        phrase = f.more if z > 0 else f.less
+        out.append(
+            f"You {phrase}: {_num(row['user'])}{unit} vs {_num(row['representatives'])} for most writers."
+        )
+    return out
+
+
 def report_text(report: dict) -> str:
-    """The report as plain sentences for people."""
-    lines = []
-    names = {"writing": "Writing style", "emotional": "Emotional style", "semantic": "Semantic style"}
-    for dim, sents in report["sentences"].items():
-        if sents:
-            lines.append(f"{names[dim]}: compared with other writers, you " + "; you ".join(sents) + ".")
+    """The report as plain sentences for people, one per line."""
+    lines = [f"- {s}" for s in plain_differences(report)]
     more = [w for w, _ in report["distinctive_words"]["more"][:10]]
     if more:
-        lines.append("Words you use far more than others: " + ", ".join(more) + ".")
+        lines.append("- Words you use far more than others: " + ", ".join(more) + ".")
     fb = report.get("feedback")
     if fb and fb["sentences"]:
         lines.append(
-            "The generations you liked (against those you disliked): " + "; ".join(fb["sentences"]) + "."
+            "- The generations you liked, against those you disliked: " + "; ".join(fb["sentences"]) + "."
         )
     return "\n".join(lines) or "No clear differences yet: add more of your writing."
 

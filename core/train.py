@@ -366,6 +366,39 @@ def latest_completed_run(
     return None
 
 
+def estimate_run(store: Store, profile: str, cfg: TrainConfig) -> dict:
+    """Before starting: how many steps the run will take on the profile's data now, and its time and peak memory
+    as measured on this machine by the latest earlier run on the same base model (any profile), its seconds per
+    step scaled by texts per step x max length. ``seconds`` and ``peak_memory_mb`` are None when no run on this
+    model has been measured here yet."""
+    from core.generation import same_model
+
+    sets = load_sets(store, profile, pool=cfg.pool, peer_cap=cfg.peer_cap, heldout_fraction=cfg.heldout_fraction,
+                     seed=cfg.seed)  # fmt: skip
+    n = len(sets.train[TAR])
+    steps = cfg.steps or cfg.epochs * steps_per_epoch(n, cfg.batch_size)
+    out = {"steps": steps, "target_texts": n, "seconds": None, "peak_memory_mb": None, "based_on_run": None}
+    runs = [r for p in store.list_profiles() for r in store.list_runs(p["id"])]
+    for run in sorted(runs, key=lambda r: -r["id"]):
+        if not run["model"] or not (run["model"] == cfg.model or same_model(run["model"], cfg.model)):
+            continue
+        metrics = [m for m in store.run_metrics(run["id"]) if m.get("seconds")]
+        if len(metrics) < 2:
+            continue
+        per_step = sorted(m["seconds"] for m in metrics[1:])[
+            len(metrics[1:]) // 2
+        ]  # median, first step left out
+        then = TrainConfig.from_dict({**run["config"], "model": run["model"]})
+        scale = (cfg.batch_size * cfg.max_length) / (then.batch_size * then.max_length)
+        out.update(
+            seconds=steps * per_step * scale,
+            peak_memory_mb=max(m.get("peak_memory_mb") or 0 for m in metrics) or None,
+            based_on_run=run["id"],
+        )
+        break
+    return out
+
+
 def latest_checkpoint(directory: Path) -> Path | None:
     ckpts = sorted(directory.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     return ckpts[-1] if ckpts else None

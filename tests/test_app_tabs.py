@@ -143,3 +143,59 @@ def test_export_offers_a_zip_and_each_file(ctx, tmp_path):
     with zipfile.ZipFile(paths[0]) as z:
         assert sorted(z.namelist()) == ["ana-summary.txt", "sub/adapter.bin"]
         assert z.read("ana-summary.txt") == b"Writes tersely."
+
+
+def test_you_vs_peers_speaks_in_words_and_names_writers_by_letter(ctx):
+    from app import peers
+
+    assert peers.percent(0.0) == "+0.0%" and peers.percent(0.1) == "+10.5%"
+    words = peers.score_words(0.05, 0.01)
+    assert "+5.1% more likely" in words and "generic summary: +1.0%" in words and "nats" not in words
+    pool = ctx.store.ensure_pool("p")
+    ctx.store.add_peer_texts(pool["id"], [{"writer": "peer-5f8cfb921d", "text": "Grind fine. " * 20},
+                                          {"writer": "peer-0a", "text": "Short one."}])  # fmt: skip
+    md = peers.writers_md(ctx, "p", ["peer-5f8cfb921d", "peer-0a"])
+    assert (
+        "**Writer A**: “Grind fine." in md
+        and md.count("Grind") == 15
+        and "fine. …”" in md
+        and "**Writer B**: “Short one.”" in md
+    )
+    assert "peer-5f8cfb921d" not in md
+    profiles.create(ctx, "ana")
+    pid = ctx.store.get_profile("ana")["id"]
+    ctx.store.add_summary(pid, "Writes tersely.", "dpl", score=0.05)
+    ctx.store.add_summary(pid, "Writes tersely, no emoji.", "user")
+    hist = peers.summary_history(ctx, "ana")
+    assert hist["version"].tolist() == [2, 1] and hist["helps the model by"].tolist() == [
+        "not scored",
+        "+5.1%",
+    ]
+    assert peers.latest_summary(ctx, "ana")[1] == "Summary v2: edited by you (not scored)."
+
+
+def test_the_train_estimate_comes_from_this_machines_last_run_on_the_model(tmp_path):
+    from core.cli import open_store
+
+    store = open_store(str(tmp_path / "app.db"))
+    ctx = Ctx(store)
+    profiles.create(ctx, "ana")
+    writing.add_pasted(ctx, "ana", "\n\n".join(f"My text number {i}, in my own words." for i in range(20)))
+    store.update_profile_settings("ana", model="tiny-model")
+    settings = ("cbpo", 0, 3, 1e-4, 4, 8, 256)
+    first = train.estimate_md(ctx, "ana", *settings)
+    assert (
+        first.startswith("15 steps over 18 of your texts.")
+        and "no run on this model has been measured" in first
+    )
+    other = profiles.create(ctx, "bo")
+    run = store.create_run(store.get_profile(other)["id"], "cbpo", "tiny-model",
+                           {"batch_size": 2, "max_length": 128, "model": "tiny-model"})  # fmt: skip
+    for step, secs in enumerate([9.0, 1.0, 1.2, 0.8], start=1):  # the first step (warm-up) is left out
+        store.log_metrics(run, step, {"seconds": secs, "peak_memory_mb": 2048 + step})
+    est = train.estimate_md(ctx, "ana", *settings)
+    # 15 steps x 1.0 s median x (4 x 256) / (2 x 128) = 60 s
+    assert (
+        "On this machine: about 1 min, peak memory about 2.0 GiB (scaled from run 1 on the same model)" in est
+    )
+    store.close()

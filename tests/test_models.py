@@ -9,6 +9,7 @@ import re
 import shutil
 import threading
 from collections import namedtuple
+from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
@@ -169,6 +170,15 @@ def test_a_gguf_file_is_dequantized_once_into_a_training_folder(
     (tmp_path / "bad.gguf").write_bytes(b"GGUF" + b"\x00" * 64)
     with pytest.raises(IdiolectError, match="not a readable GGUF file|cannot dequantize"):
         local_model_dir(str(tmp_path / "bad.gguf"))
+    # The Model tab's delete: the dequantized copy (a cache) goes; the user's own GGUF file is never touched.
+    from core.models import delete_model, models_on_disk
+
+    listed = [m for m in models_on_disk() if m["kind"] == "dequantized"]
+    assert [Path(m["folder"]) for m in listed] == [folder]
+    with pytest.raises(IdiolectError, match="not a model this app keeps"):
+        delete_model(str(tmp_path / "bad.gguf"))
+    assert delete_model(listed[0]["path"], kind="dequantized") > 0
+    assert not folder.exists() and tiny_ggufs["llama"].exists()
 
 
 def test_recommended_list_is_well_formed():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 from conftest import shared_file
@@ -166,3 +167,15 @@ def test_cli_summary(target_store, pretrained_base):
     assert "Representative peers:" in out.stdout and "Summary v1 (lift" in out.stdout
     assert "a generic summary scores" in out.stdout
     assert target_store.list_summaries(target_store.get_profile("me")["id"])[0]["version"] == 1
+
+
+def test_plain_differences_are_sentences_with_rounded_numbers():
+    from core.profile import plain_differences
+
+    user = ["sooo good!!! love this place 🎉", "amazing night!!! best food EVER 😍", "wow wow wow!!! happy 🎉",
+            "great match!!! we won, brilliant 🎉"]  # fmt: skip
+    lines = plain_differences(difference_report(user, _pool(), seed=0))
+    assert any(
+        s.startswith("You use more exclamation marks: ") and s.endswith(" for most writers.") for s in lines
+    )
+    assert not any(re.search(r"\d\.\d{3}", s) or "z" in s.split(":")[0] for s in lines)  # no raw floats, no z
