@@ -11,7 +11,8 @@ from pathlib import Path
 import gradio as gr
 
 from app.common import Ctx, need, on, status
-from core.export import DEFAULT_FORMATS, FORMATS, export, safe_name
+from core.errors import IdiolectError
+from core.export import DEFAULT_FORMATS, FORMATS, export, safe_name, try_export
 from core.paths import data_dir
 
 
@@ -47,6 +48,15 @@ def do_export(ctx: Ctx, profile, formats, folder):
     return f"Exported to `{result.folder}`:\n{files}{skipped}", summary, snippet, commands, downloads
 
 
+def test_export(ctx: Ctx, profile, folder, prompt) -> str:
+    """The exported GGUF LoRA answers a prompt in llama.cpp, as it will for the user."""
+    need(ctx, profile)
+    folder = (folder or "").strip() or str(data_dir() / "exports" / profile)
+    if not (prompt or "").strip():
+        raise IdiolectError("Type a prompt for the test.")
+    return try_export(folder, prompt.strip(), max_new_tokens=120)
+
+
 class ExportTab:
     def __init__(self, ctx: Ctx, profile, status_md) -> None:
         formats = gr.CheckboxGroup(
@@ -64,12 +74,25 @@ class ExportTab:
         summary = gr.Code(label="Summary (copy into any system prompt)", language=None, elem_id="export-summary",
                           buttons=["copy"])  # fmt: skip
         snippet = gr.Code(label="Python (official openai client)", language="python", buttons=["copy"])
+        with gr.Group():
+            test_prompt = gr.Textbox(label="Test the export: llama.cpp answers with your GGUF LoRA and summary",
+                                     value="Describe your morning coffee.", elem_id="export-test-prompt")  # fmt: skip
+            test_btn = gr.Button("Test it in llama.cpp", elem_id="export-test")
+            test_out = gr.Textbox(
+                label="Its answer", lines=5, interactive=False, elem_id="export-test-answer"
+            )
 
         def run(p, f, d):
             return (*do_export(ctx, p, f, d), status(ctx, p))
 
         on(export_btn.click, run, [profile, formats, folder],
            [report, summary, snippet, commands, downloads, status_md])  # fmt: skip
+        on(
+            test_btn.click,
+            lambda p, d, q: test_export(ctx, p, d, q),
+            [profile, folder, test_prompt],
+            [test_out],
+        )
         self.outputs: list = []
 
     def views(self, profile):

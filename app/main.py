@@ -55,8 +55,11 @@ def build_ui(store: Store) -> gr.Blocks:
         status_md = gr.Markdown(elem_id="status")
         tabs = []
         for title, tab_id, cls in TABS:
-            with gr.Tab(title, id=tab_id):
+            with gr.Tab(title, id=tab_id) as tab_block:
                 tabs.append(cls(ctx, profile, status_md))
+            if hasattr(tabs[-1], "on_select"):  # what a tab re-reads whenever it is opened
+                fn, outs = tabs[-1].on_select()
+                tab_block.select(fn, [profile], outs)
         outputs = [status_md] + [c for t in tabs for c in t.outputs]
 
         def views(p):

@@ -140,6 +140,52 @@ def undo(ctx: Ctx, profile, ids, side: int) -> str:
     return f"Took back the rating of {'AB'[side]}." if had else f"{'AB'[side]} has no rating to undo."
 
 
+def transcript(history: list[dict], message: str) -> str:
+    """The prompt of a chat reply: the conversation so far, then the new message. Stored as the generation's
+    prompt, so a rated reply trains in the context it was written in (rendered as the training texts are)."""
+    turns = [
+        f"{'Me' if m['role'] == 'user' else 'Assistant'}: {m['content']}" for m in history if m.get("content")
+    ]
+    return "\n\n".join([*turns, message]) if turns else message
+
+
+def chat_reply(ctx: Ctx, profile, history: list[dict] | None, message: str, temperature, max_tokens):
+    """Stream the reply of the profile's latest adapter (the base before any training) to ``message`` after
+    ``history``; yields (history, generation ids by message index). Every reply is stored and can be rated."""
+    prof = need(ctx, profile)
+    message = (message or "").strip()
+    if not message:
+        raise IdiolectError("Type a message first.")
+    model = model_of(ctx, profile)
+    gen = ctx.generators.get(model)
+    run = latest_completed_run(ctx.store, prof["id"], model_dir=gen.model_ref)
+    adapter = run["adapter_path"] if run else None
+    gen.set_adapter(gen.load_adapter(adapter) if adapter else None)
+    history = list(history or [])
+    prompt = transcript(history, message)
+    params = SamplingParams(max_new_tokens=int(max_tokens), temperature=float(temperature)).with_seed()
+    history += [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
+    for piece in gen.stream(prompt, params):
+        history[-1]["content"] += piece
+        yield history, None
+    gid = ctx.store.add_generation(prof["id"], prompt, history[-1]["content"], model=model, adapter=adapter,
+                                   params=params.to_dict())  # fmt: skip
+    yield history, {len(history) - 1: gid}
+
+
+def chat_rate(ctx: Ctx, profile, ids: dict, index, liked) -> str:
+    """👍 / 👎 on a chat reply (``ids`` maps message index to its stored generation)."""
+    prof = need(ctx, profile)
+    index = index[0] if isinstance(index, list | tuple) else index
+    gid = (ids or {}).get(index, (ids or {}).get(str(index)))
+    if gid is None:
+        raise IdiolectError("Only the assistant's finished replies can be rated.")
+    rating = 1 if liked is True or liked == "Like" else -1
+    saved = ctx.store.rate(prof["id"], int(gid), rating)
+    return f"Saved {'👍' if rating > 0 else '👎'} for that reply: {feedback_meaning(rating, False)}." if saved[
+        "changed"] else "That reply already has this rating."  # fmt: skip
+
+
 LIKENESS_HELP = (
     "One of these texts is yours, one your adapter wrote for the same prompt: pick the one you wrote. Your text is "
     "one the adapter never trained on; both are cut to the same length. The score is how often the adapter fooled "
@@ -211,6 +257,11 @@ class RateTab:
                     undo_b = gr.Button("Undo B", elem_id="undo-b", interactive=False)
         rate_md = gr.Markdown(elem_id="rate-status")
         hist = gr.Dataframe(history(ctx, None), label="Your ratings", interactive=False, wrap=True)
+        with gr.Accordion("Chat with your adapter and rate any reply", open=False, elem_id="chat"):
+            chatbot = gr.Chatbot([], height=360, elem_id="chatbot", label="Chat (your latest adapter)")
+            chat_in = gr.Textbox(label="Message", placeholder="Type and press Enter", elem_id="chat-input")
+            chat_md = gr.Markdown(elem_id="chat-status")
+            chat_ids = gr.State({})
         with gr.Accordion(
             "Sounds like me? Tell your writing from your adapter's", open=False, elem_id="likeness"
         ):
@@ -268,6 +319,18 @@ class RateTab:
                 return pick_likeness(ctx, p, test_id, side), None, off, off
 
             on(btn.click, choose, [profile, like_state], [like_md, like_state, *picks])
+
+        def send(p, hist_, msg, temp, tokens, ids):
+            for history_, new in chat_reply(ctx, p, hist_, msg, temp, tokens):
+                yield history_, "", ({**ids, **new} if new else gr.skip())
+
+        on(chat_in.submit, send, [profile, chatbot, chat_in, temperature, max_tokens, chat_ids],
+           [chatbot, chat_in, chat_ids])  # fmt: skip
+
+        def liked(p, ids, data: gr.LikeData):
+            return chat_rate(ctx, p, ids, data.index, data.liked), history(ctx, p), status(ctx, p)
+
+        on(chatbot.like, liked, [profile, chat_ids], [chat_md, hist, status_md])
         self.outputs = [prompt_pick, hist]
 
     def views(self, profile):

@@ -186,6 +186,12 @@ class TrainTab:
 
         timer.tick(poll, [profile, compare], [progress, plot, runs, timer, status_md])
         self.outputs = [progress, plot, runs, compare, timer]
+        self._fresh = [progress, runs]
+
+    def on_select(self):
+        """Opening the tab re-reads the run and the runs table (a "Sounds like me?" answer given on the Rate tab
+        shows here at once); the comparison picked stays."""
+        return (lambda p: (progress_md(self.ctx, p), runs_table(self.ctx, p))), self._fresh
 
     def views(self, profile):
         ctx = self.ctx

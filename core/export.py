@@ -284,6 +284,7 @@ def export(
     }
     result.commands = run_commands(folder, slug, base_gguf_name, lora_gguf_name)
     manifest["commands"] = result.commands
+    manifest["llama_cpp"] = {"base": base_gguf_name, "lora": lora_gguf_name}
     manifest_path = folder / "manifest.json"
     manifest_path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     result.files.append(manifest_path)
@@ -297,6 +298,28 @@ def export(
         summary_id=summary["id"] if summary else None,
     )
     return result
+
+
+def try_export(folder: str | Path, prompt: str, *, max_new_tokens: int = 80, seed: int | None = None) -> str:
+    """Run an export as a user will: llama.cpp loads its base GGUF with its GGUF LoRA and the summary as the
+    system prompt (what its Modelfile says), and answers ``prompt``."""
+    import json as _json
+
+    from core.generation import LlamaCppGenerator, SamplingParams
+
+    folder = Path(folder)
+    try:
+        manifest = _json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise IdiolectError(f"{folder} holds no readable export (manifest.json: {exc})") from None
+    files = manifest.get("llama_cpp") or {}
+    if not files.get("lora") or not files.get("base"):
+        raise IdiolectError("this export has no GGUF LoRA and base to run: export with the gguf format")
+    base = Path(files["base"]) if Path(files["base"]).is_absolute() else folder / files["base"]
+    summary = next(iter(sorted(folder.glob("*-summary.txt"))), None)
+    gen = LlamaCppGenerator(base, lora_path=folder / files["lora"])
+    system = summary.read_text(encoding="utf-8").strip() if summary else None
+    return gen.generate(prompt, SamplingParams(max_new_tokens=max_new_tokens).with_seed(seed), system=system)
 
 
 def _merge(base_dir: Path, adapter_dir: Path, dest: Path) -> list[Path]:

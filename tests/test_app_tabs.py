@@ -199,3 +199,25 @@ def test_the_train_estimate_comes_from_this_machines_last_run_on_the_model(tmp_p
         "On this machine: about 1 min, peak memory about 2.0 GiB (scaled from run 1 on the same model)" in est
     )
     store.close()
+
+
+def test_chat_replies_are_stored_with_their_conversation_and_any_can_be_rated(ctx, pretrained_base):
+    profiles.create(ctx, "ana")
+    ctx.store.update_profile_settings("ana", model=str(pretrained_base))
+    frames = list(rate.chat_reply(ctx, "ana", [], "What do you drink in the morning?", 0.8, 8))
+    history, ids = frames[-1]
+    assert [m["role"] for m in history] == ["user", "assistant"] and ids == {1: ids[1]}
+    frames = list(rate.chat_reply(ctx, "ana", history, "And after lunch?", 0.8, 8))
+    history, more = frames[-1]
+    g = ctx.store.get_generation(more[3])
+    assert g["prompt"].startswith("Me: What do you drink in the morning?\n\nAssistant: ")
+    assert g["prompt"].endswith("\n\nAnd after lunch?") and g["text"] == history[3]["content"]
+    assert rate.chat_rate(ctx, "ana", {**ids, **more}, 3, False).startswith("Saved 👎 for that reply")
+    assert rate.chat_rate(ctx, "ana", {"1": ids[1]}, [1], True).startswith(
+        "Saved 👍"
+    )  # as the browser sends it
+    with pytest.raises(IdiolectError, match="Only the assistant's finished replies"):
+        rate.chat_rate(ctx, "ana", ids, 0, True)
+    with pytest.raises(IdiolectError, match="Type a message"):
+        next(rate.chat_reply(ctx, "ana", history, "  ", 0.8, 8))
+    assert len(rate.history(ctx, "ana")) == 2

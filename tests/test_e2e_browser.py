@@ -211,6 +211,9 @@ def test_first_time_user_journey(app, pretrained_base, tmp_path):
 
         # Rate, blind: after training one side is the adapter, named only once a side is rated.
         tab("Rate")
+        page.fill(
+            "#prompt-own input, #prompt-own textarea", "Describe your morning coffee."
+        )  # the page was reloaded
         third_pair = generate_pair()
         assert "shown after you rate" in page.inner_text("#pair-label")
         page.click("#up-b")
@@ -234,6 +237,8 @@ def test_first_time_user_journey(app, pretrained_base, tmp_path):
         )
         tab("Train")
         page.wait_for_function("document.querySelector('#runs')?.innerText.includes('of 1 times')")
+        page.locator("#compare-runs label", has_text="run 1").first.click()  # the run comparison plot
+        page.wait_for_function("document.querySelector('#loss-plot canvas, #loss-plot svg')", timeout=60_000)
 
         # You vs. peers: differences and the summary chosen by lift.
         tab("You vs. peers")
@@ -265,6 +270,10 @@ def test_first_time_user_journey(app, pretrained_base, tmp_path):
 
         with zipfile.ZipFile(zipped) as z:
             assert "manifest.json" in z.namelist() and "e2e-lora.gguf" in z.namelist()
+        page.click("#export-test")  # llama.cpp runs the exported GGUF LoRA
+        page.wait_for_function(
+            "document.querySelector('#export-test-answer textarea')?.value.length > 0", timeout=120_000
+        )
         shot("6-export")
 
         # A second profile, deleted after a confirmation that says what goes.

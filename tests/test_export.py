@@ -141,6 +141,17 @@ def test_export_all_formats_and_serve_with_openai_client(store, tiny_models, tmp
         server.terminate()
         server.wait(timeout=30)
 
+    # The app's "test it": llama.cpp runs the export as its Modelfile says (base + LoRA + summary as system).
+    from core.export import try_export
+
+    assert manifest["llama_cpp"] == {"base": base_gguf.name, "lora": f"{slug}-lora.gguf"}
+    assert isinstance(try_export(out, "Describe your morning coffee.", max_new_tokens=8, seed=1), str)
+    (out / "manifest.json").write_text(json.dumps({**manifest, "llama_cpp": {"base": None, "lora": None}}))
+    with pytest.raises(IdiolectError, match="export with the gguf format"):
+        try_export(out, "hi")
+    with pytest.raises(IdiolectError, match="no readable export"):
+        try_export(tmp_path, "hi")
+
 
 def test_merged_model_matches_base_plus_adapter(store, tiny_models, tmp_path):
     from peft import PeftModel
