@@ -80,7 +80,7 @@ def curves(ctx: Ctx, profile: str | None, run_ids=None):
 def run_choices(ctx: Ctx, profile: str | None) -> list[tuple[str, int]]:
     prof = ctx.store.find_profile(profile) if profile else None
     runs = [] if prof is None else ctx.store.list_runs(prof["id"])
-    return [(f"run {r['id']} ({r['objective']}, {r['status']})", r["id"]) for r in runs]
+    return [(f"run {r['id']} ({r['objective']})", r["id"]) for r in runs]  # no status: it would go stale
 
 
 def config_of(ctx: Ctx, profile, objective, steps, epochs, lr, batch, lora_r, max_length) -> TrainConfig:

@@ -221,3 +221,27 @@ def test_chat_replies_are_stored_with_their_conversation_and_any_can_be_rated(ct
     with pytest.raises(IdiolectError, match="Type a message"):
         next(rate.chat_reply(ctx, "ana", history, "  ", 0.8, 8))
     assert len(rate.history(ctx, "ana")) == 2
+
+
+def test_a_failing_handler_shows_one_toast_and_leaves_every_output_as_it_was(monkeypatch):
+    import gradio as gr
+
+    from app import common
+
+    shown = []
+    monkeypatch.setattr(common, "toast", shown.append)
+    wire = lambda fn, inputs, outputs, **kw: fn  # noqa: E731 - stands in for button.click: returns the wrapper
+
+    def fails(name):
+        raise IdiolectError(f"no profile named {name!r}")
+
+    handler = common.on(wire, fails, ["in"], ["a", "b"])
+    assert handler("ghost") == (gr.skip(), gr.skip()) and shown == ["no profile named 'ghost'"]
+    assert common.on(wire, fails, ["in"], ["a"])("x") == gr.skip()
+
+    def streams(n):
+        yield "first"
+        raise IdiolectError("stopped half way")
+
+    assert list(common.on(wire, streams, ["in"], ["a"])(1)) == ["first", gr.skip()]
+    assert shown[-1] == "stopped half way"

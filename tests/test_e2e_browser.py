@@ -2,7 +2,9 @@
 with a tiny model. Create a profile, add writing, choose the model, generate and rate, train, see the summary,
 export -- checking what the page shows, what lands in SQLite and what lands on disk.
 
-Set IDIOLECT_SCREENSHOTS=DIR to keep a screenshot of every tab (docs/screenshots/ is made that way)."""
+Set IDIOLECT_SCREENSHOTS=DIR to keep a screenshot of every tab, and IDIOLECT_E2E_MODEL=offline (or any model
+the app takes) to walk the journey with a real model instead of the tiny one, so the texts are English (slow on a
+CPU: the waits grow accordingly). docs/screenshots/ is made with both."""
 
 from __future__ import annotations
 
@@ -53,6 +55,11 @@ def app(tmp_path):
     proc.terminate()
     proc.wait(timeout=30)
     log.close()
+
+
+REAL_MODEL = os.environ.get("IDIOLECT_E2E_MODEL")
+SLOW = 8 if REAL_MODEL else 1  # a real model on a CPU: every wait on the model is this many times longer
+STEPS = 8 if REAL_MODEL else 30
 
 
 def test_first_time_user_journey(app, pretrained_base, tmp_path):
@@ -145,10 +152,10 @@ def test_first_time_user_journey(app, pretrained_base, tmp_path):
 
         # Model
         tab("Model")
-        page.fill("#custom-model input, #custom-model textarea", str(pretrained_base))
+        page.fill("#custom-model input, #custom-model textarea", REAL_MODEL or str(pretrained_base))
         page.click("#use-model")
         page.wait_for_function(
-            "document.querySelector('#model-status')?.innerText.includes('Using the folder')"
+            "document.querySelector('#model-status')?.innerText.includes('Using the')", timeout=SLOW * 60_000
         )
         shot("2-model")
 
@@ -164,7 +171,7 @@ def test_first_time_user_journey(app, pretrained_base, tmp_path):
                 "([before]) => { const t = document.querySelector('#pair-label')?.innerText || '';"
                 " return t.includes('rate each') && !(before && t.includes(before)); }",
                 arg=[before.group(0) if before else None],
-                timeout=120_000,
+                timeout=SLOW * 120_000,
             )
             return page.input_value("#text-a textarea"), page.input_value("#text-b textarea")
 
@@ -188,7 +195,7 @@ def test_first_time_user_journey(app, pretrained_base, tmp_path):
 
         # Train a few steps in the worker process; the page polls its progress.
         tab("Train")
-        page.fill("#train-steps input", "30")
+        page.fill("#train-steps input", str(STEPS))
         page.fill("#train-lr input", "0.001")
         page.click("#start-train")
         page.wait_for_function("document.querySelector('#train-progress')?.innerText.includes('Run 1')")
@@ -200,9 +207,10 @@ def test_first_time_user_journey(app, pretrained_base, tmp_path):
                 "document.querySelector('#train-progress')?.innerText.includes('Run 1 (cbpo)')"
             )
         page.wait_for_function(
-            "document.querySelector('#train-progress')?.innerText.includes('completed')", timeout=300_000
+            "document.querySelector('#train-progress')?.innerText.includes('completed')",
+            timeout=SLOW * 300_000,
         )
-        assert "step 30/30" in page.inner_text("#train-progress")
+        assert f"step {STEPS}/{STEPS}" in page.inner_text("#train-progress")
         second.wait_for_function(
             "document.querySelector('#train-progress')?.innerText.includes('completed')", timeout=60_000
         )
@@ -228,7 +236,7 @@ def test_first_time_user_journey(app, pretrained_base, tmp_path):
         page.wait_for_function(
             "document.querySelector('#likeness-1 textarea')?.value.length > 0"
             " && !document.querySelector('#likeness-pick-0').disabled",
-            timeout=120_000,
+            timeout=SLOW * 120_000,
         )
         shot("3b-sounds-like-me")
         page.click("#likeness-pick-0")
@@ -244,7 +252,8 @@ def test_first_time_user_journey(app, pretrained_base, tmp_path):
         tab("You vs. peers")
         page.click("#analyze")
         page.wait_for_function(
-            "document.querySelector('#summary-score')?.innerText.includes('more likely')", timeout=300_000
+            "document.querySelector('#summary-score')?.innerText.includes('more likely')",
+            timeout=SLOW * 300_000,
         )
         assert "Writer A" in page.inner_text("#report")
         summary = page.input_value("#summary textarea")
@@ -256,14 +265,15 @@ def test_first_time_user_journey(app, pretrained_base, tmp_path):
         page.fill("#export-folder input, #export-folder textarea", str(export_dir))
         page.click("#export-btn")
         page.wait_for_function(
-            "document.querySelector('#export-report')?.innerText.includes('Exported to')", timeout=300_000
+            "document.querySelector('#export-report')?.innerText.includes('Exported to')",
+            timeout=SLOW * 300_000,
         )
         assert "e2e-lora.gguf" in page.inner_text("#export-report")
         assert "ollama create" in page.inner_text("#export-commands") or "llama-server" in page.inner_text(
             "#export-commands"
         )
         with page.expect_download() as download:
-            page.locator("#export-downloads a", has_text="e2e-export.zip").first.click()
+            page.locator("#export-downloads tr", has_text="e2e-export").locator("a").first.click()
         zipped = tmp_path / "download.zip"
         download.value.save_as(zipped)
         import zipfile
@@ -272,7 +282,7 @@ def test_first_time_user_journey(app, pretrained_base, tmp_path):
             assert "manifest.json" in z.namelist() and "e2e-lora.gguf" in z.namelist()
         page.click("#export-test")  # llama.cpp runs the exported GGUF LoRA
         page.wait_for_function(
-            "document.querySelector('#export-test-answer textarea')?.value.length > 0", timeout=120_000
+            "document.querySelector('#export-test-answer textarea')?.value.length > 0", timeout=SLOW * 120_000
         )
         shot("6-export")
 
@@ -305,7 +315,7 @@ def test_first_time_user_journey(app, pretrained_base, tmp_path):
     # one label per generation
     assert current == [(first_pair[0], -1), (first_pair[1], -1), (third_pair[1], 1)]
     assert count("SELECT count(*) FROM feedback") == 4  # A's 👍 is kept as history
-    assert count("SELECT count(*) FROM runs WHERE status = 'completed' AND step = 30") == 1
+    assert count(f"SELECT count(*) FROM runs WHERE status = 'completed' AND step = {STEPS}") == 1
     assert count("SELECT text FROM summaries ORDER BY version DESC LIMIT 1") == summary
     assert count("SELECT count(*) FROM exports") == 1
     assert (export_dir / "manifest.json").exists() and (export_dir / "e2e-lora.gguf").exists()
