@@ -429,6 +429,99 @@ def plot(per_target: dict, objectives: list[str], path: Path) -> Path | None:
     return path
 
 
+KEYS = ("target_lift", "peer_lift", "specificity", "pair_accuracy", "pair_accuracy_ll", "rouge1", "rougeL", "meteor",
+        "bleu", "authorship")  # fmt: skip
+
+
+def summarize(per_target: dict, objectives: list[str]) -> tuple[dict, dict, list[dict]]:
+    """Per objective and metric: the mean with its 95% CI over targets, the means alone, and the table rows."""
+    from core.metrics import mean_ci
+
+    summary = {
+        o: {
+            k: mean_ci([m[o][k] for m in per_target.values() if o in m and m[o].get(k) is not None])
+            for k in KEYS
+        }
+        for o in objectives
+    }
+    flat = {o: {k: v["mean"] for k, v in summary[o].items()} for o in objectives}
+
+    def cell(o, k):
+        v = summary[o][k]
+        if v["mean"] is None:
+            return "n/a"
+        return f"{v['mean']:.3f}" + (f" ± {(v['ci95'][1] - v['ci95'][0]) / 2:.3f}" if v["ci95"] else "")
+
+    return summary, flat, [{"objective": o, **{k: cell(o, k) for k in KEYS}} for o in objectives]
+
+
+def merge_cmd(args) -> dict:
+    """One table from personalization runs on the same dump, splits and base, each contributing the objectives
+    named for it (``--take RUN:obj1,obj2``): used when tuning changed the settings of some objectives only, so
+    the others keep their reported runs. Refuses runs whose targets or base measurements differ."""
+    from bench.report import write
+
+    taken: list[tuple[dict, str, list[str]]] = []
+    for item in args.take:
+        path, _, names = item.rpartition(":")
+        result = json.loads(Path(path).read_text())
+        taken.append((result, path, [n for n in names.split(",") if n]))
+    first = taken[0][0]
+    for result, path, names in taken:
+        if result["peers_file"] != first["peers_file"] or set(result["per_target"]) != set(
+            first["per_target"]
+        ):
+            raise SystemExit(f"{path}: another dump or other targets than {taken[0][1]}")
+        for t, m in result["per_target"].items():
+            a, b = m["base"], first["per_target"][t]["base"]
+            if abs(a["target_ll"] - b["target_ll"]) > 1e-3 or abs(a["peer_ll"] - b["peer_ll"]) > 1e-3:
+                raise SystemExit(f"{path}: the base measures differently on {t}: not the same splits or base")
+        missing = [n for n in names if n not in result["settings"]["per_objective"]]
+        if missing:
+            raise SystemExit(f"{path} has no objective {missing}")
+    objectives = ["base"] + [n for _, _, names in taken for n in names]
+    per_target = {
+        t: {
+            "base": first["per_target"][t]["base"],
+            **{n: r["per_target"][t][n] for r, _, names in taken for n in names},
+        }
+        for t in first["per_target"]
+    }
+    summary, flat, table = summarize(per_target, objectives)
+    result = {
+        "objectives": flat, "ci95": summary, "targets": len(per_target), "model": first["model"],
+        "default_objective": first["default_objective"], "peers_file": first["peers_file"], "base": first["base"],
+        "generation_backend": first["generation_backend"],
+        "settings": {**first["settings"], "per_objective": {n: r["settings"]["per_objective"][n]
+                                                            for r, _, names in taken for n in names}},
+        "merged_from": {path: names for _, path, names in taken}, "per_target": per_target,
+        "seconds": sum(r["seconds"] for r, _, _ in taken),
+    }  # fmt: skip
+    command = (
+        "python launch.py bench merge " + " ".join(f"--take {t}" for t in args.take) + f" --out {args.out}"
+    )
+    _, md = write(args.out, "personalization", result, table,
+                  f"Personalization on {Path(first['peers_file']).name}, merged ({len(per_target)} targets; mean ± "
+                  "95% CI half-width; every metric on texts no objective trained on)", command)  # fmt: skip
+    md.write_text(
+        md.read_text()
+        + "\nFrom: "
+        + "; ".join(f"{', '.join(n)} from `{p}`" for p, n in result["merged_from"].items())
+        + "\n"
+    )
+    png = plot(per_target, objectives[1:], Path(args.out) / "personalization.png")
+    if png:
+        md.write_text(md.read_text() + f"\n![target lift vs peer lift]({png.name})\n")
+    print(md.read_text())
+    return result
+
+
+def add_merge_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--take", action="append", required=True, metavar="RUN.json:OBJ[,OBJ]",
+                   help="a personalization.json and the objectives to take from it")  # fmt: skip
+    p.add_argument("--out", required=True, help="folder for the merged personalization.json/.md/.png")
+
+
 def personalization_cmd(args) -> dict:
     import torch
     from peft import PeftModel
@@ -545,16 +638,7 @@ def personalization_cmd(args) -> dict:
                 popi[name].update(score)
         store.close()
 
-    keys = ("target_lift", "peer_lift", "specificity", "pair_accuracy", "pair_accuracy_ll", "rouge1", "rougeL",
-            "meteor", "bleu", "authorship")  # fmt: skip
-    summary = {
-        o: {
-            k: mean_ci([per_target[t][o][k] for t in per_target if per_target[t][o].get(k) is not None])
-            for k in keys
-        }
-        for o in objectives
-    }
-    flat = {o: {k: v["mean"] for k, v in summary[o].items()} for o in objectives}
+    summary, flat, table = summarize(per_target, objectives)
     popi_summary = {
         k: mean_ci([p[k] for p in popi.values() if k in p]) for k in ("own", "generic", "other_writer")
     }
@@ -599,13 +683,6 @@ def personalization_cmd(args) -> dict:
         "seconds": round(time.monotonic() - started),
     }
 
-    def cell(o, k):
-        v = summary[o][k]
-        if v["mean"] is None:
-            return "n/a"
-        return f"{v['mean']:.3f}" + (f" ± {(v['ci95'][1] - v['ci95'][0]) / 2:.3f}" if v["ci95"] else "")
-
-    table = [{"objective": o, **{k: cell(o, k) for k in keys}} for o in objectives]
     command = (
         f"python launch.py bench personalization --peers {args.peers} --targets {args.targets} --base {args.base} "
         f"--out {args.out} --seed {args.seed} --steps {args.steps} --batch {args.batch} --lr {args.lr} "

@@ -302,6 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_personalization.add_tune_arguments(bp)
     _add_db(bp)  # accepted after the bench name too
+    bp = bench_sub.add_parser(
+        "merge",
+        help="one personalization table from runs on the same splits, each giving some objectives",
+        description=bench_personalization.merge_cmd.__doc__,
+    )
+    bench_personalization.add_merge_arguments(bp)
+    _add_db(bp)  # accepted after the bench name too
     _add_db(p)
 
     p = sub.add_parser(
@@ -622,6 +629,7 @@ def cmd_bench(args) -> int:
         "pretrain": bench_personalization.pretrain_cmd,
         "personalization": bench_personalization.personalization_cmd,
         "tune": bench_personalization.tune_cmd,
+        "merge": bench_personalization.merge_cmd,
     }[args.bench](args)
     return 0
 

@@ -196,3 +196,35 @@ def test_tuning_picks_each_objectives_best_run_on_the_tuning_dump(tmp_path):
 
     with pytest.raises(SystemExit, match="one dump at a time"):  # never choose on the reported split too
         tune_cmd(argparse.Namespace(runs=[str(p) for p in paths], criterion="specificity", out=str(tmp_path)))
+
+
+def test_merge_takes_objectives_from_runs_on_the_same_splits_only(tmp_path):
+    import argparse
+
+    from bench.personalization import KEYS, merge_cmd
+
+    def run(path, objectives, base_ll=-2.0, lift=0.1):
+        per_target = {
+            t: {o: {**{k: (0.0 if o == "base" else lift + i) for k in KEYS}, "target_ll": base_ll, "peer_ll": -3.0}
+                for o in ["base", *objectives]}
+            for i, t in enumerate(("target0", "target1"))
+        }  # fmt: skip
+        result = {"peers_file": "coffee.xml.gz", "model": "m", "default_objective": "cbpo", "base": "m",
+                  "generation_backend": "llama.cpp", "seconds": 10, "per_target": per_target,
+                  "settings": {"steps": 15, "per_objective": {o: {"lr": 1e-3} for o in objectives}}}  # fmt: skip
+        (tmp_path / path).write_text(json.dumps(result))
+        return str(tmp_path / path)
+
+    old, new = run("old.json", ["sft", "kto"]), run("new.json", ["kto"], lift=0.5)
+    out = merge_cmd(argparse.Namespace(take=[f"{old}:sft", f"{new}:kto"], out=str(tmp_path / "merged")))
+    assert list(out["objectives"]) == ["base", "sft", "kto"]
+    assert out["objectives"]["sft"]["target_lift"] == pytest.approx(0.6) and out["objectives"]["kto"][
+        "target_lift"
+    ] == pytest.approx(1.0)
+    assert out["merged_from"] == {old: ["sft"], new: ["kto"]}
+    assert "kto from" in (tmp_path / "merged" / "personalization.md").read_text()
+    other = run("other.json", ["kto"], base_ll=-2.5)  # another split or base: the base measures differently
+    with pytest.raises(SystemExit, match="base measures differently"):
+        merge_cmd(argparse.Namespace(take=[f"{old}:sft", f"{other}:kto"], out=str(tmp_path / "m2")))
+    with pytest.raises(SystemExit, match="no objective"):
+        merge_cmd(argparse.Namespace(take=[f"{old}:bco"], out=str(tmp_path / "m3")))
