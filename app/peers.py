@@ -79,7 +79,7 @@ def summary_history(ctx: Ctx, profile) -> pd.DataFrame:
     prof = ctx.store.find_profile(profile) if profile else None
     rows = [] if prof is None else ctx.store.list_summaries(prof["id"])
     return pd.DataFrame(
-        [[s["version"], s["created_at"][:16].replace("T", " "), "you" if s["source"] == "user" else s["source"],
+        [[s["version"], s["created_at"][:16].replace("T", " "), "you" if s["source"] == "user" else f"Idiolect ({s['source'].split(':')[-1]})",
           "not scored" if s["score"] is None else percent(s["score"]), s["text"][:120]] for s in rows],
         columns=["version", "when", "written by", "helps the model by", "summary"],
     )  # fmt: skip

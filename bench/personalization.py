@@ -818,12 +818,14 @@ def tune_cmd(args) -> dict:
         for o, c in sorted(chosen.items())
     ]
     out = {"tuned_on": dumps.pop(), "criterion": args.criterion, "runs": list(args.runs), "chosen": chosen,
+           "excluded": getattr(args, "exclude", None),
            "set_arguments": sets}  # fmt: skip
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "tuning.json").write_text(json.dumps(out, indent=2))
     lines = [f"### Settings tuned on {out['tuned_on']} (criterion: mean {args.criterion} over targets, among runs "
              "with a positive target lift)", "",
-             f"`python launch.py bench tune --runs {' '.join(args.runs)} --out {args.out}`", "",
+             f"`python launch.py bench tune --runs {' '.join(args.runs)}"
+             + (f" --exclude {args.exclude}" if getattr(args, "exclude", None) else "") + f" --out {args.out}`", "",
              "| objective | candidates (settings: " + args.criterion + ", target lift) | chosen |", "|---|---|---|"]  # fmt: skip
     for o, c in sorted(chosen.items()):
         cands = "; ".join(

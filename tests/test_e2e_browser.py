@@ -256,6 +256,7 @@ def test_first_time_user_journey(app, pretrained_base, tmp_path):
             timeout=SLOW * 300_000,
         )
         assert "Writer A" in page.inner_text("#report")
+        page.wait_for_function("document.querySelector('#summary-history')?.innerText.includes('Idiolect (')")
         summary = page.input_value("#summary textarea")
         assert len(summary) > 20
         shot("5-you-vs-peers")
