@@ -85,6 +85,17 @@ def summary_history(ctx: Ctx, profile) -> pd.DataFrame:
     )  # fmt: skip
 
 
+def history_md(ctx: Ctx, profile) -> str:
+    """The versions as a Markdown table (a gr.Dataframe in this tab did not redraw when updated, Gradio 6.31)."""
+    table = summary_history(ctx, profile)
+    if table.empty:
+        return "No versions of your summary yet."
+    cell = lambda v: str(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    rows = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    rows += ["| " + " | ".join(cell(v) for v in r) + " |" for r in table.itertuples(index=False)]
+    return "**Versions of your summary**\n\n" + "\n".join(rows)
+
+
 def save_summary(ctx: Ctx, profile, text) -> str:
     prof = need(ctx, profile)
     saved = ctx.store.add_summary(prof["id"], text or "", "user")
@@ -128,8 +139,7 @@ class PeersTab:
         )
         score_md = gr.Markdown("No summary yet.", elem_id="summary-score")
         save_btn = gr.Button("Save my edit as a new version")
-        history = gr.Dataframe(summary_history(ctx, None), label="Versions of your summary", interactive=False,
-                               wrap=True, elem_id="summary-history")  # fmt: skip
+        history = gr.Markdown(elem_id="summary-history")
         with gr.Accordion("Peer pools (other writers)", open=False):
             gr.Markdown("A bundled pool ships with the app. Add a Stack Exchange `Posts.xml(.gz)` or a JSONL/CSV of "
                         "`{writer, prompt, text}`; writers get pseudonyms and contact details are scrubbed.")  # fmt: skip
@@ -142,20 +152,16 @@ class PeersTab:
             pool_md = gr.Markdown()
 
         def run_analysis(p, pool, progress=gr.Progress()):
-            return (*analyze(ctx, p, pool, progress), status(ctx, p))
+            return (*analyze(ctx, p, pool, progress), history_md(ctx, p), status(ctx, p))
 
-        on(
-            analyze_btn.click,
-            run_analysis,
-            [profile, pool_pick],
-            [report_md, bars, summary_box, score_md, status_md],
-        )
-        on(save_btn.click, lambda p, t: (save_summary(ctx, p, t), status(ctx, p)), [profile, summary_box],
-           [score_md, status_md])  # fmt: skip
+        on(analyze_btn.click, run_analysis, [profile, pool_pick],
+           [report_md, bars, summary_box, score_md, history, status_md])  # fmt: skip
+        on(save_btn.click, lambda p, t: (save_summary(ctx, p, t), history_md(ctx, p), status(ctx, p)),
+           [profile, summary_box], [score_md, history, status_md])  # fmt: skip
         on(pool_btn.click, lambda f, n, cur: (import_pool(ctx, f, n), pool_choices(ctx, cur)),
            [pool_file, pool_name, pool_pick], [pool_md, pool_pick])  # fmt: skip
         self.outputs = [pool_pick, summary_box, score_md, history]
 
     def views(self, profile):
         text, info = latest_summary(self.ctx, profile)
-        return pool_choices(self.ctx), text, info, summary_history(self.ctx, profile)
+        return pool_choices(self.ctx), text, info, history_md(self.ctx, profile)

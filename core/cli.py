@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Hugging Face id, local model folder, or a .gguf file (dequantized once, cached by its hash; the GGUF "
         "LoRA export then targets that very file)",
     )
-    p.add_argument("--objective", choices=OBJECTIVE_NAMES, default="cbpo")
+    p.add_argument("--objective", choices=OBJECTIVE_NAMES, default="kto", help="default: kto (README: why)")
     p.add_argument("--pool", default="default", help="peer pool (default: the bundled pool)")
     p.add_argument("--steps", type=int, help="optimizer steps (default: epochs x batches per epoch)")
     p.add_argument("--epochs", type=int, default=3, help="passes over your texts (default: 3)")
@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--grad-accum", type=int, default=1, help="batches per optimizer step (default: 1)")
     p.add_argument("--lr", type=float, default=1e-4, help="learning rate (default: 1e-4)")
-    p.add_argument("--beta", type=float, default=0.1, help="reward scale (default: 0.1)")
+    p.add_argument("--beta", type=float, default=0.02, help="reward scale (default: 0.02)")
     p.add_argument(
         "--reward-norm",
         choices=("sum", "mean"),

@@ -82,7 +82,7 @@ def autocast_dtype(precision: str, device: str, n_params: int = 0):
 @dataclass
 class TrainConfig:
     model: str
-    objective: str = "cbpo"
+    objective: str = "kto"  # the best on the reported splits of the real-model benchmark (README, docs)
     pool: str = "default"
     steps: int | None = None  # default: epochs x (target batches per epoch)
     epochs: int = 3
@@ -106,7 +106,7 @@ class TrainConfig:
     save_every: int = 50
     peer_cap: int | None = None
     heldout_fraction: float = 0.1
-    beta: float = 0.1
+    beta: float = 0.02  # tuned on beer for every preference objective (bench/results/gemma270m/tuning)
     pi: float | None = None
     lambda_n: float = 1.0
     lambda_sft: float = 0.0

@@ -245,3 +245,13 @@ def test_a_failing_handler_shows_one_toast_and_leaves_every_output_as_it_was(mon
 
     assert list(common.on(wire, streams, ["in"], ["a"])(1)) == ["first", gr.skip()]
     assert shown[-1] == "stopped half way"
+
+
+def test_summary_versions_show_as_a_table(ctx):
+    from app import peers
+
+    profiles.create(ctx, "ana")
+    assert peers.history_md(ctx, "ana") == "No versions of your summary yet."
+    ctx.store.add_summary(ctx.store.get_profile("ana")["id"], "Short | plain.", "popi:concise", score=0.05)
+    md = peers.history_md(ctx, "ana")
+    assert "| 1 |" in md and "Idiolect (concise)" in md and "+5.1%" in md and "Short \\| plain." in md

@@ -204,7 +204,7 @@ def test_first_time_user_journey(app, pretrained_base, tmp_path):
             pg.reload()
             pg.get_by_role("tab", name="Train").click()
             pg.wait_for_function(
-                "document.querySelector('#train-progress')?.innerText.includes('Run 1 (cbpo)')"
+                "document.querySelector('#train-progress')?.innerText.includes('Run 1 (kto)')"
             )
         page.wait_for_function(
             "document.querySelector('#train-progress')?.innerText.includes('completed')",

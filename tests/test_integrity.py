@@ -248,13 +248,14 @@ def test_integrity_every_page_load_reads_the_database(tmp_path):
     run = store.create_run(pid, "cbpo", "m", {})
     store.update_run(run, status="running", pid=os.getpid(), stage="training", step=3, total_steps=9)
     out = _fn(demo, "on_load")("zoe")
-    profile_update, pool_update, status_md, samples = out[:4]
+    # on_load's outputs: the profile, the status line, then each tab's (app/main.py TABS order)
+    profile_update, status_md, samples = out[:3]
+    train_msg, timer, pool_update = out[15], out[19], out[20]
     assert profile_update["choices"] in (["amy", "zoe"], [("amy", "amy"), ("zoe", "zoe")])
     assert profile_update["value"] == "zoe"
     assert "fresh pool" in [c if isinstance(c, str) else c[0] for c in pool_update["choices"]]
     assert "Profile **zoe**: 1 samples" in status_md
     assert "Zoe writes this." in samples["text"].tolist()
-    train_msg, timer = out[-3], out[-1]
     assert "training" in train_msg and "step 3/9" in train_msg
     assert timer.active  # the page keeps polling the running job
     assert _fn(demo, "on_load")("deleted-profile")[0]["value"] == "amy"  # falls back to the first

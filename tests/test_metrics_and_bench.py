@@ -50,7 +50,7 @@ def test_personalization_benchmark_end_to_end(pretrained_base, tmp_path):
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads((tmp_path / "personalization.json").read_text())
-    assert result["targets"] == 2 and result["default_objective"] == "cbpo"
+    assert result["targets"] == 2 and result["default_objective"] == "kto"
     assert result["model"] == str(pretrained_base)
     for objective in ("base", "sft", "kto", "cbpo", "cbpo_sft"):
         row = result["objectives"][objective]
