@@ -24,7 +24,7 @@ def config(base, **kw) -> TrainConfig:
 
 
 def test_cbpo_raises_target_likelihood_more_than_peers(pretrained_base, target_store):
-    run = create_run(target_store, "me", config(pretrained_base))
+    run = create_run(target_store, "me", config(pretrained_base, objective="cbpo", beta=0.1))
     result = Trainer(target_store, run).run()
     ev = result["eval"]
     assert result["status"] == "completed" and result["counts"]["heldout_tar"] >= 3
