@@ -108,14 +108,13 @@ def reveal(ctx: Ctx, profile, ids) -> str:
     """Which model and adapter wrote each side (shown once the user has rated)."""
     prof = need(ctx, profile)
     runs = {r["adapter_path"]: r["id"] for r in ctx.store.list_runs(prof["id"]) if r["adapter_path"]}
-    parts = []
-    for side, gid in enumerate(ids or []):
-        if gid is None:
-            continue
-        g = ctx.store.get_generation(gid)
-        what = f"your adapter (run {runs.get(g['adapter'], '?')})" if g["adapter"] else "the base model"
-        parts.append(f"{'AB'[side]} was {what}")
-    model = ctx.store.get_generation(ids[0])["model"] if ids and ids[0] else None
+    shown = [(side, ctx.store.get_generation(gid)) for side, gid in enumerate(ids or []) if gid is not None]
+    parts = [
+        f"{'AB'[side]} was "
+        + (f"your adapter (run {runs.get(g['adapter'], '?')})" if g["adapter"] else "the base model")
+        for side, g in shown
+    ]
+    model = shown[0][1]["model"] if shown else None
     return "; ".join(parts) + (f" (base `{model}`)." if model else ".")
 
 

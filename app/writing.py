@@ -27,10 +27,12 @@ def samples_page(
     prof = ctx.store.find_profile(profile) if profile else None
     if prof is None:
         return pd.DataFrame([], columns=COLUMNS), "No profile chosen.", 1
-    _, total = ctx.store.search_samples(prof["id"], query, limit=0)
+    page = max(1, int(page or 1))
+    rows, total = ctx.store.search_samples(prof["id"], query, offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE)
     pages = max(1, math.ceil(total / PAGE_SIZE))
-    page = min(max(1, int(page or 1)), pages)
-    rows, _ = ctx.store.search_samples(prof["id"], query, offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE)
+    if page > pages:  # past the end (fewer matches now): the last page, read again only in this case
+        page = pages
+        rows, _ = ctx.store.search_samples(prof["id"], query, offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE)
     table = pd.DataFrame(
         [[False, r["id"], r["source"] or "", (r["prompt"] or "")[:60], r["text"][:240]] for r in rows],
         columns=COLUMNS,
