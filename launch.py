@@ -7,7 +7,6 @@ python launch.py SUBCOMMAND ...  headless: import-peers, add-samples, stats (see
 from __future__ import annotations
 
 import os
-import sys
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry, before anything imports Gradio
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -25,4 +24,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    from core.cli import exit_process
+
+    exit_process(code)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -668,5 +669,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(args)
 
 
+def exit_process(code: int) -> None:
+    """End a headless command with ``code``, skipping native teardown once torch has run.
+
+    Everything a command writes is committed (SQLite) or moved into place (files) before it returns, so
+    nothing is left to do at exit but the C++ destructors of torch's thread pools, which now and then abort
+    the process ("terminate called without an active exception", exit -6) after a run that succeeded.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if "torch" in sys.modules:
+        import logging
+
+        logging.shutdown()
+        os._exit(code)
+    sys.exit(code)
+
+
 def console_main() -> None:
-    sys.exit(main())
+    exit_process(main())

@@ -109,7 +109,7 @@ def test_train_on_the_gguf_and_llama_cpp_applies_the_lora_to_the_original_file(r
          "--batch-size", "2", "--max-length", "64", "--db", str(db)],
         env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     assert "completed" in out.stdout
     exp = subprocess.run(
         [*launch, "export", "--profile", "me", "--out", str(tmp_path / "export"), "--formats", "peft,gguf",
