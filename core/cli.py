@@ -90,7 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
             "separated block (or per file with --split file). .jsonl/.json: objects with 'text' and optional "
             "'prompt' and 'context' (or plain strings). .csv/.tsv: a header row with a 'text' column, optional "
             "'prompt' and 'context'. Folders are searched for these files. Bad rows are reported and skipped; "
-            "the good rows are kept; samples already there are not added twice."
+            "the good rows are kept; samples already there are not added twice. Chat histories are recognised "
+            "by their shape: a ChatGPT export's conversations.json, a Claude export, an Open WebUI chat or "
+            "feedback export, OpenAI-style {messages: [...]} JSONL; your own turns become samples (code blocks, "
+            "pasted logs and quoted text left out: README, 'Bring your chat history') and Open WebUI thumbs "
+            "become ratings. TRL (prompt/completion/label, prompt/chosen/rejected) and LLaMA-Factory (kto_tag, "
+            "chosen/rejected) datasets become rated generations."
         ),
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders")
@@ -99,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--split", choices=SPLITS, default="blocks", help=".txt/.md: samples per block or per file"
     )
     p.add_argument("--encoding", default="utf-8", help="text encoding of the files (default: utf-8)")
+    p.add_argument(
+        "--dry-run", action="store_true", help="read and check everything, write nothing: what would be added"
+    )
     p.add_argument("--json", action="store_true", help="print the reports as JSON")
     _add_db(p)
 
@@ -367,14 +375,18 @@ def cmd_import_peers(args) -> int:
 
 def cmd_add_samples(args) -> int:
     with open_store(args.db) as store:
-        reports = import_samples(store, args.profile, args.paths, split=args.split, encoding=args.encoding)
+        reports = import_samples(
+            store, args.profile, args.paths, split=args.split, encoding=args.encoding, dry_run=args.dry_run
+        )
         if args.json:
             print(json.dumps([r.to_dict() for r in reports], indent=2))
         else:
             for report in reports:
                 print("\n".join(report.lines()))
             profile = store.find_profile(args.profile)
-            if profile:
+            if args.dry_run:
+                print("dry run: nothing was written")
+            elif profile:
                 print(f"profile {profile['name']}: {len(store.list_samples(profile['id']))} samples in all")
     return 0 if all(r.ok for r in reports) else 1
 

@@ -1,5 +1,7 @@
-"""Importers: the user's own writing (.txt/.md/.jsonl/.json/.csv) and peer pools (Stack Exchange Posts.xml
-or Posts.xml.gz, JSONL/CSV ``{writer, prompt, text}``).
+"""Importers: the user's own writing (.txt/.md/.jsonl/.json/.csv, and chat histories exported from ChatGPT,
+Claude, Open WebUI or as OpenAI-style chat JSONL, with ratings from Open WebUI, TRL and LLaMA-Factory datasets:
+see :mod:`core.chat_exports`) and peer pools (Stack Exchange Posts.xml or Posts.xml.gz, JSONL/CSV
+``{writer, prompt, text}``).
 
 Every importer follows the same contract: read the whole file, keep each good row, and report each bad
 row with where it is and why it was skipped; then write the good rows in one transaction. A problem that
@@ -21,6 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from core import chat_exports
 from core.anonymize import pseudonym, scrub
 from core.errors import IdiolectError, ImportFailed
 from core.store import Store, check_name
@@ -28,6 +31,7 @@ from core.text import bad_bytes, decode, html_to_text, normalize
 
 MAX_TEXT_CHARS = 50_000  # about 8,000 words: longer rows are skipped with a reason (split them first)
 MAX_SAMPLE_FILE_BYTES = 64 * 1024 * 1024
+MAX_CHAT_EXPORT_BYTES = 512 * 1024 * 1024  # a ChatGPT conversations.json of years of use is a few hundred MB
 MAX_XML_LINE_BYTES = 8 * 1024 * 1024  # one <row/> of a dump; longer lines are skipped (and never held whole)
 MAX_DECOMPRESSED_BYTES = 8 * 1024**3  # a .gz that inflates past this is refused as a likely zip bomb
 SAMPLE_SUFFIXES = (".txt", ".md", ".markdown", ".jsonl", ".ndjson", ".json", ".csv", ".tsv")
@@ -55,6 +59,13 @@ class ImportReport:
     own_added: int = 0  # the user's own texts found in a peer file, added to their profile
     own_removed: int = 0  # ... and removed from the pool where an earlier import had put them
     import_id: int | None = None  # the profile's import-history entry (undo it as a whole)
+    format: str | None = None  # a chat export or feedback dataset: which (core.chat_exports.detect)
+    ratings: int = 0  # rated generations imported (Open WebUI thumbs, TRL / LLaMA-Factory rows)
+    rating_duplicates: int = 0
+    left_out: dict[str, int] = field(
+        default_factory=dict
+    )  # lines of code, logs, quotes left out of chat turns
+    dry_run: bool = False  # nothing was written: the counts say what an import would do
 
     @property
     def ok(self) -> bool:
@@ -64,11 +75,20 @@ class ImportReport:
         return asdict(self)
 
     def lines(self, max_issues: int = 20) -> list[str]:
-        head = f"{self.source} -> {self.target}: {self.added} added"
+        verb = "would be added" if self.dry_run else "added"
+        kind = f" [{self.format}]" if self.format else ""
+        head = f"{self.source}{kind} -> {self.target}: {self.added} {verb}"
         if self.writers:
             head += f" ({self.writers} writers)"
         head += f", {self.duplicates} already there, {len(self.skipped)} skipped"
+        if self.ratings or self.rating_duplicates:
+            head += f"; ratings: {self.ratings} {verb}, {self.rating_duplicates} already there"
         out = [head]
+        if self.left_out:
+            out.append(
+                "  left out of your chat turns (not your prose): "
+                + ", ".join(f"{n} {k} line{'s' if n > 1 else ''}" for k, n in self.left_out.items())
+            )
         if self.own_added or self.own_removed:
             out.append(
                 f"  your own texts: {self.own_added} added to your profile, kept out of the pool"
@@ -286,12 +306,39 @@ def parse_text_samples(
     return rows, skipped
 
 
-def read_samples(
-    path: str | Path, *, split: str = "blocks", encoding: str = "utf-8"
-) -> tuple[list[dict], list[Skipped], str | None]:
-    """Rows ``{prompt, context, text, source}`` from one file of the user's own writing, and what was
+@dataclass
+class SampleFile:
+    """What one file of the user's own writing holds: sample rows, rated generations (chat exports and feedback
+    datasets), what was skipped and why, and for chat exports what was left out of the kept turns."""
+
+    rows: list[dict]
+    skipped: list[Skipped]
+    error: str | None = None
+    rated: list[dict] = field(default_factory=list)
+    format: str | None = None
+    left_out: dict[str, int] = field(default_factory=dict)
+
+
+_CHAT_MARKERS = (b'"mapping"', b'"chat_messages"', b'"history"', b'"messages"', b'"kto_tag"', b'"chosen"')
+
+
+def _size_limit(path: Path) -> int:
+    """Chat exports are allowed to be larger than other files of writing (they are one JSON document)."""
+    if path.suffix.lower() not in (".json", ".jsonl", ".ndjson"):
+        return MAX_SAMPLE_FILE_BYTES
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(65536)
+    except OSError:
+        return MAX_SAMPLE_FILE_BYTES
+    return MAX_CHAT_EXPORT_BYTES if any(m in head for m in _CHAT_MARKERS) else MAX_SAMPLE_FILE_BYTES
+
+
+def read_samples(path: str | Path, *, split: str = "blocks", encoding: str = "utf-8") -> SampleFile:
+    """The rows ``{prompt, context, text, source}`` of one file of the user's own writing, and what was
     skipped. ``split``: for .txt/.md, ``blocks`` makes one sample per blank-line-separated block, ``file``
-    one sample per file."""
+    one sample per file. A .json/.jsonl file that is a chat export or a feedback dataset (see
+    :mod:`core.chat_exports`) gives the user's own turns as rows and its ratings as ``rated``."""
     path = Path(path)
     if split not in SPLITS:
         raise IdiolectError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
@@ -301,34 +348,51 @@ def read_samples(
             f"{path.name}: unsupported file type {suffix or '(none)'}; use {', '.join(SAMPLE_SUFFIXES)}"
         )
     try:
-        text = decode(_read_bytes(path, MAX_SAMPLE_FILE_BYTES), encoding)
+        text = decode(_read_bytes(path, _size_limit(path)), encoding)
     except LookupError:
         raise IdiolectError(f"unknown encoding {encoding!r}") from None
-    rows: list[dict] = []
-    skipped: list[Skipped] = []
+    out = SampleFile([], [])
 
     def add(where: str, text_value, prompt=None, context=None) -> None:
-        _add_sample(rows, skipped, where, text_value, path.name, prompt, context)
+        _add_sample(out.rows, out.skipped, where, text_value, path.name, prompt, context)
 
     fmt = _table_format(path)
     if fmt is None:  # .txt / .md
-        rows, skipped = parse_text_samples(text, split=split, source=path.name)
-        if not rows and not skipped:
-            skipped.append(Skipped("the file", "empty file"))
-        return rows, skipped, None
+        out.rows, out.skipped = parse_text_samples(text, split=split, source=path.name)
+        if not out.rows and not out.skipped:
+            out.skipped.append(Skipped("the file", "empty file"))
+        return out
 
-    for where, item, problem in _iter_table(path, text, fmt, ("text",)):
+    items = list(_iter_table(path, text, fmt, ("text",)))
+    first = next((item for _, item, problem in items if problem is None and isinstance(item, dict)), None)
+    out.format = chat_exports.detect(first)
+    if out.format is not None:
+        parsed = chat_exports.parse(items, out.format, path.name)
+        out.skipped = [Skipped(where, reason) for where, reason in parsed.skipped]
+        out.left_out = parsed.left_out
+        for row in parsed.samples:
+            add(row["where"], row["text"], row["prompt"], row["context"])
+        for row in parsed.rated:
+            problem = check_text(row["text"])
+            prompt, p2 = _optional(row["prompt"], "prompt")
+            if problem or p2:
+                out.skipped.append(Skipped(row["where"], problem or p2))
+                continue
+            out.rated.append({**row, "prompt": prompt or "", "text": normalize(row["text"])})
+        return out
+
+    for where, item, problem in items:
         if problem:
-            skipped.append(Skipped(where, problem))
+            out.skipped.append(Skipped(where, problem))
         elif isinstance(item, str):
             add(where, item)
         elif isinstance(item, dict):
             add(where, item.get("text"), item.get("prompt"), item.get("context"))
         else:
-            skipped.append(
+            out.skipped.append(
                 Skipped(where, f"expected an object with a 'text' field, found {type(item).__name__}")
             )
-    return rows, skipped, None
+    return out
 
 
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
@@ -350,29 +414,46 @@ def import_samples(
     *,
     split: str = "blocks",
     encoding: str = "utf-8",
+    dry_run: bool = False,
 ) -> list[ImportReport]:
     """Add the user's own writing from files to a profile (created if new). One report per file; a file
-    that cannot be read gets a report with its error and the other files still land."""
+    that cannot be read gets a report with its error and the other files still land. ``dry_run``: read and
+    check everything, write nothing, and report what an import would add."""
     profile = check_name(profile)
-    parsed: list[tuple[ImportReport, list[dict]]] = []
+    parsed: list[tuple[ImportReport, SampleFile]] = []
     for path in expand_paths(paths):
-        report = ImportReport(source=str(path), target=f"profile {profile}")
-        rows: list[dict] = []
+        report = ImportReport(source=str(path), target=f"profile {profile}", dry_run=dry_run)
+        content = SampleFile([], [])
         try:
-            rows, report.skipped, report.error = read_samples(path, split=split, encoding=encoding)
+            content = read_samples(path, split=split, encoding=encoding)
         except ImportFailed as exc:
             report.error = str(exc)
-        parsed.append((report, rows))
+        report.skipped, report.format, report.left_out = content.skipped, content.format, content.left_out
+        report.error = report.error or content.error
+        parsed.append((report, content))
     if not parsed:
         raise ImportFailed("no files to import (the folders named hold no .txt/.md/.jsonl/.json/.csv files)")
-    if not any(rows for _, rows in parsed) and store.find_profile(profile) is None:
+    if dry_run:
+        prof = store.find_profile(profile)
+        for report, content in parsed:
+            counts = store.preview_import(prof["id"] if prof else None, content.rows, content.rated)
+            report.added, report.duplicates = counts["added"], counts["duplicates"]
+            report.ratings, report.rating_duplicates = counts["ratings"], counts["rating_duplicates"]
+        return [report for report, _ in parsed]
+    if not any(c.rows or c.rated for _, c in parsed) and store.find_profile(profile) is None:
         return [report for report, _ in parsed]  # nothing to add: don't create an empty profile
     with store.write():
         prof, _ = store.ensure_profile(profile)
-        for report, rows in parsed:
-            if rows:
-                result = store.add_samples(prof["id"], rows, import_source=Path(report.source).name)
+        for report, content in parsed:
+            if content.rows or content.rated:
+                result = store.add_samples(
+                    prof["id"], content.rows, import_source=Path(report.source).name, rated=content.rated
+                )
                 report.added, report.duplicates = len(result.added), len(result.duplicates)
+                report.ratings, report.rating_duplicates = (
+                    len(result.rated_added),
+                    len(result.rated_duplicates),
+                )
                 report.import_id = result.import_id
     return [report for report, _ in parsed]
 

@@ -29,14 +29,14 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import sqlite_utils
 
 from core.errors import IdiolectError
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 BUSY_TIMEOUT_MS = 30_000
 RUN_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 PROFILE_NAME_RE = re.compile(r"^[^\W_][\w .'-]{0,63}$")
@@ -293,6 +293,19 @@ def _migration_6(conn: sqlite3.Connection) -> None:
     )
 
 
+def _migration_7(conn: sqlite3.Connection) -> None:
+    """Ratings imported from other tools (Open WebUI thumbs, TRL and LLaMA-Factory datasets) are generations
+    with a rating that belong to an import, so "undo this import" takes them back too; the import counts them."""
+    _run_script(
+        conn,
+        """
+        ALTER TABLE generations ADD COLUMN import_id INTEGER REFERENCES imports(id) ON DELETE SET NULL;
+        CREATE INDEX idx_generations_import ON generations(import_id);
+        ALTER TABLE imports ADD COLUMN ratings INTEGER NOT NULL DEFAULT 0;
+        """,
+    )
+
+
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _migration_1,
     2: _migration_2,
@@ -300,6 +313,7 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     4: _migration_4,
     5: _migration_5,
     6: _migration_6,
+    7: _migration_7,
 }
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))
 
@@ -312,6 +326,8 @@ class InsertResult:
     added: list[int]  # row ids of the rows written
     duplicates: list[int]  # positions (in the input) of rows already present
     import_id: int | None = None  # the import-history row of a batch of samples
+    rated_added: list[int] = field(default_factory=list)  # generation ids of imported ratings
+    rated_duplicates: list[int] = field(default_factory=list)  # positions of ratings already there
 
 
 def _loads(value: str | None, default):
@@ -589,11 +605,20 @@ class Store:
     SAMPLE_FIELDS = ("prompt", "context", "text", "source")
 
     def add_samples(
-        self, profile_id: int, rows: Sequence[dict], *, import_source: str | None = None
+        self,
+        profile_id: int,
+        rows: Sequence[dict],
+        *,
+        import_source: str | None = None,
+        rated: Sequence[dict] = (),
     ) -> InsertResult:
         """Add the rows that are new (same prompt, context and text = the same sample). With
-        ``import_source`` the batch is one entry of the import history, and can be undone as a whole."""
+        ``import_source`` the batch is one entry of the import history, and can be undone as a whole; ``rated``
+        (``{prompt, text, rating, model}``, from another tool's thumbs or a feedback dataset) become rated
+        generations of that import, unless the profile has a generation with the same prompt and text."""
         clean = [{k: r.get(k) for k in self.SAMPLE_FIELDS} for r in rows]
+        if rated and import_source is None:
+            raise ValueError("imported ratings belong to an import: pass import_source")
         if import_source is None:
             return self._insert_unique(
                 "samples", "profile_id", profile_id, clean, ("prompt", "context", "text")
@@ -607,12 +632,67 @@ class Store:
                 "samples", "profile_id", profile_id, [{**r, "import_id": import_id} for r in clean],
                 ("prompt", "context", "text"),
             )  # fmt: skip
+            self._add_rated(db, profile_id, import_id, import_source, rated, result)
             db.execute(
-                "UPDATE imports SET added = ?, duplicates = ? WHERE id = ?",
-                [len(result.added), len(result.duplicates), import_id],
+                "UPDATE imports SET added = ?, duplicates = ?, ratings = ? WHERE id = ?",
+                [len(result.added), len(result.duplicates), len(result.rated_added), import_id],
             )
         result.import_id = import_id
         return result
+
+    def _generation_keys(self, db, profile_id: int) -> set[str]:
+        return {
+            content_hash(p, t)
+            for p, t in db.execute("SELECT prompt, text FROM generations WHERE profile_id = ?", [profile_id])
+        }
+
+    def _add_rated(
+        self, db, profile_id: int, import_id: int, source: str, rated, result: InsertResult
+    ) -> None:
+        seen = self._generation_keys(db, profile_id) if rated else set()
+        now = utcnow()
+        for i, row in enumerate(rated):
+            if row["rating"] not in (-1, 1):
+                raise IdiolectError(f"a rating is +1 or -1, not {row['rating']!r}")
+            key = content_hash(row.get("prompt") or "", row["text"])
+            if key in seen:
+                result.rated_duplicates.append(i)
+                continue
+            seen.add(key)
+            gen_id = db.execute(
+                """INSERT INTO generations (profile_id, prompt, text, model, params, created_at, import_id)
+                   VALUES (?, ?, ?, ?, ?, ?, ?)""",
+                [profile_id, row.get("prompt") or "", row["text"], row.get("model"),
+                 json.dumps({"imported_from": source}), now, import_id],
+            ).lastrowid  # fmt: skip
+            db.execute(
+                "INSERT INTO feedback (generation_id, rating, created_at) VALUES (?, ?, ?)",
+                [gen_id, row["rating"], now],
+            )
+            result.rated_added.append(gen_id)
+
+    def preview_import(
+        self, profile_id: int | None, rows: Sequence[dict], rated: Sequence[dict] = ()
+    ) -> dict:
+        """What :meth:`add_samples` would do with these rows, without writing: counts of new and already-there
+        samples and ratings (a dry run)."""
+        db = self.conn
+        have = (
+            {r[0] for r in db.execute("SELECT content_hash FROM samples WHERE profile_id = ?", [profile_id])}
+            if profile_id is not None
+            else set()
+        )
+        gens = self._generation_keys(db, profile_id) if profile_id is not None else set()
+        counts = {"added": 0, "duplicates": 0, "ratings": 0, "rating_duplicates": 0}
+        for row in rows:
+            h = content_hash(row.get("prompt"), row.get("context"), row.get("text"))
+            counts["duplicates" if h in have else "added"] += 1
+            have.add(h)
+        for row in rated:
+            h = content_hash(row.get("prompt") or "", row["text"])
+            counts["rating_duplicates" if h in gens else "ratings"] += 1
+            gens.add(h)
+        return counts
 
     def list_samples(self, profile_id: int) -> list[dict]:
         return list(self.db.query("SELECT * FROM samples WHERE profile_id = ? ORDER BY id", [profile_id]))
@@ -687,14 +767,16 @@ class Store:
         )
 
     def undo_import(self, profile_id: int, import_id: int) -> list[dict]:
-        """Delete the samples that one import added and are still there (edited ones included); the import
-        stays in the history marked as undone. Returns the deleted rows (``restore_samples`` brings them back)."""
+        """Delete the samples that one import added and are still there (edited ones included), and the ratings
+        it imported; the import stays in the history marked as undone. Returns the deleted samples
+        (``restore_samples`` brings them back; imported ratings come back by importing the file again)."""
         with self.write() as db:
             _, undone = self._own(db, "imports", "id, undone_at", profile_id, import_id)
             if undone:
                 raise IdiolectError(f"import {import_id} was undone already ({undone[:19]} UTC)")
             ids = [r[0] for r in db.execute("SELECT id FROM samples WHERE import_id = ?", [import_id])]
             rows = self.delete_samples(profile_id, ids)
+            db.execute("DELETE FROM generations WHERE import_id = ?", [import_id])  # imported ratings
             db.execute("UPDATE imports SET undone_at = ? WHERE id = ?", [utcnow(), import_id])
         return rows
 

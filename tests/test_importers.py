@@ -105,7 +105,8 @@ def test_csv_without_text_column_and_unclosed_quote(tmp_path, store):
         read_samples(f)
     g = tmp_path / "quote.csv"
     g.write_text('text\n"good row"\n"unclosed quote, the rest of the file is swallowed\nmore\n')
-    rows, skipped, _ = read_samples(g)
+    content = read_samples(g)
+    rows, skipped = content.rows, content.skipped
     assert [r["text"] for r in rows] == ["good row"]
     assert "malformed CSV" in skipped[0].reason and skipped[0].where == "lines 3-4"
     assert "unclosed quote" in skipped[0].reason
