@@ -235,7 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
             "Export a profile's latest trained adapter and preference summary into --out: peft (adapter folder), "
             "gguf (GGUF LoRA + the base as GGUF, for llama.cpp / llama-cpp-python / Ollama), merged (base + adapter "
             "as one HF model), summary (plain text, OpenAI chat JSON, a Python snippet, an Ollama Modelfile, "
-            "llama.cpp command lines). A manifest.json lists every file with its SHA-256."
+            "llama.cpp command lines); kto-jsonl, dpo-jsonl (TRL's unpaired and paired preference formats) and "
+            "llamafactory (a dataset_dir with dataset_info.json) hold your texts, ratings and edits for other "
+            "trainers, with the peer pool as an unlabeled file beside them. A manifest.json lists every file "
+            "with its SHA-256."
         ),
     )
     p.add_argument("--profile", required=True)
@@ -243,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--formats",
         default=None,
-        help="comma-separated: peft,gguf,merged,summary (default: peft,gguf,summary)",
+        help="comma-separated: peft,gguf,merged,summary,kto-jsonl,dpo-jsonl,llamafactory "
+        "(default: peft,gguf,summary)",
     )
     p.add_argument("--run", type=int, help="export this training run (default: the latest completed one)")
     p.add_argument(

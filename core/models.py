@@ -644,6 +644,11 @@ def load_hf_model(model_dir: str | Path, *, device: str = "auto", quantize: str 
 # Prompt format
 
 
+def user_message(prompt: str, context: str | None = None) -> str:
+    """The user turn a model answers: the context (a title, a question's body) and the prompt as paragraphs."""
+    return f"{context.strip()}\n\n{prompt.strip()}" if context and context.strip() else prompt.strip()
+
+
 def render_prompt(
     tokenizer_or_template, prompt: str, *, system: str | None = None, context: str | None = None
 ) -> str:
@@ -651,7 +656,7 @@ def render_prompt(
     prompt), else a plain format (system, context and prompt as paragraphs, ending in a blank line).
 
     Takes a tokenizer, or a chat template string (from a GGUF file's metadata) or None."""
-    user = f"{context.strip()}\n\n{prompt.strip()}" if context and context.strip() else prompt.strip()
+    user = user_message(prompt, context)
     template = getattr(tokenizer_or_template, "chat_template", tokenizer_or_template)
     if template:
         messages = ([{"role": "system", "content": system}] if system else []) + [

@@ -19,7 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from core.errors import IdiolectError
-from core.models import render_prompt
+from core.models import render_prompt, user_message
 from core.store import Store
 
 TAR, AUX, NEG = "tar", "aux", "neg"
@@ -222,3 +222,66 @@ def plan_batches(
             if len(plan) == total_steps:
                 break
     return plan
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The profile's data as preference datasets for other trainers (TRL, LLaMA-Factory).
+
+PAIRS_PER_PROMPT = 4
+
+
+@dataclass
+class PreferenceData:
+    """What a profile knows, in the shapes preference trainers take. Prompts are the user turn a model answers
+    (:func:`core.models.user_message`; a sample without a prompt gets :data:`DEFAULT_PROMPT`, as in training)."""
+
+    unpaired: list[dict]  # {prompt, completion, label (bool), source}
+    pairs: list[dict]  # {prompt, chosen, rejected, source}
+    unlabeled: list[dict]  # {prompt, completion, writer}: the peer pool, other writers' texts
+
+
+def preference_data(store: Store, profile: str, *, pool: str | None = "default") -> PreferenceData:
+    """The profile's positives and negatives by the one rule of :func:`feedback_examples` (own samples are
+    positives), the pairs they imply, and the peer pool's texts as the unlabeled set.
+
+    Pairs, at most :data:`PAIRS_PER_PROMPT` per prompt: an edit over the text it edits; and, for a prompt with
+    both, each positive (own text, thumbs-up, edit) over a negative (thumbs-down)."""
+    prof = store.get_profile(profile)
+    unpaired: list[dict] = []
+    by_prompt: dict[str, dict[str, list[str]]] = defaultdict(lambda: {TAR: [], NEG: []})
+    pairs: list[dict] = []
+    for s in store.list_samples(prof["id"]):
+        prompt = user_message(s["prompt"] or DEFAULT_PROMPT, s["context"])
+        unpaired.append(
+            {"prompt": prompt, "completion": s["text"], "label": True, "source": f"sample:{s['id']}"}
+        )
+        by_prompt[prompt][TAR].append(s["text"])
+    for f in store.list_feedback(prof["id"]):
+        prompt = user_message(f["prompt"] or DEFAULT_PROMPT)
+        for kind, text in feedback_examples(f["rating"], f["text"], f["edited_text"]):
+            unpaired.append(
+                {"prompt": prompt, "completion": text, "label": kind == TAR, "source": f"feedback:{f['id']}"}
+            )
+        if f["edited_text"]:
+            pairs.append({"prompt": prompt, "chosen": f["edited_text"], "rejected": f["text"],
+                          "source": f"feedback:{f['id']}:edit"})  # fmt: skip
+        else:
+            by_prompt[prompt][TAR if f["rating"] > 0 else NEG].append(f["text"])
+    for prompt, texts in by_prompt.items():
+        made = 0
+        for neg in texts[NEG]:
+            for pos in texts[TAR]:
+                if made >= PAIRS_PER_PROMPT:
+                    break
+                pairs.append({"prompt": prompt, "chosen": pos, "rejected": neg, "source": "same prompt"})
+                made += 1
+    unlabeled = []
+    if pool is not None and store.find_pool(pool):
+        own = {" ".join(u["completion"].split()) for u in unpaired if u["label"]}
+        for p in store.peer_texts(store.get_pool(pool)["id"]):
+            if " ".join(p["text"].split()) not in own:
+                unlabeled.append(
+                    {"prompt": user_message(p["context"] or DEFAULT_PROMPT), "completion": p["text"],
+                     "writer": p["writer"]}
+                )  # fmt: skip
+    return PreferenceData(unpaired, pairs, unlabeled)

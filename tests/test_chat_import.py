@@ -299,3 +299,80 @@ def test_a_malformed_export_row_is_one_skipped_row(tmp_path, store, bad):
     f.write_text(bad)
     [report] = import_samples(store, "me", [f])
     assert report.error is None and report.added == 0
+
+
+def test_round_trip_openwebui_ratings_train_and_leave_as_trl_and_llamafactory_datasets(
+    tmp_path, target_store, pretrained_base
+):
+    """Ratings imported from an Open WebUI export are feedback, a run trains on them, and they come back out in
+    the KTO JSONL, which TRL's KTOTrainer takes for one step; the DPO JSONL goes through DPOTrainer the same way
+    and the LLaMA-Factory folder loads with `datasets` as its dataset_info.json describes it."""
+    trl = pytest.importorskip("trl")
+    from datasets import load_dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from core.export import export
+    from core.train import TrainConfig, Trainer, create_run
+
+    store = target_store
+    pid = store.get_profile("me")["id"]
+    chat = openwebui_chat()
+    f = tmp_path / "chat-export.json"
+    f.write_text(json.dumps([chat]))
+    [report] = import_samples(store, "me", [f])
+    assert report.ratings == 2
+    # The regenerated answer was thumbs-down; an own turn answers the same prompt: a pair exists.
+    assert {fb["rating"] for fb in store.list_feedback(pid)} == {1, -1}
+    cfg = TrainConfig(model=str(pretrained_base), pool="others", steps=2, batch_size=2, save_every=1000)
+    result = Trainer(store, create_run(store, "me", cfg)).run()
+    counts = result["counts"]
+    assert result["status"] == "completed" and counts["train_neg"] + counts["heldout_neg"] == 1
+
+    out = tmp_path / "datasets"
+    exported = export(store, "me", out, formats=["kto-jsonl", "dpo-jsonl", "llamafactory"])
+    assert not exported.skipped, exported.skipped
+    kto = load_dataset("json", data_files=str(out / "me-kto.jsonl"), split="train")
+    n_samples = len(store.list_samples(pid))
+    assert len(kto) == n_samples + 2 and sum(not x for x in kto["label"]) == 1
+    rejected = next(r for r in kto if not r["label"])
+    assert rejected["completion"][0]["content"] == "A first answer that the user regenerated."
+    assert rejected["prompt"][0]["content"] == MINE_1
+    dpo = load_dataset("json", data_files=str(out / "me-dpo.jsonl"), split="train")
+    assert {r["rejected"][0]["content"] for r in dpo} == {"A first answer that the user regenerated."}
+    assert trl.data_utils.is_conversational(kto[0]) and trl.data_utils.is_conversational(dpo[0])
+    peers = load_dataset("json", data_files=str(out / "me-peers-unlabeled.jsonl"), split="train")
+    assert len(peers) > 0 and set(peers.column_names) == {"prompt", "completion"}
+
+    lf = out / "me-llamafactory"
+    info = json.loads((lf / "dataset_info.json").read_text())
+    for spec in info.values():
+        rows = load_dataset("json", data_files=str(lf / spec["file_name"]), split="train")
+        cols = spec["columns"]
+        assert set(cols.values()) <= set(rows.column_names)
+        messages = rows[0][cols["messages"]]
+        role = spec.get("tags", {}).get("role_tag", "from")
+        assert messages[0][role] in ("user", "human")
+    assert info["me_kto"]["columns"]["kto_tag"] == "kto_tag" and info["me_dpo"]["ranking"] is True
+
+    tok = AutoTokenizer.from_pretrained(pretrained_base)
+    tok.chat_template = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant: {% endif %}"
+    )
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
+    common = dict(per_device_train_batch_size=2, max_steps=1, use_cpu=True, report_to=[], save_strategy="no",
+                  max_length=96, logging_steps=1, dataloader_num_workers=0)  # fmt: skip
+    for trainer_cls, cfg_cls, data in (
+        (trl.KTOTrainer, trl.KTOConfig, kto),
+        (trl.DPOTrainer, trl.DPOConfig, dpo),
+    ):
+        model = AutoModelForCausalLM.from_pretrained(pretrained_base)
+        trainer = trainer_cls(
+            model=model, args=cfg_cls(output_dir=str(tmp_path / trainer_cls.__name__), **common),
+            train_dataset=data, processing_class=tok, peft_config=lora,
+        )  # fmt: skip
+        out_state = trainer.train()
+        assert out_state.global_step == 1
