@@ -376,6 +376,24 @@ class LlamaCppGenerator(Generator):
     def format(self, prompt: str, *, system: str | None = None, context: str | None = None) -> str:
         return render_prompt(self.chat_template, prompt, system=system, context=context)
 
+    def set_lora_scale(self, scale: float) -> None:
+        """How strongly the LoRA applies from the next generation on: 1 as trained, 0 the base alone, values
+        between a milder persona. The same switch llama-server offers at ``POST /lora-adapters``."""
+        import ctypes
+
+        import llama_cpp
+
+        adapter = getattr(self.llm, "_lora_adapter", None)
+        if adapter is None:
+            raise IdiolectError("this model was loaded without a LoRA: there is no persona to scale")
+        if not 0.0 <= scale <= 4.0:
+            raise IdiolectError(f"a LoRA scale is between 0 and 4, not {scale}")
+        adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter)
+        scales = (ctypes.c_float * 1)(scale)
+        if llama_cpp.llama_set_adapters_lora(self.llm._ctx.ctx, adapters, 1, scales):
+            raise IdiolectError("llama.cpp refused the LoRA scale")
+        self.llm.reset()  # the cached prompt was computed at the old scale
+
     def encode(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=self.add_bos, special=True)
 

@@ -66,6 +66,40 @@ def test_gguf_lora_matches_peft_in_llama_cpp(arch, tiny_models, tiny_ggufs, tmp_
     )  # the adapter matters: ignoring it would fail the line above
 
 
+def test_lora_scale_switches_the_persona_at_run_time(tiny_models, tiny_ggufs, tmp_path):
+    """One loaded model, the persona turned off, halfway and on again without reloading (llama-server's
+    /lora-adapters switch, in process): each scale gives the logits PEFT gives at that scale."""
+    from transformers import AutoTokenizer
+
+    from core.generation import LlamaCppGenerator
+
+    peft_model = random_adapter(tiny_models["llama"], tmp_path / "adapter")
+    lora = convert_lora_to_gguf(tmp_path / "adapter", tiny_models["llama"], tmp_path / "lora.gguf")
+    ids = AutoTokenizer.from_pretrained(tiny_models["llama"])("A walk, two coffees and a book.")["input_ids"]
+    with torch.no_grad():
+        tuned = peft_model(torch.tensor([ids])).logits[0, -1].numpy()
+        with peft_model.disable_adapter():
+            base = peft_model(torch.tensor([ids])).logits[0, -1].numpy()
+    gen = LlamaCppGenerator(tiny_ggufs["llama"], lora_path=lora, n_ctx=256, exact=True)
+
+    def last_logits(scale):
+        gen.set_lora_scale(scale)
+        gen.llm.eval(ids)
+        return np.ctypeslib.as_array(gen.llm._ctx.get_logits(), shape=(gen.llm.n_vocab(),)).copy()
+
+    size = np.abs(tuned).max()
+    for scale, expected in ((0.0, base), (1.0, tuned), (0.0, base), (0.5, None)):
+        got = last_logits(scale)
+        if expected is None:  # halfway: between the two, not either
+            assert np.abs(got - base).max() / size > 0.01 and np.abs(got - tuned).max() / size > 0.01
+        else:
+            assert np.abs(got - expected).max() / size < 1e-3, scale
+    with pytest.raises(IdiolectError, match="between 0 and 4"):
+        gen.set_lora_scale(-1)
+    with pytest.raises(IdiolectError, match="without a LoRA"):
+        LlamaCppGenerator(tiny_ggufs["llama"], n_ctx=64).set_lora_scale(1.0)
+
+
 def test_bad_adapters_are_refused(tiny_models, tmp_path):
     with pytest.raises(IdiolectError, match="not a PEFT adapter"):
         convert_lora_to_gguf(tmp_path, tiny_models["llama"], tmp_path / "x.gguf")
@@ -137,6 +171,23 @@ def test_export_all_formats_and_serve_with_openai_client(store, tiny_models, tmp
         reply = client.chat.completions.create(**body, max_tokens=16, temperature=0)
         assert reply.choices[0].message.content is not None
         assert reply.usage.completion_tokens > 0
+        # Switching the persona at run time is llama.cpp's own server's (POST /lora-adapters, in the export's
+        # commands); llama-cpp-python's server has no such endpoint, which the export's commands do not claim.
+        import urllib.error
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/lora-adapters", timeout=10)
+            switchable = True
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 404
+            switchable = False
+        assert not switchable, "llama-cpp-python's server now has /lora-adapters: test the switch through it"
+        assert "--lora-init-without-apply" in result.commands["llama-server, persona switchable"]
+        assert (
+            '"scale": 0.0' in result.commands["persona off"]
+            and "/lora-adapters" in result.commands["persona on"]
+        )
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -197,3 +248,39 @@ def test_cli_export(store, tiny_models, tmp_path):
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "Sam-O-Neil-summary.txt" in out.stdout and "manifest.json" in out.stdout
+
+
+def test_modelfile_follows_ollamas_rules(tmp_path):
+    """What `ollama create` reads (parser/parser.go's rules): FROM and one ADAPTER naming GGUF files that exist,
+    the SYSTEM text read back unchanged -- also when the summary holds quotes, triple quotes and blank lines."""
+    from core.export import check_modelfile, modelfile_text, parse_modelfile
+
+    for name in ("base.gguf", "lora.gguf"):
+        (tmp_path / name).write_bytes(b"GGUF" + bytes(20))
+    summary = 'You write "plainly".\n\nNever use """triple quotes""" or # marks.\nEnd with "quotes"'
+    path = tmp_path / "Modelfile"
+    path.write_text(modelfile_text("./base.gguf", "./lora.gguf", summary))
+    check_modelfile(path, summary)
+    commands = dict(parse_modelfile(path.read_text()))
+    assert commands["from"] == "./base.gguf" and commands["adapter"] == "./lora.gguf"
+    assert commands["system"].startswith('You write "plainly".\n\nNever use "" "triple') and '"""' not in commands[
+        "system"]  # fmt: skip
+    for bad, why in (
+        ("FROM ./base.gguf\nADAPTER ./lora.gguf\nADAPTER ./lora.gguf\n", "at most one ADAPTER"),
+        ("FROM ./missing.gguf\n", "cannot be read"),
+        ("FROM ./base.gguf\nADAPTER ./Modelfile\n", "not a GGUF file"),
+    ):
+        path.write_text(bad)
+        with pytest.raises(IdiolectError, match=why):
+            check_modelfile(path)
+    for bad in ('FROM ./base.gguf\nSYSTEM """never closed\n', "SYSTEM hi\n", "FROM ./base.gguf\nBOGUS x\n"):
+        with pytest.raises(ValueError):
+            parse_modelfile(bad)
+
+
+def test_summary_without_a_gguf_base_writes_no_modelfile(store, tiny_models, tmp_path):
+    _trained_profile(store, tiny_models, tmp_path)
+    result = export(store, "Sam O'Neil", tmp_path / "out", formats=["summary"])
+    names = {p.name for p in result.files}
+    assert "Sam-O-Neil-summary.txt" in names and "Modelfile" not in names
+    assert "ollama" not in result.commands
