@@ -50,12 +50,16 @@ def add_pasted(ctx: Ctx, profile: str | None, text: str) -> str:
     return reports_md([report])
 
 
-def add_files(ctx: Ctx, profile: str | None, files) -> str:
+def add_files(ctx: Ctx, profile: str | None, files, *, dry_run: bool = False) -> str:
+    """Import the files (writing, chat exports, feedback datasets); ``dry_run`` says what would land and writes
+    nothing."""
     need(ctx, profile)
     if not files:
         raise IdiolectError("Pick one or more files first.")
-    reports = import_samples(ctx.store, profile, [f if isinstance(f, str) else f.name for f in files])
-    return reports_md(reports)
+    paths = [f if isinstance(f, str) else f.name for f in files]
+    reports = import_samples(ctx.store, profile, paths, dry_run=dry_run)
+    text = reports_md(reports)
+    return text + ("\nPreview only: nothing was added. **Add files** imports them." if dry_run else "")
 
 
 def open_sample(ctx: Ctx, profile: str | None, sample_id) -> tuple[int, str, str]:
@@ -142,9 +146,14 @@ class WritingTab:
                 )
                 paste_btn = gr.Button("Add pasted text", variant="primary", elem_id="add-paste")
             with gr.Column():
-                files = gr.File(label="Or upload .txt / .md / .jsonl / .json / .csv", file_count="multiple",
-                                file_types=[".txt", ".md", ".jsonl", ".json", ".csv", ".tsv"])  # fmt: skip
-                files_btn = gr.Button("Add files", elem_id="add-files")
+                files = gr.File(
+                    label="Or upload .txt / .md / .jsonl / .json / .csv, or a chat export (ChatGPT "
+                    "conversations.json, Claude, Open WebUI; your own turns become samples, its thumbs ratings)",
+                    file_count="multiple", file_types=[".txt", ".md", ".jsonl", ".ndjson", ".json", ".csv", ".tsv"],
+                )  # fmt: skip
+                with gr.Row():
+                    preview_btn = gr.Button("Preview (adds nothing)", elem_id="preview-files")
+                    files_btn = gr.Button("Add files", elem_id="add-files")
         import_md = gr.Markdown(elem_id="import-report")
         with gr.Row():
             query = gr.Textbox(label="Search your samples", scale=4, elem_id="sample-search", max_lines=1)
@@ -197,6 +206,7 @@ class WritingTab:
             [*view, files],
             [import_md, *table_outputs],
         )
+        on(preview_btn.click, lambda p, f: add_files(ctx, p, f, dry_run=True), [profile, files], [import_md])
         on(query.submit, lambda p, q: refresh(p, q, 1), [profile, query], table_outputs)
         on(page.submit, refresh, view, table_outputs)
         on(prev_btn.click, lambda p, q, pg: refresh(p, q, (pg or 1) - 1), view, table_outputs)

@@ -255,3 +255,20 @@ def test_summary_versions_show_as_a_table(ctx):
     ctx.store.add_summary(ctx.store.get_profile("ana")["id"], "Short | plain.", "popi:concise", score=0.05)
     md = peers.history_md(ctx, "ana")
     assert "| 1 |" in md and "Idiolect (concise)" in md and "+5.1%" in md and "Short \\| plain." in md
+
+
+def test_a_chat_export_can_be_previewed_then_added(ctx, tmp_path):
+    import json
+
+    from test_chat_import import openwebui_chat
+
+    ctx.store.create_profile("ana")
+    f = tmp_path / "chat-export.json"
+    f.write_text(json.dumps([openwebui_chat()]))
+    preview = writing.add_files(ctx, "ana", [str(f)], dry_run=True)
+    assert "[openwebui]" in preview and "2 would be added" in preview and "ratings: 2 would be added" in preview
+    assert "nothing was added" in preview
+    pid = ctx.store.get_profile("ana")["id"]
+    assert ctx.store.list_samples(pid) == [] and ctx.store.list_feedback(pid) == []
+    added = writing.add_files(ctx, "ana", [str(f)])
+    assert "2 added" in added and len(ctx.store.list_feedback(pid)) == 2
