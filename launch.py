@@ -1,7 +1,7 @@
-"""Idiolect's one entry point.
+"""Idiolect's one entry point (``python launch.py`` in a checkout, the ``idiolect`` command when installed).
 
-python launch.py                 open the app in the browser (127.0.0.1, a free port)
-python launch.py SUBCOMMAND ...  headless: import-peers, add-samples, stats (see --help)
+idiolect                 open the app in the browser (127.0.0.1, a free port)
+idiolect SUBCOMMAND ...  headless: add-samples, train, export, stats, ... (see --help)
 """
 
 from __future__ import annotations
@@ -13,18 +13,21 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.cli import build_parser, run
+    from idiolect.core.cli import build_parser, run
 
     args = build_parser().parse_args(argv)
     if args.command is not None:
         return run(args)
-    from app.main import launch_app
+    from idiolect.app.main import launch_app
 
     return launch_app(args)
 
 
-if __name__ == "__main__":
-    code = main()
-    from core.cli import exit_process
+def console_main() -> None:
+    from idiolect.core.cli import exit_process
 
-    exit_process(code)
+    exit_process(main())
+
+
+if __name__ == "__main__":
+    console_main()

@@ -19,11 +19,11 @@ from functools import wraps
 import gradio as gr
 import pandas as pd
 
-from core.errors import IdiolectError
-from core.generation import HFGenerator
-from core.models import local_model_dir
-from core.store import Store
-from core.train import latest_completed_run
+from idiolect.core.errors import IdiolectError
+from idiolect.core.generation import HFGenerator
+from idiolect.core.models import local_model_dir
+from idiolect.core.store import Store
+from idiolect.core.train import latest_completed_run
 
 log = logging.getLogger("idiolect.app")
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import gradio as gr
 
-from app.common import Ctx, need, on, status
-from core.errors import IdiolectError
-from core.export import DEFAULT_FORMATS, FORMATS, export, safe_name, try_export
-from core.paths import data_dir
+from idiolect.app.common import Ctx, need, on, status
+from idiolect.core.errors import IdiolectError
+from idiolect.core.export import DEFAULT_FORMATS, FORMATS, export, safe_name, try_export
+from idiolect.core.paths import data_dir
 
 
 def download_copy(folder: Path, files: list[Path], slug: str) -> list[str]:

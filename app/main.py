@@ -10,25 +10,25 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from app import profiles  # noqa: E402
-from app.common import Ctx, status  # noqa: E402
-from app.export import ExportTab  # noqa: E402
-from app.model import ModelTab  # noqa: E402
-from app.peers import PeersTab  # noqa: E402
-from app.rate import RateTab  # noqa: E402
-from app.train import TrainTab  # noqa: E402
-from app.writing import WritingTab  # noqa: E402
-from core.cli import open_store  # noqa: E402
-from core.errors import IdiolectError  # noqa: E402
-from core.store import Store  # noqa: E402
+from idiolect.app import profiles  # noqa: E402
+from idiolect.app.common import Ctx, status  # noqa: E402
+from idiolect.app.export import ExportTab  # noqa: E402
+from idiolect.app.model import ModelTab  # noqa: E402
+from idiolect.app.peers import PeersTab  # noqa: E402
+from idiolect.app.rate import RateTab  # noqa: E402
+from idiolect.app.train import TrainTab  # noqa: E402
+from idiolect.app.writing import WritingTab  # noqa: E402
+from idiolect.core.cli import open_store  # noqa: E402
+from idiolect.core.errors import IdiolectError  # noqa: E402
+from idiolect.core.paths import ASSETS  # noqa: E402
+from idiolect.core.store import Store  # noqa: E402
 
-CSS_PATH = Path(__file__).resolve().parent.parent / "assets" / "app.css"
+CSS_PATH = ASSETS / "app.css"  # shipped as package data (tests/test_packaging.py)
 MAX_UPLOAD = "64mb"
 SHORTCUTS = """
 <script>
@@ -102,7 +102,7 @@ def launch_app(args) -> int:
         inbrowser=not args.no_browser,
         share=bool(args.share),
         auth=auth_pair,
-        css_paths=[CSS_PATH] if CSS_PATH.exists() else None,
+        css_paths=[CSS_PATH],
         head=SHORTCUTS,
         max_file_size=MAX_UPLOAD,
         show_error=False,

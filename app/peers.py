@@ -8,9 +8,9 @@ import math
 import gradio as gr
 import pandas as pd
 
-from app.common import Ctx, frame, model_of, need, on, reports_md, status
-from core.errors import IdiolectError
-from core.importers import import_peers
+from idiolect.app.common import Ctx, frame, model_of, need, on, reports_md, status
+from idiolect.core.errors import IdiolectError
+from idiolect.core.importers import import_peers
 
 
 def pool_choices(ctx: Ctx, current: str | None = None):
@@ -20,7 +20,7 @@ def pool_choices(ctx: Ctx, current: str | None = None):
 
 
 def analyze(ctx: Ctx, profile, pool, progress=None):
-    from core.profile import build_summary, report_text
+    from idiolect.core.profile import build_summary, report_text
 
     need(ctx, profile)
     if progress is not None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from app.common import Ctx, need, on, plural
-from core.train import delete_profile
+from idiolect.app.common import Ctx, need, on, plural
+from idiolect.core.train import delete_profile
 
 
 def names(ctx: Ctx) -> list[str]:

@@ -7,12 +7,12 @@ import random
 import gradio as gr
 import pandas as pd
 
-from app.common import Ctx, model_of, need, on, status
-from core import likeness
-from core.errors import IdiolectError
-from core.generation import SamplingParams
-from core.train import latest_completed_run
-from core.training_data import feedback_meaning
+from idiolect.app.common import Ctx, model_of, need, on, status
+from idiolect.core import likeness
+from idiolect.core.errors import IdiolectError
+from idiolect.core.generation import SamplingParams
+from idiolect.core.train import latest_completed_run
+from idiolect.core.training_data import feedback_meaning
 
 RATING_HELP = (
     "An edit is learned as your own writing: edit a text, then 👍 (the original is left out) or 👎 (the original "

@@ -6,13 +6,14 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from app.common import Ctx, frame, model_of, need, on, signed, status
-from core import likeness, worker
-from core.errors import IdiolectError
-from core.objectives import DESCRIPTIONS
-from core.train import TrainConfig, estimate_run
+from idiolect.app.common import Ctx, frame, model_of, need, on, signed, status
+from idiolect.core import likeness, worker
+from idiolect.core.config import TrainConfig, defaults
+from idiolect.core.errors import IdiolectError
+from idiolect.core.objectives import DESCRIPTIONS
+from idiolect.core.train import estimate_run
 
-DEFAULTS = TrainConfig(model="")
+DEFAULTS = TrainConfig(**{**defaults(), "model": ""})  # the CLI's defaults too (idiolect.core.config)
 
 
 def objective_choices() -> list[tuple[str, str]]:
@@ -89,7 +90,7 @@ def config_of(ctx: Ctx, profile, objective, steps, epochs, lr, batch, lora_r, ma
         cfg = TrainConfig(
             model=model_of(ctx, profile), objective=objective or DEFAULTS.objective, steps=int(steps or 0) or None,
             epochs=int(epochs or DEFAULTS.epochs), lr=float(lr), batch_size=int(batch), lora_r=int(lora_r),
-            lora_alpha=2 * int(lora_r), max_length=int(max_length),
+            max_length=int(max_length),
         )  # fmt: skip
     except (TypeError, ValueError) as exc:
         raise IdiolectError(f"Check the settings: {exc}") from None
@@ -148,7 +149,7 @@ class TrainTab:
             )
             epochs = gr.Number(value=DEFAULTS.epochs, precision=0, label="Epochs (passes over your texts)",
                                elem_id="train-epochs", minimum=1)  # fmt: skip
-            lr = gr.Number(value=1e-4, label="Learning rate", elem_id="train-lr")
+            lr = gr.Number(value=DEFAULTS.lr, label="Learning rate", elem_id="train-lr")
         with gr.Row():
             batch = gr.Number(value=DEFAULTS.batch_size, precision=0, label="Your texts per step", minimum=1)
             lora_r = gr.Number(value=DEFAULTS.lora_r, precision=0, label="LoRA rank (alpha = 2 x rank)", minimum=1,

@@ -1,1 +1,49 @@
-"""Benchmarks, run through `python launch.py bench NAME ...`; each writes JSON and a Markdown table."""
+"""Benchmarks, run through `python launch.py bench NAME ...`; each writes JSON and a Markdown table.
+
+Imported only when a bench command runs: the app and the other commands never load benchmark code."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+
+def add_parsers(parser: argparse.ArgumentParser, add_db: Callable[[argparse.ArgumentParser], None]) -> None:
+    """One subcommand per benchmark, each with its own options (and ``--db`` after the name)."""
+    from idiolect.bench import generation, personalization, training
+
+    sub = parser.add_subparsers(dest="bench", metavar="NAME", required=True)
+    raw = argparse.RawDescriptionHelpFormatter
+    specs = [
+        ("generation", "tokens/s of the transformers and llama.cpp backends on the same model",
+         generation.__doc__, raw, generation.add_arguments),
+        ("training", "training tokens/s and memory: Idiolect C-BPO vs TRL's KTOTrainer on the same work",
+         training.__doc__, raw, training.add_arguments),
+        ("pretrain", "pretrain a small LM on given texts (the base for quality benchmarks; cached)",
+         personalization.__doc__, raw, personalization.add_pretrain_arguments),
+        ("personalization",
+         "C-BPO vs base/SFT/BCO on real writers: likelihood lifts, ROUGE/METEOR/BLEU, authorship, pair accuracy",
+         personalization.__doc__, raw, personalization.add_personalization_arguments),
+        ("tune", "choose each objective's settings from personalization runs on one dump (same number per objective)",
+         personalization.choose_settings.__doc__, None, personalization.add_tune_arguments),
+        ("merge", "one personalization table from runs on the same splits, each giving some objectives",
+         personalization.merge_cmd.__doc__, None, personalization.add_merge_arguments),
+    ]  # fmt: skip
+    for name, help_text, description, formatter, add_arguments in specs:
+        extra = {"formatter_class": formatter} if formatter else {}
+        bp = sub.add_parser(name, help=help_text, description=description, **extra)
+        add_arguments(bp)
+        add_db(bp)
+
+
+def run(args: argparse.Namespace) -> None:
+    from idiolect.bench import generation, personalization, training
+
+    {
+        "generation": generation.run,
+        "training": training.run,
+        "pretrain": personalization.pretrain_cmd,
+        "personalization": personalization.personalization_cmd,
+        "tune": personalization.tune_cmd,
+        "merge": personalization.merge_cmd,
+    }[args.bench](args)

@@ -21,8 +21,8 @@ PROMPT = "Write a short review of a pair of headphones you bought recently."
 
 
 def small_model(cache: Path, arch: str = "llama") -> Path:
-    from core.peers import default_pool_rows
-    from core.tinymodels import save_tiny_model
+    from idiolect.core.peers import default_pool_rows
+    from idiolect.core.tinymodels import save_tiny_model
 
     path = cache / f"bench-small-{arch}-v32k"
     if not (path / "config.json").exists():
@@ -37,10 +37,10 @@ def small_model(cache: Path, arch: str = "llama") -> Path:
 def run(args: argparse.Namespace) -> dict:
     import torch
 
-    from bench.report import matmul_gflops, write
-    from core.generation import LlamaCppGenerator
-    from core.gguf_writer import convert_hf_to_gguf
-    from core.models import load_hf_model, render_prompt
+    from idiolect.bench.report import matmul_gflops, write
+    from idiolect.core.generation import LlamaCppGenerator
+    from idiolect.core.gguf_writer import convert_hf_to_gguf
+    from idiolect.core.models import load_hf_model, render_prompt
 
     cache = Path(args.cache)
     model_dir = Path(args.model) if args.model else small_model(cache)

@@ -55,7 +55,7 @@ def _h(text: str) -> float:
 
 def read_rows(path: str) -> list[dict]:
     """``{writer, context, text}`` rows from a Stack Exchange dump or a JSONL/CSV peer table."""
-    from core.importers import detect_peer_format, read_peer_table, read_stackexchange
+    from idiolect.core.importers import detect_peer_format, read_peer_table, read_stackexchange
 
     p = Path(path)
     rows, _, _ = read_stackexchange(p) if detect_peer_format(p) == "stackexchange" else read_peer_table(p)
@@ -67,7 +67,7 @@ def read_rows(path: str) -> list[dict]:
 
 
 def pretrain_cmd(args) -> Path:
-    from core.pretrain import pretrain
+    from idiolect.core.pretrain import pretrain
 
     texts = []
     for path in args.corpus:
@@ -195,7 +195,7 @@ def leak_free_pairs(heldout: list[dict], others: list[dict], trained: set[str]) 
 
 
 def _examples(rows, tokenizer, max_length):
-    from core.training_data import Example, tokenize
+    from idiolect.core.training_data import Example, tokenize
 
     ex = [Example("tar", None, r["context"], r["text"]) for r in rows]
     tokenize(ex, tokenizer, max_length)
@@ -213,7 +213,7 @@ class Generations:
 
     def __call__(self, model, adapter_dir: str | None, contexts: list[str | None]) -> list[str]:
         if self.llama:
-            from core.generation import LlamaCppGenerator, SamplingParams, gguf_lora_for
+            from idiolect.core.generation import LlamaCppGenerator, SamplingParams, gguf_lora_for
 
             lora = gguf_lora_for(Path(adapter_dir), self.base) if adapter_dir else None
             gen = LlamaCppGenerator(self.base, lora_path=lora, n_ctx=2048)
@@ -228,7 +228,7 @@ class Generations:
                 gen.llm.close()
         import torch
 
-        from core.models import render_prompt
+        from idiolect.core.models import render_prompt
 
         out = []
         for c in contexts:
@@ -253,8 +253,8 @@ class Generations:
 def evaluate(model, tokenizer, adapter_dir, target, peer_held, pairs, authorship, max_length, generate, device,
              autocast=None):  # fmt: skip
     """All metrics of one (target, objective) on held-out data. ``adapter_dir=None`` = the base model."""
-    from core.metrics import bleu, meteor, rouge1, rouge_l
-    from core.train import logps_of
+    from idiolect.core.metrics import bleu, meteor, rouge1, rouge_l
+    from idiolect.core.train import logps_of
 
     adapter = adapter_dir is not None
     held = target["heldout"]
@@ -435,7 +435,7 @@ KEYS = ("target_lift", "peer_lift", "specificity", "pair_accuracy", "pair_accura
 
 def summarize(per_target: dict, objectives: list[str]) -> tuple[dict, dict, list[dict]]:
     """Per objective and metric: the mean with its 95% CI over targets, the means alone, and the table rows."""
-    from core.metrics import mean_ci
+    from idiolect.core.metrics import mean_ci
 
     summary = {
         o: {
@@ -459,7 +459,7 @@ def merge_cmd(args) -> dict:
     """One table from personalization runs on the same dump, splits and base, each contributing the objectives
     named for it (``--take RUN:obj1,obj2``): used when tuning changed the settings of some objectives only, so
     the others keep their reported runs. Refuses runs whose targets or base measurements differ."""
-    from bench.report import write
+    from idiolect.bench.report import write
 
     taken: list[tuple[dict, str, list[str]]] = []
     for item in args.take:
@@ -526,12 +526,12 @@ def personalization_cmd(args) -> dict:
     import torch
     from peft import PeftModel
 
-    from bench.report import write
-    from core.metrics import mean_ci
-    from core.models import load_hf_model, local_model_dir
-    from core.profile import build_summary, summary_baseline, summary_lift
-    from core.store import Store
-    from core.train import TrainConfig, Trainer, autocast_dtype, create_run
+    from idiolect.bench.report import write
+    from idiolect.core.metrics import mean_ci
+    from idiolect.core.models import load_hf_model, local_model_dir
+    from idiolect.core.profile import build_summary, summary_baseline, summary_lift
+    from idiolect.core.store import Store
+    from idiolect.core.train import TrainConfig, Trainer, autocast_dtype, create_run
 
     torch.manual_seed(args.seed)
     families = parse_objectives(args.objectives)
@@ -622,7 +622,7 @@ def personalization_cmd(args) -> dict:
                 }
         if args.popi and summaries:
             # Scored on held-out texts the choice never saw, against the generic summary and another target's.
-            from core.profile import GENERIC_SUMMARY
+            from idiolect.core.profile import GENERIC_SUMMARY
 
             held_peer_pairs = [(r["context"], r["text"]) for r in lift_peers[:32]]
             names = list(summaries)

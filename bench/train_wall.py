@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_variant(repo: Path, model: str, steps: int, extra: list[str], target: str, workdir: Path) -> dict:
-    from core.peers import default_pool_rows
+    from idiolect.core.peers import default_pool_rows
 
     db = workdir / "wall.db"
     texts = workdir / "mine.jsonl"
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--name", default="train_wall")
     args = parser.parse_args(argv)
-    from bench.report import write
+    from idiolect.bench.report import write
 
     results = []
     for spec in args.variant:

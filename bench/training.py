@@ -59,7 +59,7 @@ def _result(engine: str, step_times: list[float], batch: int, mean_tokens: float
 
 
 def _data(target: str):
-    from core.peers import default_pool_rows
+    from idiolect.core.peers import default_pool_rows
 
     rows = default_pool_rows()
     tar = rows.pop(target)
@@ -68,7 +68,7 @@ def _data(target: str):
 
 
 def _mean_tokens(tokenizer, rows, max_length: int) -> float:
-    from core.models import render_prompt
+    from idiolect.core.models import render_prompt
 
     lengths = []
     for r in rows:
@@ -81,8 +81,8 @@ def _mean_tokens(tokenizer, rows, max_length: int) -> float:
 
 
 def engine_idiolect(args) -> dict:
-    from core.store import Store
-    from core.train import TrainConfig, Trainer, create_run
+    from idiolect.core.store import Store
+    from idiolect.core.train import TrainConfig, Trainer, create_run
 
     tar, aux = _data(args.target)
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,7 +122,7 @@ def engine_trl(args) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import KTOConfig, KTOTrainer
 
-    from core.models import render_prompt
+    from idiolect.core.models import render_prompt
 
     tar, aux = _data(args.target)
     tok = AutoTokenizer.from_pretrained(args.model)
@@ -166,15 +166,15 @@ def engine_trl(args) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from bench.generation import small_model
-    from bench.report import write
-    from core.models import local_model_dir
+    from idiolect.bench.generation import small_model
+    from idiolect.bench.report import write
+    from idiolect.core.models import local_model_dir
 
     # A GGUF file (or `offline`) is dequantized once; both engines then load the same Hugging Face folder.
     model = str(local_model_dir(args.model)) if args.model else str(small_model(Path(args.cache)))
     results = []
     for engine in ("idiolect", "trl", "trl-precompute"):
-        cmd = [sys.executable, "-m", "bench.training", "--engine", engine, "--model", model, "--steps", str(args.steps),
+        cmd = [sys.executable, "-m", "idiolect.bench.training", "--engine", engine, "--model", model, "--steps", str(args.steps),
                "--batch", str(args.batch), "--max-length", str(args.max_length), "--target", args.target,
                "--precision", args.precision]  # fmt: skip
         out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)

@@ -9,13 +9,11 @@ import os
 import sys
 from collections.abc import Sequence
 
-from core.errors import IdiolectError
-from core.importers import PEER_FORMATS, SPLITS, import_peers, import_samples
-from core.paths import default_db_path
-from core.peers import ensure_defaults
-from core.store import Store
-
-OBJECTIVE_NAMES = ("cbpo", "sft", "bco", "kto", "cbpo_pi0")  # core.objectives.OBJECTIVES (torch-free here)
+from idiolect.core.errors import IdiolectError
+from idiolect.core.importers import PEER_FORMATS, SPLITS, import_peers, import_samples
+from idiolect.core.paths import default_db_path
+from idiolect.core.peers import ensure_defaults
+from idiolect.core.store import Store
 
 
 def _add_db(parser: argparse.ArgumentParser, top: bool = False) -> None:
@@ -151,51 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="Hugging Face id, local model folder, or a .gguf file (dequantized once, cached by its hash; the GGUF "
         "LoRA export then targets that very file)",
     )
-    p.add_argument("--objective", choices=OBJECTIVE_NAMES, default="kto", help="default: kto (README: why)")
-    p.add_argument("--pool", default="default", help="peer pool (default: the bundled pool)")
-    p.add_argument("--steps", type=int, help="optimizer steps (default: epochs x batches per epoch)")
-    p.add_argument("--epochs", type=int, default=3, help="passes over your texts (default: 3)")
-    p.add_argument(
-        "--batch-size", type=int, default=4, help="your texts per batch; as many peer texts (default: 4)"
-    )
-    p.add_argument("--grad-accum", type=int, default=1, help="batches per optimizer step (default: 1)")
-    p.add_argument("--lr", type=float, default=1e-4, help="learning rate (default: 1e-4)")
-    p.add_argument("--beta", type=float, default=0.02, help="reward scale (default: 0.02)")
-    p.add_argument(
-        "--reward-norm",
-        choices=("sum", "mean"),
-        default="sum",
-        help="implicit reward summed over the response's tokens, or their mean (length-normalized; use a beta "
-        "near 1) (default: sum)",
-    )
-    p.add_argument("--pi", type=float, help="class prior of target-like peer texts (default: estimated)")
-    p.add_argument(
-        "--lambda-sft",
-        type=float,
-        default=0.0,
-        help="weight of an SFT term on your texts added to a preference objective (default: 0)",
-    )
-    p.add_argument(
-        "--max-length", type=int, default=512, help="tokens per sample, prompt included (default: 512)"
-    )
-    p.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default: 8)")
-    p.add_argument(
-        "--heldout-fraction",
-        type=float,
-        default=0.1,
-        help="share of your texts (and of the peer texts) held out for the held-out metrics (default: 0.1)",
-    )
-    p.add_argument(
-        "--precision",
-        choices=("auto", "fp32", "bf16"),
-        default="auto",
-        help="CPU compute precision (default auto: bf16 autocast on CPUs with native bf16, for models of 100M+ "
-        "parameters; fp32 otherwise)",
-    )
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--quantize", choices=("auto", "4bit", "none"), default="auto", help="auto: 4-bit on CUDA")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save-every", type=int, default=50, help="checkpoint every N steps (default: 50)")
+    from idiolect.core import config as train_config
+
+    train_config.add_arguments(p)  # every setting's flag, default and help from TrainConfig: one source
     p.add_argument("--resume", type=int, metavar="RUN_ID", help="continue this run instead of starting one")
     p.add_argument("--background", action="store_true", help="start a worker process and return at once")
     _add_db(p)
@@ -264,65 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_db(p)
 
+    # The benchmarks' own options are read by idiolect.bench, imported only when a bench command runs.
     p = sub.add_parser(
         "bench",
-        help="benchmarks that write JSON + a Markdown table",
-        description="Run a benchmark; each writes NAME.json and NAME.md into its --out folder.",
+        help="benchmarks that write JSON + a Markdown table (launch.py bench --help lists them)",
+        add_help=False,
+        prefix_chars="\x01",  # everything after "bench", options included, goes to the benchmarks' parser
     )
-    bench_sub = p.add_subparsers(dest="bench", metavar="NAME", required=True)
-    from bench import generation as bench_generation
-
-    bp = bench_sub.add_parser(
-        "generation",
-        help="tokens/s of the transformers and llama.cpp backends on the same model",
-        description=bench_generation.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    bench_generation.add_arguments(bp)
-    _add_db(bp)  # accepted after the bench name too
-    from bench import training as bench_training
-
-    bp = bench_sub.add_parser(
-        "training",
-        help="training tokens/s and memory: Idiolect C-BPO vs TRL's KTOTrainer on the same work",
-        description=bench_training.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    bench_training.add_arguments(bp)
-    _add_db(bp)  # accepted after the bench name too
-    from bench import personalization as bench_personalization
-
-    bp = bench_sub.add_parser(
-        "pretrain",
-        help="pretrain a small LM on given texts (the base for quality benchmarks; cached)",
-        description=bench_personalization.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    bench_personalization.add_pretrain_arguments(bp)
-    _add_db(bp)  # accepted after the bench name too
-    bp = bench_sub.add_parser(
-        "personalization",
-        help="C-BPO vs base/SFT/BCO on real writers: likelihood lifts, ROUGE/METEOR/BLEU, authorship, pair accuracy",
-        description=bench_personalization.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    bench_personalization.add_personalization_arguments(bp)
-    _add_db(bp)  # accepted after the bench name too
-    bp = bench_sub.add_parser(
-        "tune",
-        help="choose each objective's settings from personalization runs on one dump (same number per objective)",
-        description=bench_personalization.choose_settings.__doc__,
-    )
-    bench_personalization.add_tune_arguments(bp)
-    _add_db(bp)  # accepted after the bench name too
-    bp = bench_sub.add_parser(
-        "merge",
-        help="one personalization table from runs on the same splits, each giving some objectives",
-        description=bench_personalization.merge_cmd.__doc__,
-    )
-    bench_personalization.add_merge_arguments(bp)
-    _add_db(bp)  # accepted after the bench name too
-    _add_db(p)
+    p.add_argument("bench_args", nargs=argparse.REMAINDER)
 
     p = sub.add_parser(
         "stats",
@@ -417,7 +322,7 @@ def cmd_stats(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from core.generation import SamplingParams, open_generator
+    from idiolect.core.generation import SamplingParams, open_generator
 
     params = SamplingParams(
         max_new_tokens=args.max_tokens,
@@ -437,8 +342,9 @@ def cmd_train(args) -> int:
     import signal
     import time
 
-    from core import worker
-    from core.train import TrainConfig, Trainer, check_trainable, create_run
+    from idiolect.core import config as train_config
+    from idiolect.core import worker
+    from idiolect.core.train import Trainer, check_trainable, create_run
 
     with open_store(args.db) as store:
         if args.resume is not None:
@@ -454,13 +360,7 @@ def cmd_train(args) -> int:
         else:
             if not args.profile or not args.model:
                 raise IdiolectError("train needs --profile and --model (or --resume RUN_ID)")
-            cfg = TrainConfig(
-                model=args.model, objective=args.objective, pool=args.pool, steps=args.steps, epochs=args.epochs,
-                batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, beta=args.beta, pi=args.pi,
-                max_length=args.max_length, lora_r=args.lora_r, lora_alpha=2 * args.lora_r, device=args.device,
-                quantize=args.quantize, seed=args.seed, save_every=args.save_every, precision=args.precision,
-                heldout_fraction=args.heldout_fraction, lambda_sft=args.lambda_sft, reward_norm=args.reward_norm,
-            )  # fmt: skip
+            cfg = train_config.from_args(args, args.model)
             check_trainable(store, args.profile, cfg)  # refused here, no failed run is left behind
             if args.background:
                 run_id = worker.start(store, args.profile, cfg)
@@ -533,7 +433,7 @@ def cmd_train(args) -> int:
 def cmd_summary(args) -> int:
     import os
 
-    from core.profile import build_summary, openai_compatible_writer, report_text
+    from idiolect.core.profile import build_summary, openai_compatible_writer, report_text
 
     with open_store(args.db) as store:
         model = args.model
@@ -553,8 +453,8 @@ def cmd_summary(args) -> int:
                 args.llm_url, os.environ.get("IDIOLECT_LLM_API_KEY"), args.llm_model
             )
         elif args.llm_local:
-            from core.generation import HFGenerator, SamplingParams
-            from core.models import local_model_dir
+            from idiolect.core.generation import HFGenerator, SamplingParams
+            from idiolect.core.models import local_model_dir
 
             gen = HFGenerator.from_pretrained(local_model_dir(model))
 
@@ -585,7 +485,7 @@ def cmd_summary(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from core.export import export
+    from idiolect.core.export import export
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()] if args.formats else None
     with open_store(args.db) as store:
@@ -601,7 +501,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from core.models import RECOMMENDED, download, models_on_disk
+    from idiolect.core.models import RECOMMENDED, download, models_on_disk
 
     if args.download:
         last = [0.0]
@@ -636,18 +536,17 @@ def cmd_models(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from bench import generation as bench_generation
-    from bench import personalization as bench_personalization
-    from bench import training as bench_training
+    from idiolect import bench
 
-    {
-        "generation": bench_generation.run,
-        "training": bench_training.run,
-        "pretrain": bench_personalization.pretrain_cmd,
-        "personalization": bench_personalization.personalization_cmd,
-        "tune": bench_personalization.tune_cmd,
-        "merge": bench_personalization.merge_cmd,
-    }[args.bench](args)
+    parser = argparse.ArgumentParser(
+        prog="launch.py bench",
+        description="Run a benchmark; each writes NAME.json and NAME.md into its --out folder.",
+    )
+    bench.add_parsers(parser, _add_db)
+    bench_args = parser.parse_args(args.bench_args)
+    if not hasattr(bench_args, "db"):
+        bench_args.db = getattr(args, "db", None)
+    bench.run(bench_args)
     return 0
 
 
@@ -700,7 +599,3 @@ def exit_process(code: int) -> None:
         logging.shutdown()
         os._exit(code)
     sys.exit(code)
-
-
-def console_main() -> None:
-    exit_process(main())

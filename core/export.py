@@ -31,8 +31,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.errors import IdiolectError
-from core.store import Store
+from idiolect.core.errors import IdiolectError
+from idiolect.core.store import Store
 
 MODEL_FORMATS = ("peft", "gguf", "merged")
 DATASET_FORMATS = ("kto-jsonl", "dpo-jsonl", "llamafactory")
@@ -196,14 +196,14 @@ def _latest_completed_run(store: Store, profile_id: int, run_id: int | None) -> 
         if run["status"] != "completed" or not run["adapter_path"]:
             raise IdiolectError(f"run {run_id} has no finished adapter (status: {run['status']})")
         return run
-    from core.train import latest_completed_run
+    from idiolect.core.train import latest_completed_run
 
     return latest_completed_run(store, profile_id)
 
 
 def _training_data(run: dict) -> dict | None:
     """The rows a run trained and was evaluated on (source id and content hash of each), from its record."""
-    from core.train import read_data_record, record_summary
+    from idiolect.core.train import read_data_record, record_summary
 
     record_path = Path((run["result"].get("data") or {}).get("record") or "")
     try:
@@ -374,8 +374,8 @@ def export(
     run_id: int | None = None,
     gguf_dtype: str = "f16",
 ) -> ExportResult:
-    from core.gguf_writer import convert_hf_to_gguf, convert_lora_to_gguf
-    from core.models import gguf_source, local_model_dir, resolve, sha256_file
+    from idiolect.core.gguf_writer import convert_hf_to_gguf, convert_lora_to_gguf
+    from idiolect.core.models import gguf_source, local_model_dir, resolve, sha256_file
 
     prof = store.get_profile(profile)
     asked = tuple(formats) if formats else None
@@ -406,7 +406,7 @@ def export(
         if fmt in wanted and run is None:
             skipped[fmt] = "no trained adapter"
     if run and ("gguf" in wanted or "merged" in wanted):
-        from core.gguf_writer import export_problem
+        from idiolect.core.gguf_writer import export_problem
 
         base_dir = local_model_dir(base_spec)
         source = resolve(base_spec)
@@ -463,7 +463,7 @@ def export(
 
     datasets = [f for f in wanted if f in DATASET_FORMATS]
     if datasets:
-        from core.training_data import preference_data
+        from idiolect.core.training_data import preference_data
 
         pool = run["config"].get("pool", "default") if run else "default"
         written, why = dataset_files(folder, slug, preference_data(store, prof["name"], pool=pool), datasets)
@@ -519,7 +519,7 @@ def try_export(folder: str | Path, prompt: str, *, max_new_tokens: int = 80, see
     system prompt (what its Modelfile says), and answers ``prompt``."""
     import json as _json
 
-    from core.generation import LlamaCppGenerator, SamplingParams
+    from idiolect.core.generation import LlamaCppGenerator, SamplingParams
 
     folder = Path(folder)
     try:

@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from core.errors import IdiolectError
-from core.gguf_writer import gguf_context_length
-from core.models import load_hf_model, render_prompt
+from idiolect.core.errors import IdiolectError
+from idiolect.core.gguf_writer import gguf_context_length
+from idiolect.core.models import load_hf_model, render_prompt
 
 
 @dataclass
@@ -313,7 +313,7 @@ def open_llama(**kwargs):
     import llama_cpp
     import llama_cpp.llama as llama_module
 
-    from core.models import cpu_flags
+    from idiolect.core.models import cpu_flags
 
     if "amx_tile" not in cpu_flags():
         return llama_cpp.Llama(**kwargs)
@@ -480,7 +480,7 @@ def open_generator(
     """A generator for what the user named. With the llama backend an HF model is converted to GGUF first
     (cached by folder and modification time), and ``adapter`` may be a GGUF LoRA or a PEFT folder; with the hf
     backend a GGUF model is dequantized (once) and ``adapter`` is a PEFT folder."""
-    from core.models import local_model_dir, resolve
+    from idiolect.core.models import local_model_dir, resolve
 
     if backend not in ("hf", "llama"):
         raise IdiolectError(f"backend must be hf or llama, not {backend!r}")
@@ -505,9 +505,9 @@ def gguf_lora_for(adapter_dir: Path, model: str, cache: Path | None = None) -> P
     adapter's identity (folder + content hash), so a retrained adapter in the same folder gets a new file."""
     import hashlib
 
-    from core.gguf_writer import convert_lora_to_gguf
-    from core.models import local_model_dir
-    from core.paths import data_dir
+    from idiolect.core.gguf_writer import convert_lora_to_gguf
+    from idiolect.core.models import local_model_dir
+    from idiolect.core.paths import data_dir
 
     if not (adapter_dir / "adapter_config.json").exists():
         raise IdiolectError(f"{adapter_dir}: give a PEFT adapter folder or a GGUF LoRA file as --adapter")
@@ -528,9 +528,9 @@ def gguf_for(model_dir: Path, cache: Path | None = None) -> Path:
     rewritten weights get a new file even where they kept the old modification time."""
     import hashlib
 
-    from core.gguf_writer import convert_hf_to_gguf
-    from core.models import file_sha256
-    from core.paths import data_dir
+    from idiolect.core.gguf_writer import convert_hf_to_gguf
+    from idiolect.core.models import file_sha256
+    from idiolect.core.paths import data_dir
 
     cache = cache or data_dir() / "gguf"
     parts = [str(model_dir.resolve())]

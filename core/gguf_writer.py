@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from core.errors import IdiolectError
+from idiolect.core.errors import IdiolectError
 
 
 @dataclass(frozen=True)

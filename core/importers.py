@@ -23,11 +23,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from core import chat_exports
-from core.anonymize import pseudonym, scrub
-from core.errors import IdiolectError, ImportFailed
-from core.store import Store, check_name
-from core.text import bad_bytes, decode, html_to_text, normalize
+from idiolect.core import chat_exports
+from idiolect.core.anonymize import pseudonym, scrub
+from idiolect.core.errors import IdiolectError, ImportFailed
+from idiolect.core.store import Store, check_name
+from idiolect.core.text import bad_bytes, decode, html_to_text, normalize
 
 MAX_TEXT_CHARS = 50_000  # about 8,000 words: longer rows are skipped with a reason (split them first)
 MAX_SAMPLE_FILE_BYTES = 64 * 1024 * 1024

@@ -17,10 +17,10 @@ import random
 from collections import Counter
 from collections.abc import Callable
 
-from core.errors import IdiolectError
-from core.store import Store
-from core.train import read_data_record, run_dir
-from core.training_data import DEFAULT_PROMPT, TAR
+from idiolect.core.errors import IdiolectError
+from idiolect.core.store import Store
+from idiolect.core.train import read_data_record, run_dir
+from idiolect.core.training_data import DEFAULT_PROMPT, TAR
 
 MIN_WORDS, MAX_WORDS = 12, 90
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from core.errors import IdiolectError
+from idiolect.core.errors import IdiolectError
 
 Progress = Callable[[int, int, str], None]  # (bytes done, bytes total, file name)
 
@@ -38,14 +38,14 @@ class ModelInfo:
     @property
     def gguf_base(self) -> bool:
         """Whether Idiolect can write this model as a GGUF base (its architecture and tokenizer)."""
-        from core.gguf_writer import SUPPORT
+        from idiolect.core.gguf_writer import SUPPORT
 
         return bool(SUPPORT.get(self.arch) and SUPPORT[self.arch].base)
 
     @property
     def gguf_lora(self) -> bool:
         """Whether an adapter for it can be written as a GGUF LoRA."""
-        from core.gguf_writer import SUPPORT
+        from idiolect.core.gguf_writer import SUPPORT
 
         return bool(SUPPORT.get(self.arch) and SUPPORT[self.arch].lora)
 
@@ -272,7 +272,7 @@ def file_sha256(path: str | os.PathLike, *, progress: Progress | None = None) ->
     """:func:`sha256_file`, remembered per (path, inode, size, modification and change times) in the data folder,
     so a multi-GB GGUF is hashed once and not at every start. The change time (ctime) moves on every write and
     cannot be set back by a tool that restores the modification time, so rewritten content is hashed anew."""
-    from core.paths import data_dir
+    from idiolect.core.paths import data_dir
 
     path = Path(path).resolve()
     st = path.stat()
@@ -337,7 +337,7 @@ def dequantized_dir(gguf_path: str | os.PathLike, *, progress: Progress | None =
     dequantized one tensor at a time (peak: the largest tensor), the others by transformers (the whole model)."""
     import shutil as _shutil
 
-    from core.paths import data_dir
+    from idiolect.core.paths import data_dir
 
     gguf_path = Path(gguf_path).resolve()
     digest = file_sha256(gguf_path, progress=progress)
@@ -373,7 +373,7 @@ def dequantized_dir(gguf_path: str | os.PathLike, *, progress: Progress | None =
     tmp = cache / f".partial-{out.name}-{os.getpid()}"
     _shutil.rmtree(tmp, ignore_errors=True)
     try:
-        from core.gguf_writer import SUPPORT, dequantize_gguf
+        from idiolect.core.gguf_writer import SUPPORT, dequantize_gguf
 
         config = AutoConfig.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         if hasattr(config, "quantization_config"):
@@ -443,7 +443,7 @@ def offline_model(*, assemble: bool = True) -> Path | None:
     package is not installed (or, with ``assemble=False``, not assembled yet)."""
     import importlib
 
-    from core.paths import data_dir
+    from idiolect.core.paths import data_dir
 
     try:
         package = importlib.import_module(OFFLINE_PACKAGE)
@@ -480,7 +480,7 @@ def models_on_disk() -> list[dict]:
     """Models this machine already has: Hugging Face repositories in the hub cache, GGUF files in the data
     folder (the offline model among them, assembled or not), and dequantized copies of GGUF files. Each as
     ``{"kind", "name", "path", "bytes"}`` (``path`` is what ``--model`` takes)."""
-    from core.paths import data_dir
+    from idiolect.core.paths import data_dir
 
     found: list[dict] = []
     try:

@@ -45,7 +45,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-OBJECTIVES = ("cbpo", "bco", "kto", "sft", "cbpo_pi0")
+from idiolect.core.config import OBJECTIVES
+
 REWARD_NORMS = ("sum", "mean")
 
 # What each objective does, in words for the app and the CLI (the product's default first where they list them).

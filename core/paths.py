@@ -10,6 +10,8 @@ from pathlib import Path
 import platformdirs
 
 APP_NAME = "idiolect"
+# What ships with the program (package data in an installed copy): the bundled peer pool, prompts, the app's CSS.
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
 def data_dir() -> Path:

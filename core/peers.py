@@ -9,13 +9,12 @@ is opened, so the app works on a fresh machine with no download.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-from core.errors import IdiolectError
-from core.importers import ImportReport, import_peers
-from core.store import Store
+from idiolect.core.errors import IdiolectError
+from idiolect.core.importers import ImportReport, import_peers
+from idiolect.core.paths import ASSETS
+from idiolect.core.store import Store
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_POOL = "default"
 DEFAULT_POOL_DIR = ASSETS / "peers" / "default"
 PROMPTS_DIR = ASSETS / "prompts"

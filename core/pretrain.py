@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from core.tinymodels import CHATML_TEMPLATE, build_tiny_model, train_bpe_tokenizer
+from idiolect.core.tinymodels import CHATML_TEMPLATE, build_tiny_model, train_bpe_tokenizer
 
 SIZES = {
     "tiny": dict(hidden_size=64, layers=2, heads=4, kv_heads=2, intermediate_size=192, vocab_size=1024),

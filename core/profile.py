@@ -33,8 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.errors import IdiolectError
-from core.training_data import TAR, feedback_examples
+from idiolect.core.errors import IdiolectError
+from idiolect.core.training_data import TAR, feedback_examples
 
 WORD_RE = re.compile(r"[A-Za-z][A-Za-z'’]*")
 SENT_SPLIT_RE = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -499,8 +499,8 @@ def openai_compatible_writer(url: str, api_key: str | None, model: str):
 
 
 def _summary_logps(model, tokenizer, pairs, system, device, max_length, response_tokens):
-    from core.train import logps_of
-    from core.training_data import DEFAULT_PROMPT, Example, tokenize
+    from idiolect.core.train import logps_of
+    from idiolect.core.training_data import DEFAULT_PROMPT, Example, tokenize
 
     ex = [Example("tar", p or DEFAULT_PROMPT, None, t) for p, t in pairs]
     tokenize(ex, tokenizer, max_length, system=system)
@@ -561,7 +561,7 @@ def summary_lift(
 
 
 def _split_user(texts: list[tuple[str | None, str]], max_heldout: int = 16):
-    from core.training_data import _heldout
+    from idiolect.core.training_data import _heldout
 
     held = [pt for pt in texts if _heldout(pt[1], 0.25)][:max_heldout]
     if len(held) < 2:
@@ -629,7 +629,7 @@ def build_summary(
 ) -> dict:
     """Measure the differences, write candidates, score each by lift under ``model``, keep the best (stored as a
     new summary version). ``writer``: an optional LLM (see :func:`openai_compatible_writer`)."""
-    from core.models import load_hf_model, local_model_dir
+    from idiolect.core.models import load_hf_model, local_model_dir
 
     say = progress or (lambda msg: None)
     user, peers, liked, disliked = profile_data(store, profile, pool)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from core.errors import IdiolectError
+from idiolect.core.errors import IdiolectError
 
 SCHEMA_VERSION = 7
 BUSY_TIMEOUT_MS = 30_000

@@ -29,17 +29,21 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from core.errors import IdiolectError
-from core.objectives import OBJECTIVES, ObjectiveConfig, RewardShift, implicit_rewards, objective_loss
-from core.store import Store, content_hash, utcnow
-from core.training_data import (
+from idiolect.core.config import TrainConfig  # noqa: F401 - where callers have always found it
+from idiolect.core.errors import IdiolectError
+from idiolect.core.objectives import (
+    RewardShift,
+    implicit_rewards,
+    objective_loss,
+)
+from idiolect.core.store import Store, content_hash, utcnow
+from idiolect.core.training_data import (
     AUX,
     NEG,
     TAR,
@@ -58,7 +62,7 @@ HEAD_MEMORY_BUDGET = (
 
 
 def cpu_has_native_bf16() -> bool:
-    from core.models import cpu_flags
+    from idiolect.core.models import cpu_flags
 
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
@@ -77,85 +81,6 @@ def autocast_dtype(precision: str, device: str, n_params: int = 0):
     if precision == "auto" and cpu_has_native_bf16() and n_params >= AUTO_BF16_MIN_PARAMS:
         return torch.bfloat16
     return None
-
-
-@dataclass
-class TrainConfig:
-    model: str
-    objective: str = "kto"  # the best on the reported splits of the real-model benchmark (README, docs)
-    pool: str = "default"
-    steps: int | None = None  # default: epochs x (target batches per epoch)
-    epochs: int = 3
-    batch_size: int = 4  # target samples per batch
-    aux_per_batch: int | None = None  # peer samples per batch (default: batch_size)
-    neg_per_batch: int = 2
-    grad_accum: int = 1
-    lr: float = 1e-4
-    warmup: float = 0.1
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    target_modules: list[str] | str = "all-linear"
-    max_length: int = 512
-    device: str = "auto"
-    quantize: str = "auto"
-    gradient_checkpointing: bool | None = None  # default: on with CUDA
-    seed: int = 0
-    save_every: int = 50
-    peer_cap: int | None = None
-    heldout_fraction: float = 0.1
-    beta: float = 0.02  # tuned on beer for every preference objective (bench/results/gemma270m/tuning)
-    pi: float | None = None
-    lambda_n: float = 1.0
-    lambda_sft: float = 0.0
-    delta_decay: float = 0.95
-    reward_norm: str = "sum"  # core.objectives: "mean" divides each reward by the response's token count
-    # Compute precision of the forward passes on a CPU: auto = bf16 autocast where the CPU has native bf16
-    # (AVX512-BF16 / AMX), else fp32. Reference, policy and evaluation passes always use the same one.
-    precision: str = "auto"
-    recompute_head: bool | None = None  # None: recompute the LM head in the backward pass only when its
-    # saved logits would exceed HEAD_MEMORY_BUDGET
-    extra: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise IdiolectError(f"objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}")
-        for name in ("epochs", "batch_size", "grad_accum", "max_length", "save_every", "lora_r"):
-            if getattr(self, name) < 1:
-                raise IdiolectError(f"{name.replace('_', ' ')} must be at least 1")
-        if self.steps is not None and self.steps < 1:
-            raise IdiolectError("steps must be at least 1")
-        if self.lr <= 0:
-            raise IdiolectError("the learning rate must be positive")
-        if not 0 <= self.heldout_fraction < 1:
-            raise IdiolectError("the held-out fraction must be in [0, 1)")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise IdiolectError(f"precision must be auto, fp32 or bf16, not {self.precision!r}")
-        self.objective_config()  # validates beta, pi, delta_decay
-
-    def objective_config(self) -> ObjectiveConfig:
-        try:
-            return ObjectiveConfig(
-                name=self.objective,
-                beta=self.beta,
-                pi=self.pi,
-                lambda_n=self.lambda_n,
-                lambda_sft=self.lambda_sft,
-                delta_decay=self.delta_decay,
-                reward_norm=self.reward_norm,
-            )
-        except ValueError as exc:
-            raise IdiolectError(str(exc)) from None
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -334,7 +259,7 @@ def delete_profile(store: Store, name: str) -> dict:
     """Delete a profile with everything that is its own: its rows (samples, ratings, runs, summaries) and its
     runs' folders (adapters, checkpoints). Refused while one of its runs is training. Returns what was deleted
     (``Store.profile_footprint``, taken just before)."""
-    from core import worker
+    from idiolect.core import worker
 
     profile = store.get_profile(name)
     runs = store.list_runs(profile["id"])
@@ -355,7 +280,7 @@ def latest_completed_run(
 ) -> dict | None:
     """The one definition of "the profile's latest adapter": its newest completed run whose adapter folder is
     still on disk; with ``model_dir``, only runs trained on that base model (an adapter fits its own base only)."""
-    from core.generation import same_model
+    from idiolect.core.generation import same_model
 
     for run in store.list_runs(profile_id):
         if run["status"] != "completed" or not run["adapter_path"] or not Path(run["adapter_path"]).exists():
@@ -371,7 +296,7 @@ def estimate_run(store: Store, profile: str, cfg: TrainConfig) -> dict:
     as measured on this machine by the latest earlier run on the same base model (any profile), its seconds per
     step scaled by texts per step x max length. ``seconds`` and ``peak_memory_mb`` are None when no run on this
     model has been measured here yet."""
-    from core.generation import same_model
+    from idiolect.core.generation import same_model
 
     sets = load_sets(store, profile, pool=cfg.pool, peer_cap=cfg.peer_cap, heldout_fraction=cfg.heldout_fraction,
                      seed=cfg.seed)  # fmt: skip
@@ -613,7 +538,7 @@ class Trainer:
         return result
 
     def _run(self) -> dict:
-        from core.models import load_hf_model, local_model_dir
+        from idiolect.core.models import load_hf_model, local_model_dir
 
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
@@ -829,7 +754,7 @@ class Trainer:
             return {"pi": self.cfg.pi, "source": "given"}
         if self.cfg.objective != "cbpo":
             return {"pi": 0.0, "source": f"not used by {self.cfg.objective}"}
-        from core.pu_prior import estimate_class_prior
+        from idiolect.core.pu_prior import estimate_class_prior
 
         info = estimate_class_prior(
             [e.text for e in sets.train[TAR]], [e.text for e in sets.train[AUX]], seed=self.cfg.seed
@@ -919,7 +844,7 @@ class Trainer:
 def check_trainable(store: Store, profile: str, cfg: TrainConfig) -> None:
     """Refuse, before a run is created, what would make it fail at once: an unknown profile, a model that is
     not there, too little writing, a missing or empty peer pool."""
-    from core.models import resolve
+    from idiolect.core.models import resolve
 
     resolve(cfg.model)
     load_sets(

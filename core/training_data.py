@@ -18,9 +18,9 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from core.errors import IdiolectError
-from core.models import render_prompt, user_message
-from core.store import Store
+from idiolect.core.errors import IdiolectError
+from idiolect.core.models import render_prompt, user_message
+from idiolect.core.store import Store
 
 TAR, AUX, NEG = "tar", "aux", "neg"
 DEFAULT_PROMPT = "Write a short passage."

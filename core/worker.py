@@ -18,9 +18,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from core.errors import IdiolectError
-from core.store import Store, utcnow
-from core.train import TrainConfig, Trainer, check_trainable, create_run, latest_checkpoint, run_dir
+from idiolect.core.errors import IdiolectError
+from idiolect.core.store import Store, utcnow
+from idiolect.core.train import TrainConfig, Trainer, check_trainable, create_run, latest_checkpoint, run_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 ACTIVE = ("queued", "running")
@@ -47,7 +47,7 @@ def spawn(store: Store, run_id: int) -> int:
     directory.mkdir(parents=True, exist_ok=True)
     log = open(directory / "worker.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
-        [sys.executable, "-m", "core.worker", str(run_id), "--db", str(store.path)],
+        [sys.executable, "-m", "idiolect.core.worker", str(run_id), "--db", str(store.path)],
         cwd=str(ROOT),
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -151,6 +151,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from core.cli import exit_process
+    from idiolect.core.cli import exit_process
 
     exit_process(main())

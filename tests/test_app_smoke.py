@@ -9,11 +9,11 @@ import urllib.request
 import psutil
 from conftest import free_port
 
-from core.cli import open_store
+from idiolect.core.cli import open_store
 
 
 def test_app_serves_on_loopback_only(tmp_path):
-    from app.main import build_ui
+    from idiolect.app.main import build_ui
 
     store = open_store(str(tmp_path / "app.db"))
     demo = build_ui(store)
@@ -42,7 +42,7 @@ def test_app_serves_on_loopback_only(tmp_path):
 
 
 def test_launch_defaults_are_private():
-    from core.cli import build_parser
+    from idiolect.core.cli import build_parser
 
     args = build_parser().parse_args([])
     assert args.host == "127.0.0.1" and not args.share and args.auth is None

@@ -9,10 +9,10 @@ import zipfile
 import pandas as pd
 import pytest
 
-from app import export as export_tab
-from app import profiles, rate, train, writing
-from app.common import Ctx, message_of
-from core.errors import IdiolectError
+from idiolect.app import export as export_tab
+from idiolect.app import profiles, rate, train, writing
+from idiolect.app.common import Ctx, message_of
+from idiolect.core.errors import IdiolectError
 
 
 @pytest.fixture
@@ -146,7 +146,7 @@ def test_export_offers_a_zip_and_each_file(ctx, tmp_path):
 
 
 def test_you_vs_peers_speaks_in_words_and_names_writers_by_letter(ctx):
-    from app import peers
+    from idiolect.app import peers
 
     assert peers.percent(0.0) == "+0.0%" and peers.percent(0.1) == "+10.5%"
     words = peers.score_words(0.05, 0.01)
@@ -175,7 +175,7 @@ def test_you_vs_peers_speaks_in_words_and_names_writers_by_letter(ctx):
 
 
 def test_the_train_estimate_comes_from_this_machines_last_run_on_the_model(tmp_path):
-    from core.cli import open_store
+    from idiolect.core.cli import open_store
 
     store = open_store(str(tmp_path / "app.db"))
     ctx = Ctx(store)
@@ -226,7 +226,7 @@ def test_chat_replies_are_stored_with_their_conversation_and_any_can_be_rated(ct
 def test_a_failing_handler_shows_one_toast_and_leaves_every_output_as_it_was(monkeypatch):
     import gradio as gr
 
-    from app import common
+    from idiolect.app import common
 
     shown = []
     monkeypatch.setattr(common, "toast", shown.append)
@@ -248,7 +248,7 @@ def test_a_failing_handler_shows_one_toast_and_leaves_every_output_as_it_was(mon
 
 
 def test_summary_versions_show_as_a_table(ctx):
-    from app import peers
+    from idiolect.app import peers
 
     profiles.create(ctx, "ana")
     assert peers.history_md(ctx, "ana") == "No versions of your summary yet."
@@ -266,7 +266,9 @@ def test_a_chat_export_can_be_previewed_then_added(ctx, tmp_path):
     f = tmp_path / "chat-export.json"
     f.write_text(json.dumps([openwebui_chat()]))
     preview = writing.add_files(ctx, "ana", [str(f)], dry_run=True)
-    assert "[openwebui]" in preview and "2 would be added" in preview and "ratings: 2 would be added" in preview
+    assert (
+        "[openwebui]" in preview and "2 would be added" in preview and "ratings: 2 would be added" in preview
+    )
     assert "nothing was added" in preview
     pid = ctx.store.get_profile("ana")["id"]
     assert ctx.store.list_samples(pid) == [] and ctx.store.list_feedback(pid) == []

@@ -104,7 +104,7 @@ def test_default_db_lives_in_the_data_dir(tmp_path):
 def test_own_answers_in_a_stackexchange_dump_become_samples_not_peers(beer_posts, tmp_path):
     from collections import Counter
 
-    from core.importers import read_stackexchange
+    from idiolect.core.importers import read_stackexchange
 
     rows, _, _ = read_stackexchange(beer_posts)
     me, mine = Counter(r["original_writer"].split(":")[-1] for r in rows).most_common(1)[0]
@@ -125,3 +125,21 @@ def test_own_answers_in_a_stackexchange_dump_become_samples_not_peers(beer_posts
     assert not own_texts & {t for (t,) in conn.execute("SELECT text FROM peer_texts")}
     wrong = cli("import-peers", beer_posts, "--pool", "beer", "--me", "no-such-user", "--db", db)
     assert wrong.returncode == 1 and "no texts by 'no-such-user'" in wrong.stdout
+
+
+def test_train_flags_come_from_the_config_dataclass():
+    """One source of defaults: the `train` command's flags give exactly TrainConfig's defaults, every flag has a
+    field, and the app's Train tab starts at the same values."""
+    from idiolect.app import train as train_tab
+    from idiolect.core import config
+    from idiolect.core.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--profile", "me", "--model", "m"])
+    assert config.from_args(args, "m") == config.TrainConfig(model="m")
+    args = build_parser().parse_args(
+        ["train", "--model", "m", "--lr", "3e-3", "--lora-r", "4", "--pi", "0.2"]
+    )
+    cfg = config.from_args(args, "m")
+    assert (cfg.lr, cfg.lora_r, cfg.lora_alpha, cfg.pi) == (3e-3, 4, 8, 0.2)
+    for name in ("lr", "epochs", "batch_size", "lora_r", "max_length", "objective"):
+        assert getattr(train_tab.DEFAULTS, name) == config.defaults()[name]

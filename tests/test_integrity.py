@@ -18,12 +18,12 @@ import pytest
 import torch
 from conftest import ROOT, wait_until
 
-from core import worker
-from core.errors import IdiolectError
-from core.generation import HFGenerator, SamplingParams
-from core.store import Store
-from core.train import TrainConfig, Trainer, build_peft_model, create_run, run_dir
-from core.training_data import NEG, TAR, load_sets
+from idiolect.core import worker
+from idiolect.core.errors import IdiolectError
+from idiolect.core.generation import HFGenerator, SamplingParams
+from idiolect.core.store import Store
+from idiolect.core.train import TrainConfig, Trainer, build_peft_model, create_run, run_dir
+from idiolect.core.training_data import NEG, TAR, load_sets
 
 
 def config(base, **kw) -> TrainConfig:
@@ -39,7 +39,7 @@ def config(base, **kw) -> TrainConfig:
 def _save_adapter(base_dir, folder, seed):
     from peft import LoraConfig, get_peft_model
 
-    from core.models import load_hf_model
+    from idiolect.core.models import load_hf_model
 
     base, _, _ = load_hf_model(base_dir, device="cpu")
     torch.manual_seed(seed)
@@ -88,7 +88,7 @@ def test_integrity_an_adapter_for_another_base_is_refused_clearly(tiny_models, t
 
 
 def test_integrity_latest_adapter_is_per_base_model(store, tmp_path):
-    from core.train import latest_completed_run
+    from idiolect.core.train import latest_completed_run
 
     pid = store.create_profile("ana")
     for i, model in enumerate(("/models/a", "/models/b", "/models/a")):
@@ -107,7 +107,7 @@ def test_integrity_latest_adapter_is_per_base_model(store, tmp_path):
 
 def _labels(store, profile):
     """Every text of the profile's ratings with the labels training would give it."""
-    from core.training_data import feedback_examples
+    from idiolect.core.training_data import feedback_examples
 
     out = []
     for f in store.list_feedback(store.get_profile(profile)["id"]):
@@ -152,7 +152,7 @@ def test_integrity_edit_with_thumbs_down_means_edit_positive_original_negative(s
 
 def test_integrity_training_and_profile_read_the_same_labels(target_store):
     """load_sets (training) and profile_data (You vs. peers) give a rated generation one label, the same one."""
-    from core.profile import profile_data
+    from idiolect.core.profile import profile_data
 
     pid = target_store.get_profile("me")["id"]
     up = target_store.add_generation(pid, "Describe rain.", "A generation first liked, then disliked.")
@@ -234,10 +234,10 @@ def _fn(demo, name):
 def test_integrity_every_page_load_reads_the_database(tmp_path):
     """Profiles, pools and runs created after the UI was built (another tab, the CLI, a worker) appear on the
     next page load, and the browser's remembered profile is chosen again."""
-    from app.main import build_ui
-    from core.cli import open_store
-    from core.importers import import_peers
-    from core.peers import DEFAULT_POOL_DIR
+    from idiolect.app.main import build_ui
+    from idiolect.core.cli import open_store
+    from idiolect.core.importers import import_peers
+    from idiolect.core.peers import DEFAULT_POOL_DIR
 
     store = open_store(str(tmp_path / "app.db"))
     demo = build_ui(store)
@@ -281,8 +281,8 @@ def test_integrity_generations_get_fresh_seeds_that_reproduce(tiny_models):
 
 
 def test_integrity_rating_is_off_until_both_texts_are_complete(tmp_path, tiny_models):
-    from app.main import build_ui
-    from core.cli import open_store
+    from idiolect.app.main import build_ui
+    from idiolect.core.cli import open_store
 
     store = open_store(str(tmp_path / "app.db"))
     pid = store.create_profile("ana")
@@ -302,8 +302,8 @@ def test_integrity_rating_is_off_until_both_texts_are_complete(tmp_path, tiny_mo
     seeds = [json.loads(g["params"])["seed"] for g in stored]
     assert seeds[0] != seeds[1] and f"seeds {seeds[0]} / {seeds[1]}" in label
     # Rating a pair still streaming is refused; the finished pair is rated once.
-    from app.common import Ctx
-    from app.rate import rate
+    from idiolect.app.common import Ctx
+    from idiolect.app.rate import rate
 
     with pytest.raises(IdiolectError, match="let both texts finish"):
         rate(Ctx(store), "ana", [None, None], 0, 1, "")
@@ -340,7 +340,7 @@ def test_integrity_ctrl_c_in_train_checkpoints_the_last_whole_step(pretrained_ba
 
 
 def test_integrity_resume_trains_on_the_recorded_rows_and_plan(pretrained_base, target_store):
-    from core.train import DATA_RECORD
+    from idiolect.core.train import DATA_RECORD
 
     run = worker.start(target_store, "me", config(pretrained_base, steps=None, epochs=30))
     wait_until(lambda: target_store.get_run(run)["step"] >= 2)
@@ -371,7 +371,7 @@ def test_integrity_resume_trains_on_the_recorded_rows_and_plan(pretrained_base, 
         f"{split}_{k}": len(v) for split, sets in record["sets"].items() for k, v in sets.items()
     }
 
-    from core.export import export
+    from idiolect.core.export import export
 
     manifest = export(target_store, "me", target_store.path.parent / "out", formats=["peft"]).manifest
     rows = manifest["training_run"]["training_data"]["rows"]
@@ -385,7 +385,7 @@ def test_integrity_resume_trains_on_the_recorded_rows_and_plan(pretrained_base, 
 
 
 def test_integrity_preference_objectives_train_without_dropout(tiny_models):
-    from core.models import load_hf_model
+    from idiolect.core.models import load_hf_model
 
     for objective, dropout in (("cbpo", False), ("bco", False), ("sft", True)):
         base, tok, _ = load_hf_model(tiny_models["qwen2"], device="cpu")
@@ -409,14 +409,14 @@ def test_integrity_preference_objectives_train_without_dropout(tiny_models):
 def test_integrity_a_run_reports_its_stage_and_cancels_fast_while_loading(
     pretrained_base, target_store, monkeypatch
 ):
-    import core.models
+    from idiolect.core import models as core_models
 
     def slow_load(*args, **kwargs):
         for _ in range(600):  # a model that takes a minute to load
             time.sleep(0.1)
         raise AssertionError("loading was not interrupted")
 
-    monkeypatch.setattr(core.models, "load_hf_model", slow_load)
+    monkeypatch.setattr(core_models, "load_hf_model", slow_load)
     run = create_run(target_store, "me", config(pretrained_base))
     seen = []
 
@@ -444,7 +444,7 @@ def test_integrity_cancel_cuts_a_slow_step_short_and_keeps_the_last_whole_one(pr
         stages.append(stage)
         original(stage)
         if stage == "training":  # from now on, every layer takes 0.3 s: one step takes many seconds
-            from core.train import _parts
+            from idiolect.core.train import _parts
 
             decoder, _ = _parts(trainer._model)
             for layer in decoder.layers:
@@ -474,9 +474,9 @@ def test_integrity_cancel_cuts_a_slow_step_short_and_keeps_the_last_whole_one(pr
 
 
 def test_integrity_expected_user_errors_carry_no_traceback(tmp_path, capsys, monkeypatch):
-    from app import common
-    from app.main import build_ui
-    from core.cli import open_store
+    from idiolect.app import common
+    from idiolect.app.main import build_ui
+    from idiolect.core.cli import open_store
 
     shown = []
     monkeypatch.setattr(common, "toast", shown.append)

@@ -7,11 +7,11 @@ import random
 
 import pytest
 
-from core import likeness
-from core.errors import IdiolectError
-from core.store import content_hash
-from core.train import run_dir
-from core.training_data import DEFAULT_PROMPT
+from idiolect.core import likeness
+from idiolect.core.errors import IdiolectError
+from idiolect.core.store import content_hash
+from idiolect.core.train import run_dir
+from idiolect.core.training_data import DEFAULT_PROMPT
 
 OWN_A = "I grind the beans coarse and let them bloom for forty seconds before the slow pour, every single morning."
 OWN_B = " ".join(["Tea is fine too, when the day is long and the kettle is already warm on the stove."] * 2)

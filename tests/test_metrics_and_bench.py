@@ -9,7 +9,7 @@ import sys
 import pytest
 from conftest import ROOT, shared_file
 
-from core.metrics import bleu, mean_ci, meteor, rouge1, rouge_l
+from idiolect.core.metrics import bleu, mean_ci, meteor, rouge1, rouge_l
 
 
 def test_rouge():
@@ -89,7 +89,7 @@ def _rows(writer, context, texts):
 def test_no_pair_or_heldout_text_was_trained_on():
     """The leaks found on review: a pair's "other" answer was a peer text the adapter trained on as unlabeled,
     and a held-out text could equal a training text. Neither can happen now."""
-    from bench.personalization import _norm, leak_free_pairs, split_targets, trained_texts
+    from idiolect.bench.personalization import _norm, leak_free_pairs, split_targets, trained_texts
 
     rows = []
     for w in range(12):  # 12 writers answering 30 shared questions, some answers copied between writers
@@ -123,7 +123,7 @@ def test_no_pair_or_heldout_text_was_trained_on():
 def test_per_objective_settings():
     import argparse
 
-    from bench.personalization import objective_settings, parse_overrides
+    from idiolect.bench.personalization import objective_settings, parse_overrides
 
     args = argparse.Namespace(lr=1e-3, beta=0.1, lambda_sft=0.5)
     over = parse_overrides(["cbpo:beta=0.05,lr=2e-4", "kto:beta=0.3"])
@@ -136,7 +136,12 @@ def test_per_objective_settings():
 def test_labelled_variants_run_another_setting_of_an_objective_and_compete_in_its_tuning():
     import argparse
 
-    from bench.personalization import choose_settings, objective_settings, parse_objectives, parse_overrides
+    from idiolect.bench.personalization import (
+        choose_settings,
+        objective_settings,
+        parse_objectives,
+        parse_overrides,
+    )
 
     families = parse_objectives("base,kto,kto_mean=kto,cbpo_sft_l1=cbpo_sft,cbpo_dd=cbpo")
     assert families == {"base": "base", "kto": "kto", "kto_mean": "kto", "cbpo_sft_l1": "cbpo_sft",
@@ -168,7 +173,7 @@ def test_labelled_variants_run_another_setting_of_an_objective_and_compete_in_it
 
 
 def test_tuning_picks_each_objectives_best_run_on_the_tuning_dump(tmp_path):
-    from bench.personalization import choose_settings, tune_cmd
+    from idiolect.bench.personalization import choose_settings, tune_cmd
 
     def run(lr, spec_cbpo, spec_sft, dump="beer.xml.gz"):
         return {
@@ -201,7 +206,7 @@ def test_tuning_picks_each_objectives_best_run_on_the_tuning_dump(tmp_path):
 def test_merge_takes_objectives_from_runs_on_the_same_splits_only(tmp_path):
     import argparse
 
-    from bench.personalization import KEYS, merge_cmd
+    from idiolect.bench.personalization import KEYS, merge_cmd
 
     def run(path, objectives, base_ll=-2.0, lift=0.1):
         per_target = {

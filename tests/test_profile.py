@@ -8,7 +8,7 @@ import re
 import pytest
 from conftest import shared_file
 
-from core.profile import (
+from idiolect.core.profile import (
     GENERIC_SUMMARY,
     build_summary,
     difference_report,
@@ -104,8 +104,8 @@ def test_log_odds_finds_distinctive_words():
 @pytest.fixture(scope="module")
 def se_base(tmp_path_factory):
     """A tiny LM pretrained on the shared Stack Exchange texts (about 15 s)."""
-    from core.importers import read_stackexchange
-    from core.pretrain import pretrain
+    from idiolect.core.importers import read_stackexchange
+    from idiolect.core.pretrain import pretrain
 
     texts = []
     for name in ("beer.stackexchange.com_Posts.xml.gz", "coffee.stackexchange.com_Posts.xml.gz"):
@@ -117,8 +117,8 @@ def se_base(tmp_path_factory):
 def test_popi_summary_beats_generic_and_another_writers(store, se_base, capsys):
     from collections import Counter
 
-    from core.importers import import_peers
-    from core.models import load_hf_model
+    from idiolect.core.importers import import_peers
+    from idiolect.core.models import load_hf_model
 
     import_peers(store, shared_file("beer.stackexchange.com_Posts.xml.gz"), "beer")
     pool = store.get_pool("beer")
@@ -135,7 +135,7 @@ def test_popi_summary_beats_generic_and_another_writers(store, se_base, capsys):
     held = mine["heldout"]
     others_summary = summary_lift(model, tok, other["summary"]["text"], held["user"], held["peers"])
     # The no-summary pass computed once gives the same score as computed per candidate.
-    from core.profile import summary_baseline
+    from idiolect.core.profile import summary_baseline
 
     once = summary_baseline(model, tok, held["user"], held["peers"])
     cached = summary_lift(model, tok, other["summary"]["text"], held["user"], held["peers"], baseline=once)
@@ -170,7 +170,7 @@ def test_cli_summary(target_store, pretrained_base):
 
 
 def test_plain_differences_are_sentences_with_rounded_numbers():
-    from core.profile import plain_differences
+    from idiolect.core.profile import plain_differences
 
     user = ["sooo good!!! love this place 🎉", "amazing night!!! best food EVER 😍", "wow wow wow!!! happy 🎉",
             "great match!!! we won, brilliant 🎉"]  # fmt: skip

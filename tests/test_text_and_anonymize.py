@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.anonymize import pseudonym, scrub
-from core.text import bad_bytes, decode, html_to_text, normalize
+from idiolect.core.anonymize import pseudonym, scrub
+from idiolect.core.text import bad_bytes, decode, html_to_text, normalize
 
 
 @pytest.mark.parametrize(
