@@ -15,6 +15,7 @@ import csv
 import gzip
 import io
 import json
+import os
 import re
 import time
 import xml.etree.ElementTree as ET
@@ -133,18 +134,44 @@ def _optional(value, field_name: str) -> tuple[str | None, str | None]:
     return normalize(value) or None, None
 
 
-def _read_bytes(path: Path, limit: int) -> bytes:
-    if not path.exists():
-        raise ImportFailed(f"{path}: no such file")
-    if path.is_dir():
-        raise ImportFailed(f"{path}: is a folder, not a file")
-    size = path.stat().st_size
-    if size > limit:
-        raise ImportFailed(f"{path.name}: {_human(size)} is over the {_human(limit)} limit per file")
+def open_regular(path: Path):
+    """Open ``path`` for reading only if it is a regular file (after following links): a FIFO, a device such as
+    ``/dev/zero`` or a socket is refused before a byte is read (it could block forever or never end). The check
+    is made on the opened descriptor, so the file cannot be swapped between the check and the read."""
+    import os
+    import stat
+
     try:
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block the open
+    except FileNotFoundError:
+        raise ImportFailed(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImportFailed(f"{path}: is a folder, not a file") from None
     except OSError as exc:
-        raise ImportFailed(f"{path}: cannot read it: {exc.strerror or exc}") from exc
+        raise ImportFailed(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISDIR(mode):
+        os.close(fd)
+        raise ImportFailed(f"{path}: is a folder, not a file")
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise ImportFailed(f"{path}: not a regular file (a device, pipe or socket): only files are read")
+    if hasattr(os, "set_blocking"):
+        os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def _read_bytes(path: Path, limit: int) -> bytes:
+    with open_regular(path) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size > limit:
+            raise ImportFailed(f"{path.name}: {_human(size)} is over the {_human(limit)} limit per file")
+        try:
+            data = fh.read(limit + 1)
+        except OSError as exc:
+            raise ImportFailed(f"{path}: cannot read it: {exc.strerror or exc}") from exc
+    if len(data) > limit:  # grew while being read
+        raise ImportFailed(f"{path.name}: over the {_human(limit)} limit per file")
     if b"\x00" in data[:8192] and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise ImportFailed(f"{path.name}: looks like a binary file, not text")
     return data
@@ -175,6 +202,10 @@ def _iter_jsonl(text: str) -> Iterable[tuple[str, object | None, str | None]]:
             yield where, json.loads(line), None
         except json.JSONDecodeError as exc:
             yield where, None, f"not valid JSON ({exc.msg} at column {exc.colno})"
+        except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+            yield where, None, f"not readable JSON ({exc})"
+        except RecursionError:
+            yield where, None, "not readable JSON (nested too deeply)"
 
 
 def _iter_json(text: str, name: str) -> Iterable[tuple[str, object | None, str | None]]:
@@ -184,6 +215,10 @@ def _iter_json(text: str, name: str) -> Iterable[tuple[str, object | None, str |
         raise ImportFailed(
             f"{name}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
         ) from exc
+    except ValueError as exc:
+        raise ImportFailed(f"{name}: not readable JSON ({exc})") from None
+    except RecursionError:
+        raise ImportFailed(f"{name}: not readable JSON (nested too deeply)") from None
     if isinstance(data, dict):
         data = [data]
     if not isinstance(data, list):
@@ -327,9 +362,9 @@ def _size_limit(path: Path) -> int:
     if path.suffix.lower() not in (".json", ".jsonl", ".ndjson"):
         return MAX_SAMPLE_FILE_BYTES
     try:
-        with path.open("rb") as fh:
+        with open_regular(path) as fh:
             head = fh.read(65536)
-    except OSError:
+    except (OSError, ImportFailed):
         return MAX_SAMPLE_FILE_BYTES
     return MAX_CHAT_EXPORT_BYTES if any(m in head for m in _CHAT_MARKERS) else MAX_SAMPLE_FILE_BYTES
 
@@ -428,6 +463,14 @@ def import_samples(
             content = read_samples(path, split=split, encoding=encoding)
         except ImportFailed as exc:
             report.error = str(exc)
+        except (
+            ValueError,
+            RecursionError,
+            MemoryError,
+            OSError,
+            UnicodeError,
+        ) as exc:  # one file, not the rest
+            report.error = f"{path.name}: cannot read it ({type(exc).__name__}: {exc})"
         report.skipped, report.format, report.left_out = content.skipped, content.format, content.left_out
         report.error = report.error or content.error
         parsed.append((report, content))
@@ -481,9 +524,14 @@ _ROW_START = re.compile(r"<row\b")
 
 
 def _open_maybe_gzip(path: Path):
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+    fh = open_regular(path)
+    magic = fh.read(2)
+    fh.seek(0)
+    if magic != b"\x1f\x8b":
+        return fh
+    gz = gzip.GzipFile(fileobj=fh, mode="rb")
+    gz.myfileobj = fh  # closed with it (what GzipFile does with a file it opened itself)
+    return gz
 
 
 def _bounded_lines(fh, max_line: int, max_total: int):
@@ -515,6 +563,55 @@ def _bounded_lines(fh, max_line: int, max_total: int):
             )
 
 
+_TAG_CHARS = re.compile(r"[\"'>]")
+
+
+@dataclass
+class _RowScan:
+    """Where the scan of a growing ``<row`` buffer stands, so each character is looked at once however many
+    lines a row spans (searching the whole buffer again per line was quadratic: 141 s for a 0.8 MB row)."""
+
+    pos: int = 0
+    quote: str | None = None
+    tag_end: int | None = None
+    close_from: int = 0
+
+
+def _row_end(buf: str, scan: _RowScan) -> int | None:
+    """The end of the row that starts ``buf``: after ``/>`` of a self-closed start tag, or after ``</row>`` of one
+    written ``<row ...></row>`` (valid XML); ``>`` and ``/>`` inside quoted attribute values do not count. None
+    while the row is not complete yet."""
+    if scan.tag_end is None:
+        i, quote, n = scan.pos, scan.quote, len(buf)
+        while i < n:
+            if quote:
+                j = buf.find(quote, i)
+                if j < 0:
+                    i = n
+                    break
+                quote, i = None, j + 1
+                continue
+            m = _TAG_CHARS.search(buf, i)
+            if m is None:
+                i = n
+                break
+            i = m.end()
+            if m.group() == ">":
+                scan.tag_end = scan.close_from = i
+                if buf[i - 2] == "/":
+                    return i
+                break
+            quote = m.group()
+        scan.pos, scan.quote = i, quote
+        if scan.tag_end is None:
+            return None
+    j = buf.find("</row>", scan.close_from)
+    if j < 0:
+        scan.close_from = max(scan.tag_end, len(buf) - 5)
+        return None
+    return j + 6
+
+
 def _se_site(path: Path) -> str:
     m = re.match(r"(.+?)_Posts\.xml", path.name, re.IGNORECASE)
     return m.group(1) if m else ""
@@ -544,6 +641,7 @@ def read_stackexchange(
     skipped: list[Skipped] = []
     error: str | None = None
     buffer, buffer_line, lineno, saw_posts_end, saw_rows = "", 0, 0, False, False
+    scan = _RowScan()
     last_report = time.monotonic()
 
     def handle(element_text: str, line: int) -> None:
@@ -591,20 +689,21 @@ def read_stackexchange(
                     m = _ROW_START.search(line)
                     if not m:
                         continue
-                    buffer, buffer_line = line[m.start() :], lineno
+                    buffer, buffer_line, scan = line[m.start() :], lineno, _RowScan()
                 else:
                     buffer += line
                 while buffer:
-                    end = buffer.find("/>")
-                    if end < 0:
+                    end = _row_end(buffer, scan)
+                    if end is None:
                         if len(buffer) > 4 * MAX_TEXT_CHARS * 8:
                             skipped.append(Skipped(f"line {buffer_line}", "row never closes; dropped"))
                             buffer = ""
                         break
-                    handle(buffer[: end + 2], buffer_line)
-                    rest = buffer[end + 2 :]
+                    handle(buffer[:end], buffer_line)
+                    rest = buffer[end:]
                     m = _ROW_START.search(rest)
                     buffer = rest[m.start() :] if m else ""
+                    scan = _RowScan()
                 if progress and time.monotonic() - last_report > 1.0:
                     progress(f"read {lineno:,} lines, {len(answers):,} answers")
                     last_report = time.monotonic()

@@ -13,6 +13,7 @@ _BLOCK_TAGS = {
 _SKIP_TAGS = {"script", "style", "head", "title"}
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SURROGATE_RE = re.compile(r"[\udc80-\udcff]")
+_LONE_SURROGATE_RE = re.compile(r"[\ud800-\udfff]")  # e.g. a JSON "\ud800" escape: not text SQLite can store
 
 
 class _HTMLToText(HTMLParser):
@@ -131,6 +132,9 @@ def bad_bytes(text: str | None) -> str | None:
         return None
     m = _SURROGATE_RE.search(text)
     if m is None:
+        lone = _LONE_SURROGATE_RE.search(text)
+        if lone is not None:
+            return f"a lone surrogate (U+{ord(lone.group()):04X}) at character {lone.start() + 1}: not valid Unicode"
         return None
     byte = ord(m.group()) - 0xDC00
     return f"invalid bytes for the file's encoding (0x{byte:02x} at character {m.start() + 1})"
