@@ -76,6 +76,58 @@ def build_ui(store: Store) -> gr.Blocks:
     return demo
 
 
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def host_name(header: str) -> str:
+    """The host name of a ``Host`` header: ``[::1]:7860`` -> ``::1``, ``LocalHost.:80`` -> ``localhost``."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0].rstrip(".") if header.count(":") == 1 else header.rstrip(".")
+
+
+class AllowedHostsOnly:
+    """ASGI middleware: a request (HTTP or WebSocket) whose ``Host`` is not one of ``allowed`` gets 403. A page
+    on a DNS-rebinding domain reaches 127.0.0.1 under its own name, so it is refused before any handler runs."""
+
+    def __init__(self, app, allowed: frozenset[str]) -> None:
+        self.app, self.allowed = app, allowed
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] in ("http", "websocket"):
+            raw = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+            if host_name(raw) not in self.allowed:
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                body = b"Host not allowed: start the app with --allow-host NAME to answer this name\n"
+                await send({"type": "http.response.start", "status": 403,
+                            "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})  # fmt: skip
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+def allowed_hosts(args) -> frozenset[str] | None:
+    """The host names the app answers: loopback, the --host name, --allow-host names; None: any (opted out,
+    or a --share link, which arrives under Gradio's share domain)."""
+    if getattr(args, "allow_any_host", False) or getattr(args, "share", False):
+        return None
+    names = set(LOOPBACK_NAMES) | {host_name(n) for n in getattr(args, "allow_host", []) or []}
+    if args.host and args.host not in ("0.0.0.0", "::"):
+        names.add(host_name(args.host))
+    return frozenset(names)
+
+
+def loopback_bypasses_proxies(environ=os.environ) -> None:
+    """Loopback traffic never goes through a proxy: Gradio checks the server it started with a request to it,
+    which an ``HTTP_PROXY`` would otherwise send to the proxy (and the start fails)."""
+    for key in ("NO_PROXY", "no_proxy"):
+        current = [p.strip() for p in environ.get(key, "").split(",") if p.strip()]
+        environ[key] = ",".join(current + [n for n in ("localhost", "127.0.0.1", "::1") if n not in current])
+
+
 def launch_app(args) -> int:
     try:
         store = open_store(args.db)
@@ -96,7 +148,15 @@ def launch_app(args) -> int:
             return 2
         user, password = auth.split(":", 1)
         auth_pair = (user, password)
+    loopback_bypasses_proxies()
+    hosts = allowed_hosts(args)
+    app_kwargs = {}
+    if hosts is not None:
+        from starlette.middleware import Middleware
+
+        app_kwargs["middleware"] = [Middleware(AllowedHostsOnly, allowed=hosts)]
     demo.queue(default_concurrency_limit=4).launch(
+        app_kwargs=app_kwargs,
         server_name=args.host,
         server_port=args.port,
         inbrowser=not args.no_browser,

@@ -49,6 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="require this login (or set IDIOLECT_AUTH=USER:PASSWORD)",
     )
+    ui.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests addressed to this host name (repeatable); by default only loopback names "
+        "and the --host name are answered, so a web page cannot reach the app by DNS rebinding",
+    )
+    ui.add_argument(
+        "--allow-any-host",
+        action="store_true",
+        help="answer requests for any host name (turns that check off)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
 
     p = sub.add_parser(

@@ -104,3 +104,56 @@ def test_hardening_fifos_and_devices_are_refused_not_read(tmp_path, store):
     os.mkfifo(xml)
     with pytest.raises(Exception, match="not a regular file"):
         import_peers(store, xml, "p")
+
+
+# 9 and 10. DNS rebinding; proxies -----------------------------------------------------------------------------
+
+
+def _request(port: int, host_header: str, path: str = "/config") -> int:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", path, headers={"Host": host_header})
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
+def test_hardening_app_answers_loopback_names_only_and_ignores_proxies(tmp_path):
+    """Started with HTTP(S)_PROXY pointing at nothing (the start-up self-check used to go there and die), the app
+    answers 127.0.0.1 / localhost / [::1] and the --allow-host name, and refuses a rebinding domain's name."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    from conftest import ROOT, free_port
+
+    port = free_port()
+    env = {**os.environ, "IDIOLECT_HOME": str(tmp_path / "home"), "HTTP_PROXY": "http://127.0.0.1:9",
+           "HTTPS_PROXY": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9", "NO_PROXY": "", "no_proxy": ""}  # fmt: skip
+    log = open(tmp_path / "app.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "launch.py"), "--no-browser", "--port", str(port), "--allow-host", "my-box.lan"],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        deadline = time.time() + 120
+        while True:
+            try:
+                opener.open(f"http://127.0.0.1:{port}/", timeout=2)
+                break
+            except OSError:
+                assert proc.poll() is None, (tmp_path / "app.log").read_text()[-3000:]
+                assert time.time() < deadline, "the app did not start"
+                time.sleep(0.5)
+        for ok in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "my-box.lan"):
+            assert _request(port, ok) == 200, ok
+        for evil in ("rebind.attacker.example", f"rebind.attacker.example:{port}", "127.0.0.1.evil.example"):
+            assert _request(port, evil) == 403, evil
+            assert _request(port, evil, "/gradio_api/info") == 403
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+    assert "Traceback" not in (tmp_path / "app.log").read_text()
