@@ -366,6 +366,8 @@ class Store:
                 raise IdiolectError(f"the database {self.path} cannot use WAL mode (got {mode!r})")
             conn.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and _is_environmental(exc):
+                raise _friendly(exc, self.path) from exc
             raise IdiolectError(f"cannot open the database {self.path}: {exc}") from exc
         with self._conns_lock:
             self._conns.append(conn)
@@ -456,9 +458,19 @@ class Store:
                 f"the database {self.path} has schema version {current}, newer than this Idiolect "
                 f"({SCHEMA_VERSION}); update Idiolect instead of opening it with an older one"
             )
+        tables = [
+            r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")
+        ]
+        if current == 0 and tables:
+            raise IdiolectError(
+                f"{self.path} is not an Idiolect database (it holds another application's tables: "
+                f"{', '.join(tables[:5])}{', ...' if len(tables) > 5 else ''}); choose another file with --db"
+            )
+        if current > 0:
+            self._check_integrity()
         if current >= target:
             return
-        has_tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type='table'").fetchone()[0] > 0
+        has_tables = bool(tables)
         if has_tables:
             self.backup_path = self.backup(suffix=f"backup-v{current}")
         with self.write():
@@ -481,6 +493,22 @@ class Store:
         finally:
             target.close()
         return dest
+
+    def _check_integrity(self) -> None:
+        """Refuse a damaged file before anything reads wrong counts from it or writes into it."""
+        try:
+            rows = [r[0] for r in self.conn.execute("PRAGMA quick_check(5)")]
+        except sqlite3.DatabaseError as exc:
+            rows = [str(exc)]
+        if rows == ["ok"]:
+            return
+        backups = backups_of(self.path)
+        hint = (
+            f"copy the newest backup, {backups[0]}, over it (or open it with --db)"
+            if backups
+            else "restore it from your own backup, or move it away to start afresh"
+        )
+        raise IdiolectError(f"the database {self.path} is damaged (SQLite's check: {rows[0]}); {hint}")
 
     def integrity_check(self) -> str:
         return self.conn.execute("PRAGMA integrity_check").fetchone()[0]
@@ -1251,6 +1279,21 @@ def _friendly(exc: sqlite3.Error, path: Path) -> IdiolectError:
     msg = str(exc)
     if "readonly" in msg or "read-only" in msg:
         return IdiolectError(f"the database {path} is read-only: check the file's permissions")
-    if "disk is full" in msg or "database or disk is full" in msg:
+    if "disk is full" in msg or "database or disk is full" in msg or ("disk I/O" in msg and _disk_full(path)):
         return IdiolectError(f"the disk holding {path} is full: free some space and retry")
     return IdiolectError(f"database error in {path}: {msg}")
+
+
+def _disk_full(path: Path) -> bool:
+    """SQLite says "disk I/O error" when it cannot grow its WAL files on a full disk: tell that case apart."""
+    import shutil
+
+    try:
+        return shutil.disk_usage(path.parent).free < 1024 * 1024
+    except OSError:
+        return False
+
+
+def backups_of(path: Path) -> list[Path]:
+    """The automatic backups beside a database (written before each migration), newest first."""
+    return sorted(path.parent.glob(f"{path.stem}.backup*{path.suffix or '.db'}"), reverse=True)

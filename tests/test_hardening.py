@@ -157,3 +157,72 @@ def test_hardening_app_answers_loopback_names_only_and_ignores_proxies(tmp_path)
         proc.wait(timeout=30)
         log.close()
     assert "Traceback" not in (tmp_path / "app.log").read_text()
+
+
+# 8. Damaged and foreign databases -----------------------------------------------------------------------------
+
+
+def test_hardening_damaged_database_is_refused_with_a_recovery_hint(tmp_path):
+    import sqlite3
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    from idiolect.core.errors import IdiolectError
+    from idiolect.core.store import Store
+
+    db = tmp_path / "idiolect.db"
+    s = Store(db)
+    pid = s.create_profile("me")
+    s.add_samples(pid, [{"text": f"Sample number {i} with some words in it."} for i in range(3000)])
+    backup = s.backup(suffix="backup-v6")
+    s.close()
+    con = sqlite3.connect(db)
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    size_before = db.stat().st_size
+    with db.open("r+b") as fh:  # 200 bytes of a page in the middle of the file: headers and cell pointers
+        fh.seek((size_before // 4096 // 2) * 4096)
+        fh.write(bytes((i * 37 + 11) % 256 for i in range(200)))
+    with pytest.raises(IdiolectError, match=r"is damaged .*copy the newest backup"):
+        Store(db)
+    for cmd in (["stats"], ["add-samples", str(tmp_path / "x.txt"), "--profile", "me"]):
+        (tmp_path / "x.txt").write_text("New text.\n")
+        out = subprocess.run([sys.executable, str(ROOT / "launch.py"), *cmd, "--db", str(db)],
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert out.returncode == 1 and "is damaged" in out.stderr and "Traceback" not in out.stderr
+        assert str(backup) in out.stderr
+    assert db.stat().st_size == size_before  # nothing written into it
+
+
+def test_hardening_another_applications_database_is_not_migrated(tmp_path):
+    import sqlite3
+
+    from idiolect.core.errors import IdiolectError
+    from idiolect.core.store import Store
+
+    other = tmp_path / "notes.db"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+    con.execute("INSERT INTO notes (body) VALUES ('mine')")
+    con.commit()
+    con.close()
+    with pytest.raises(IdiolectError, match="not an Idiolect database .*notes"):
+        Store(other)
+    con = sqlite3.connect(other)
+    assert [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")] == ["notes"]
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 0
+    con.close()
+    Store(tmp_path / "empty.db").close()  # an empty (new) file is fine
+
+
+def test_hardening_a_full_disk_is_called_a_full_disk(tmp_path, monkeypatch):
+    import shutil
+    import sqlite3
+
+    from idiolect.core.store import _friendly
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 0))
+    err = _friendly(sqlite3.OperationalError("disk I/O error"), tmp_path / "idiolect.db")
+    assert "is full" in str(err)
