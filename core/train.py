@@ -26,6 +26,7 @@ import os
 import random
 import resource
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -579,8 +580,7 @@ class Trainer:
         aux_per_batch = cfg.aux_per_batch or cfg.batch_size
         self.store.update_run(self.run_id, total_steps=total, model=str(model_dir))
 
-        ckpt = latest_checkpoint(self.dir)
-        state = torch.load(ckpt / "state.pt", weights_only=False) if ckpt else None
+        ckpt, state = self._readable_checkpoint()
         if state is None:
             self._set_stage("estimating pi")
         pi_info = state["pi_info"] if state else self._estimate_pi(sets)
@@ -815,6 +815,29 @@ class Trainer:
             out[f"heldout_{name}_ll"] = tuned
             out[f"heldout_{name}_lift"] = None if base is None else tuned - base
         return {"eval": out}
+
+    def _readable_checkpoint(self) -> tuple[Path | None, dict | None]:
+        """The newest checkpoint that can be read whole. One that cannot (a kill or a full disk while it was
+        written) is set aside as ``broken-checkpoint-N`` and the one before it is tried: a damaged file costs the
+        steps since the last good checkpoint, never the run."""
+        from safetensors.torch import load_file
+
+        while (ckpt := latest_checkpoint(self.dir)) is not None:
+            try:
+                state = torch.load(ckpt / "state.pt", weights_only=False)
+                load_file(str(ckpt / "adapter_model.safetensors"))
+                if not isinstance(state, dict) or "step" not in state:
+                    raise ValueError("no step in state.pt")
+                return ckpt, state
+            except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is set aside, whatever the cause
+                broken = ckpt.with_name(f"broken-{ckpt.name}")
+                shutil.rmtree(broken, ignore_errors=True)
+                ckpt.rename(broken)
+                print(
+                    f"checkpoint {ckpt.name} cannot be read ({type(exc).__name__}); set aside",
+                    file=sys.stderr,
+                )
+        return None, None
 
     def _checkpoint(self, model, optimizer, scheduler, shift, step: int, pi_info: dict) -> Path:
         final = self.dir / f"checkpoint-{step}"

@@ -226,3 +226,31 @@ def test_hardening_a_full_disk_is_called_a_full_disk(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 0))
     err = _friendly(sqlite3.OperationalError("disk I/O error"), tmp_path / "idiolect.db")
     assert "is full" in str(err)
+
+
+# 5. A kill at the wrong moment never makes a run unresumable -----------------------------------------------------
+
+
+def test_hardening_an_unreadable_checkpoint_is_set_aside_and_the_run_resumes(pretrained_base, target_store):
+    """A checkpoint cut short (a kill or a full disk while it was written) costs its steps, not the run: the one
+    before it is used. (An unreadable reference cache and the plan kept on resume: test_integrity.py's
+    test_integrity_resume_trains_on_the_recorded_rows_and_plan.)"""
+    from idiolect.core.train import TrainConfig, Trainer, create_run, run_dir
+
+    cfg = TrainConfig(model=str(pretrained_base), pool="others", steps=6, batch_size=2, save_every=1)
+    run = create_run(target_store, "me", cfg)
+    holder = {}
+
+    def stop_at_4(step, total, metrics):
+        if step == 4:
+            holder["trainer"].request_stop()
+
+    holder["trainer"] = Trainer(target_store, run, progress=stop_at_4)
+    assert holder["trainer"].run()["status"] == "cancelled"
+    folder = run_dir(target_store, run)
+    newest = max(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    (newest / "state.pt").write_bytes(b"PK\x03\x04 cut short")
+    result = Trainer(target_store, run).run()
+    assert result["status"] == "completed"
+    assert target_store.get_run(run)["step"] == 6
+    assert (folder / f"broken-{newest.name}").is_dir() or not newest.exists()
