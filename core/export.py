@@ -24,10 +24,13 @@ File names come from the profile name through :func:`safe_name`, so no name can 
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
+import os
 import re
 import shlex
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,7 +163,22 @@ def check_modelfile(path: Path, summary: str | None = None) -> None:
         raise IdiolectError("the Modelfile's SYSTEM does not read back as the summary")
 
 
-def run_commands(folder: Path, slug: str, base_gguf: str | None, lora_gguf: str | None) -> dict[str, str]:
+def _move_into(work: Path, final: Path) -> None:
+    """Move each entry of ``work`` into ``final``, replacing what is there under that name: a file or a link is
+    unlinked (a link is never followed), a folder removed; then ``work`` itself goes."""
+    for entry in sorted(work.iterdir()):
+        dest = final / entry.name
+        if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
+            dest.unlink()
+        elif dest.is_dir():
+            shutil.rmtree(dest)
+        os.replace(entry, dest)
+    work.rmdir()
+
+
+def run_commands(
+    folder: Path, slug: str, base_gguf: str | None, lora_gguf: str | None, *, modelfile: bool | None = None
+) -> dict[str, str]:
     """The exact commands that run an export with llama.cpp's server and with Ollama (from any folder)."""
     if not lora_gguf and not base_gguf:
         return {}
@@ -181,7 +199,7 @@ def run_commands(folder: Path, slug: str, base_gguf: str | None, lora_gguf: str 
         for name, scale in (("persona on", 1.0), ("persona off", 0.0)):
             body = json.dumps([{"id": 0, "scale": scale}])
             out[name] = f"curl -s {url} -H 'Content-Type: application/json' -d {q(body)}"
-    if (folder / "Modelfile").exists():
+    if (folder / "Modelfile").exists() if modelfile is None else modelfile:
         out["ollama"] = (
             f"cd {q(str(folder))} && ollama create {q(slug.lower())} -f Modelfile && ollama run {q(slug.lower())}"
         )
@@ -429,79 +447,102 @@ def export(
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise IdiolectError(f"cannot create the export folder {folder}: {exc.strerror or exc}") from exc
-    slug = safe_name(prof["name"])
-    result = ExportResult(folder=folder.resolve(), skipped=skipped)
-    base_gguf_name = lora_gguf_name = None
+    # Written into a fresh folder inside the chosen one, then moved into place entry by entry: a failure (a full
+    # disk) leaves nothing half-written, and a link planted in the folder is replaced, never written through.
+    final = folder
+    try:
+        work = Path(tempfile.mkdtemp(prefix=".idiolect-export-", dir=final))
+    except OSError as exc:
+        raise IdiolectError(f"cannot write into the export folder {final}: {exc.strerror or exc}") from None
+    folder = work
+    try:
+        slug = safe_name(prof["name"])
+        result = ExportResult(folder=final.resolve(), skipped=skipped)
+        base_gguf_name = lora_gguf_name = None
 
-    if run and "peft" in wanted:
-        dest = folder / f"{slug}-peft"
-        shutil.rmtree(dest, ignore_errors=True)
-        shutil.copytree(adapter_dir, dest)
-        result.files += sorted(p for p in dest.rglob("*") if p.is_file())
-    if base_dir is not None and "gguf" in wanted and "gguf" not in result.skipped:
-        lora_gguf = folder / f"{slug}-lora.gguf"
-        convert_lora_to_gguf(adapter_dir, base_dir, lora_gguf, dtype="f32" if gguf_dtype == "f32" else "f16")
-        lora_gguf_name = lora_gguf.name
-        result.files.append(lora_gguf)
-        if base_gguf_file is not None:
-            base_gguf_name = str(base_gguf_file)  # referred to where it is, not copied
-        else:
-            base_gguf = folder / f"{safe_name(base_dir.name, 'base')}-{gguf_dtype}.gguf"
-            convert_hf_to_gguf(base_dir, base_gguf, dtype=gguf_dtype)
-            base_gguf_name = base_gguf.name
-            result.files.append(base_gguf)
-    if base_dir is not None and "merged" in wanted and "merged" not in result.skipped:
-        result.files += _merge(base_dir, adapter_dir, folder / f"{slug}-merged")
-
-    if "summary" in wanted:
-        if summary:
-            result.files += summary_files(
-                folder, slug, summary["text"], base_gguf=base_gguf_name, lora_gguf=lora_gguf_name
+        if run and "peft" in wanted:
+            dest = folder / f"{slug}-peft"
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.copytree(adapter_dir, dest)
+            result.files += sorted(p for p in dest.rglob("*") if p.is_file())
+        if base_dir is not None and "gguf" in wanted and "gguf" not in result.skipped:
+            lora_gguf = folder / f"{slug}-lora.gguf"
+            convert_lora_to_gguf(
+                adapter_dir, base_dir, lora_gguf, dtype="f32" if gguf_dtype == "f32" else "f16"
             )
-        else:
-            result.skipped["summary"] = "no preference summary yet"
+            lora_gguf_name = lora_gguf.name
+            result.files.append(lora_gguf)
+            if base_gguf_file is not None:
+                base_gguf_name = str(base_gguf_file)  # referred to where it is, not copied
+            else:
+                base_gguf = folder / f"{safe_name(base_dir.name, 'base')}-{gguf_dtype}.gguf"
+                convert_hf_to_gguf(base_dir, base_gguf, dtype=gguf_dtype)
+                base_gguf_name = base_gguf.name
+                result.files.append(base_gguf)
+        if base_dir is not None and "merged" in wanted and "merged" not in result.skipped:
+            result.files += _merge(base_dir, adapter_dir, folder / f"{slug}-merged")
 
-    datasets = [f for f in wanted if f in DATASET_FORMATS]
-    if datasets:
-        from idiolect.core.training_data import preference_data
+        if "summary" in wanted:
+            if summary:
+                result.files += summary_files(
+                    folder, slug, summary["text"], base_gguf=base_gguf_name, lora_gguf=lora_gguf_name
+                )
+            else:
+                result.skipped["summary"] = "no preference summary yet"
 
-        pool = run["config"].get("pool", "default") if run else "default"
-        written, why = dataset_files(folder, slug, preference_data(store, prof["name"], pool=pool), datasets)
-        result.files += written
-        result.skipped.update(why)
+        datasets = [f for f in wanted if f in DATASET_FORMATS]
+        if datasets:
+            from idiolect.core.training_data import preference_data
 
-    manifest = {
-        "idiolect_export": 1,
-        "profile": prof["name"],
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "formats": [f for f in wanted if f not in result.skipped],
-        "skipped": result.skipped,
-        "base_model": base_spec,
-        "base_model_dir": str(base_dir) if base_dir else None,
-        "base_gguf": None
-        if base_gguf_file is None
-        else {"path": str(base_gguf_file), "sha256": (gguf_source(base_dir) or {}).get("sha256")},
-        "training_run": None
-        if run is None
-        else {
-            "id": run["id"],
-            "objective": run["objective"],
-            "config": run["config"],
-            "result": run["result"],
-            "finished_at": run["finished_at"],
-            "training_data": _training_data(run),
-        },
-        "summary": None
-        if summary is None
-        else {"version": summary["version"], "source": summary["source"], "score": summary["score"]},
-        "files": {str(p.relative_to(folder)): sha256_file(p) for p in result.files},
-    }
-    result.commands = run_commands(folder, slug, base_gguf_name, lora_gguf_name)
-    manifest["commands"] = result.commands
-    manifest["llama_cpp"] = {"base": base_gguf_name, "lora": lora_gguf_name}
-    manifest_path = folder / "manifest.json"
-    manifest_path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    result.files.append(manifest_path)
+            pool = run["config"].get("pool", "default") if run else "default"
+            written, why = dataset_files(
+                folder, slug, preference_data(store, prof["name"], pool=pool), datasets
+            )
+            result.files += written
+            result.skipped.update(why)
+
+        manifest = {
+            "idiolect_export": 1,
+            "profile": prof["name"],
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "formats": [f for f in wanted if f not in result.skipped],
+            "skipped": result.skipped,
+            "base_model": base_spec,
+            "base_model_dir": str(base_dir) if base_dir else None,
+            "base_gguf": None
+            if base_gguf_file is None
+            else {"path": str(base_gguf_file), "sha256": (gguf_source(base_dir) or {}).get("sha256")},
+            "training_run": None
+            if run is None
+            else {
+                "id": run["id"],
+                "objective": run["objective"],
+                "config": run["config"],
+                "result": run["result"],
+                "finished_at": run["finished_at"],
+                "training_data": _training_data(run),
+            },
+            "summary": None
+            if summary is None
+            else {"version": summary["version"], "source": summary["source"], "score": summary["score"]},
+            "files": {str(p.relative_to(folder)): sha256_file(p) for p in result.files},
+        }
+        result.commands = run_commands(
+            final, slug, base_gguf_name, lora_gguf_name, modelfile=(folder / "Modelfile").exists()
+        )
+        manifest["commands"] = result.commands
+        manifest["llama_cpp"] = {"base": base_gguf_name, "lora": lora_gguf_name}
+        manifest_path = folder / "manifest.json"
+        manifest_path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        result.files.append(manifest_path)
+        _move_into(work, final)
+    except BaseException as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        if isinstance(exc, OSError):
+            why = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+            raise IdiolectError(f"export to {final} failed ({why}); nothing was written") from None
+        raise
+    result.files = [final / p.relative_to(work) for p in result.files]
     result.manifest = manifest
     result.export_id = store.add_export(
         prof["id"],

@@ -254,3 +254,40 @@ def test_hardening_an_unreadable_checkpoint_is_set_aside_and_the_run_resumes(pre
     assert result["status"] == "completed"
     assert target_store.get_run(run)["step"] == 6
     assert (folder / f"broken-{newest.name}").is_dir() or not newest.exists()
+
+
+# 7. Export never writes through a link, and a failed export leaves nothing half-written --------------------------
+
+
+def test_hardening_export_replaces_planted_links_and_fails_whole(store, tiny_models, tmp_path, monkeypatch):
+    from test_export import _trained_profile
+
+    import idiolect.core.export as export_mod
+    from idiolect.core.errors import IdiolectError
+
+    _trained_profile(store, tiny_models, tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (out / "manifest.json").symlink_to(victim)
+    (out / "Sam-O-Neil-summary.txt").symlink_to(victim)
+    (out / "Sam-O-Neil-peft").symlink_to(tmp_path)  # a linked folder where the adapter goes
+    result = export_mod.export(store, "Sam O'Neil", out, formats=["peft", "summary"])
+    assert victim.read_text() == "precious"
+    for name in ("manifest.json", "Sam-O-Neil-summary.txt", "Sam-O-Neil-peft"):
+        assert not (out / name).is_symlink() and (out / name).exists()
+    assert all(p.exists() and out in p.parents for p in result.files)
+
+    # A full disk in the middle: one line, no traceback, nothing half-written, the previous export intact.
+    before = sorted(p.name for p in out.iterdir())
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export_mod, "convert_lora_to_gguf", full_disk, raising=False)
+    monkeypatch.setattr("idiolect.core.gguf_writer.convert_lora_to_gguf", full_disk)
+    with pytest.raises(IdiolectError, match=r"failed \(the disk is full\); nothing was written"):
+        export_mod.export(store, "Sam O'Neil", out, formats=["peft", "gguf", "summary"], gguf_dtype="f32")
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert not list(out.glob("*.gguf")) and not list(out.glob(".idiolect-export-*"))
