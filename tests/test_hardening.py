@@ -291,3 +291,62 @@ def test_hardening_export_replaces_planted_links_and_fails_whole(store, tiny_mod
         export_mod.export(store, "Sam O'Neil", out, formats=["peft", "gguf", "summary"], gguf_dtype="f32")
     assert sorted(p.name for p in out.iterdir()) == before
     assert not list(out.glob("*.gguf")) and not list(out.glob(".idiolect-export-*"))
+
+
+# 11. The API key stays with its endpoint ---------------------------------------------------------------------------
+
+
+def test_hardening_the_api_key_never_follows_a_redirect_is_never_stored_and_failures_are_one_line():
+    import http.server
+    import threading
+
+    from idiolect.core.errors import IdiolectError
+    from idiolect.core.profile import openai_compatible_writer
+
+    key = "sk-test-SECRET-1234567890"
+    seen: list[dict] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            seen.append({"port": self.server.server_port, "path": self.path, **dict(self.headers)})
+            if self.path.startswith("/redirect"):
+                self.send_response(302)
+                self.send_header("Location", f"http://127.0.0.1:{other.server_port}/v1/chat/completions")
+                self.end_headers()
+                return
+            if self.path.startswith("/html"):
+                body, kind = b"<html><body>Login</body></html>", "text/html"
+            else:  # echoes the request headers back in the answer
+                text = "Summary. " + json.dumps(dict(self.headers))
+                body, kind = (
+                    json.dumps({"choices": [{"message": {"content": text}}]}).encode(),
+                    "application/json",
+                )
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    main = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    for srv in (main, other):
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{main.server_port}"
+    try:
+        with pytest.raises(IdiolectError, match="redirected to another host"):
+            openai_compatible_writer(f"{base}/redirect/v1", key, "m")("hi")
+        assert not any(s["port"] == other.server_port for s in seen)  # the other origin never saw a request
+        echoed = openai_compatible_writer(f"{base}/echo/v1", key, "m")("hi")
+        assert key not in echoed and "[key removed]" in echoed
+        with pytest.raises(
+            IdiolectError, match=r"did not answer as an OpenAI-compatible endpoint \(text/html"
+        ):
+            openai_compatible_writer(f"{base}/html/v1", key, "m")("hi")
+    finally:
+        main.shutdown()
+        other.shutdown()
