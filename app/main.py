@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -128,12 +129,45 @@ def loopback_bypasses_proxies(environ=os.environ) -> None:
         environ[key] = ",".join(current + [n for n in ("localhost", "127.0.0.1", "::1") if n not in current])
 
 
+def upload_folder(data_dir: Path) -> Path:
+    """A folder of this app process for what the browser uploads (Gradio copies every upload into its cache):
+    inside the data folder, not the system temp folder, and removed when the app stops. Folders left by an app
+    that was killed are removed at the next start."""
+    import shutil
+    import tempfile
+
+    for old in data_dir.glob("uploads-*"):
+        pid = old.name.split("-")[1] if old.name.count("-") >= 2 else ""
+        if not (pid.isdigit() and _alive(int(pid))):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"uploads-{os.getpid()}-", dir=data_dir))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def launch_app(args) -> int:
+    import atexit
+    import shutil
+    import signal
+    import sys
+
     try:
         store = open_store(args.db)
     except IdiolectError as exc:
         print(f"error: {exc}")
         return 1
+    uploads = upload_folder(store.path.parent)
+    os.environ["GRADIO_TEMP_DIR"] = str(uploads)  # read by Gradio when the UI and the server are built
+    atexit.register(shutil.rmtree, uploads, ignore_errors=True)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))  # a polite stop runs the clean-up too
     logging.basicConfig(
         filename=str(store.path.parent / "app.log"),
         level=logging.INFO,

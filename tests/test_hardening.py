@@ -119,7 +119,7 @@ def _request(port: int, host_header: str, path: str = "/config") -> int:
     return status
 
 
-def test_hardening_app_answers_loopback_names_only_and_ignores_proxies(tmp_path):
+def test_hardening_app_answers_loopback_names_only_ignores_proxies_and_cleans_up_uploads(tmp_path):
     """Started with HTTP(S)_PROXY pointing at nothing (the start-up self-check used to go there and die), the app
     answers 127.0.0.1 / localhost / [::1] and the --allow-host name, and refuses a rebinding domain's name."""
     import subprocess
@@ -152,11 +152,22 @@ def test_hardening_app_answers_loopback_names_only_and_ignores_proxies(tmp_path)
         for evil in ("rebind.attacker.example", f"rebind.attacker.example:{port}", "127.0.0.1.evil.example"):
             assert _request(port, evil) == 403, evil
             assert _request(port, evil, "/gradio_api/info") == 403
+        # 12. An upload lands in this app's own folder inside the data folder, which goes when the app stops.
+        import requests
+
+        session = requests.Session()
+        session.trust_env = False
+        reply = session.post(f"http://127.0.0.1:{port}/gradio_api/upload",
+                             files={"files": ("mine.txt", b"My private writing.\n")}, timeout=30)  # fmt: skip
+        assert reply.status_code == 200, reply.text
+        [stored] = reply.json()
+        assert str(tmp_path / "home") in stored and os.path.exists(stored)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
     assert "Traceback" not in (tmp_path / "app.log").read_text()
+    assert not os.path.exists(stored) and not list((tmp_path / "home").glob("uploads-*"))
 
 
 # 8. Damaged and foreign databases -----------------------------------------------------------------------------
