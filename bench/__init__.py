@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 def add_parsers(parser: argparse.ArgumentParser, add_db: Callable[[argparse.ArgumentParser], None]) -> None:
     """One subcommand per benchmark, each with its own options (and ``--db`` after the name)."""
-    from idiolect.bench import generation, personalization, training
+    from idiolect.bench import generation, imports, personalization, training
 
     sub = parser.add_subparsers(dest="bench", metavar="NAME", required=True)
     raw = argparse.RawDescriptionHelpFormatter
@@ -28,6 +28,8 @@ def add_parsers(parser: argparse.ArgumentParser, add_db: Callable[[argparse.Argu
          personalization.choose_settings.__doc__, None, personalization.add_tune_arguments),
         ("merge", "one personalization table from runs on the same splits, each giving some objectives",
          personalization.merge_cmd.__doc__, None, personalization.add_merge_arguments),
+        ("imports", "peak memory and wall time of the largest and slowest-to-parse imports allowed",
+         imports.__doc__, raw, imports.add_arguments),
     ]  # fmt: skip
     for name, help_text, description, formatter, add_arguments in specs:
         extra = {"formatter_class": formatter} if formatter else {}
@@ -37,7 +39,7 @@ def add_parsers(parser: argparse.ArgumentParser, add_db: Callable[[argparse.Argu
 
 
 def run(args: argparse.Namespace) -> None:
-    from idiolect.bench import generation, personalization, training
+    from idiolect.bench import generation, imports, personalization, training
 
     {
         "generation": generation.run,
@@ -46,4 +48,5 @@ def run(args: argparse.Namespace) -> None:
         "personalization": personalization.personalization_cmd,
         "tune": personalization.tune_cmd,
         "merge": personalization.merge_cmd,
+        "imports": imports.run,
     }[args.bench](args)
