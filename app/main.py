@@ -136,21 +136,13 @@ def upload_folder(data_dir: Path) -> Path:
     import shutil
     import tempfile
 
+    from idiolect.core.worker import process_alive
+
     for old in data_dir.glob("uploads-*"):
         pid = old.name.split("-")[1] if old.name.count("-") >= 2 else ""
-        if not (pid.isdigit() and _alive(int(pid))):
+        if not (pid.isdigit() and process_alive(int(pid))):
             shutil.rmtree(old, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f"uploads-{os.getpid()}-", dir=data_dir))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def launch_app(args) -> int:

@@ -30,23 +30,24 @@ def _posts(rows) -> bytes:
 
 def build_inputs(folder: Path, size: int) -> list[tuple[str, str, Path]]:
     """(label, kind, path) of each input: kind is "samples" or "peers"."""
-    para = ("I write in plain sentences about coffee and trains. " * 6 + "\n\n").encode()
+    para = "Paragraph {}: I write in plain sentences about coffee and trains. " * 6 + "\n\n"
     out = []
     p = folder / "paragraphs.txt"
-    p.write_bytes(para * (size // len(para)))
+    p.write_text("".join(para.replace("{}", str(i)) for i in range(size // len(para))))
     out.append(("64 MB .txt, paragraphs (the largest own-writing file)", "samples", p))
     p = folder / "one-block.txt"
     p.write_bytes(b"word " * (size // 5))
     out.append(("64 MB .txt, no blank lines (one block)", "samples", p))
     row = (
-        json.dumps({"prompt": "Describe your morning.", "text": "Coffee first, then the paper. " * 8}) + "\n"
-    ).encode()
+        json.dumps({"prompt": "Describe your morning.", "text": "Coffee first, then the paper {}. " * 8})
+        + "\n"
+    )
     p = folder / "rows.jsonl"
-    p.write_bytes(row * (size // len(row)))
+    p.write_text("".join(row.replace("{}", str(i)) for i in range(size // len(row))))
     out.append(("64 MB .jsonl rows", "samples", p))
     body = "&lt;p&gt;" + "A plain answer about beer glasses and foam. " * 20 + "&lt;/p&gt;"
     rows = (
-        f'  <row Id="{i + 2}" PostTypeId="2" ParentId="1" OwnerUserId="{i % 50 + 3}" Body="{body}" />\n'.encode()
+        f'  <row Id="{i + 2}" PostTypeId="2" ParentId="1" OwnerUserId="{i % 50 + 3}" Body="{i} {body}" />\n'.encode()
         for i in range(size // (len(body) + 80))
     )
     p = folder / "big.stackexchange.com_Posts.xml"
@@ -67,11 +68,13 @@ def build_inputs(folder: Path, size: int) -> list[tuple[str, str, Path]]:
         _posts([b'  <row Id="2" PostTypeId="2" ParentId="1" OwnerUserId="3" Body="'] + [b"x\n"] * 400_000)
     )
     out.append(("one unclosed row over 400,000 lines", "peers", p))
-    turn = "Here is what I think, plainly.\n```\ncode line\n```\n2024-01-01 12:00 ERROR x\n> quoted\n" * 40
+    turn = "Here is what I think, plainly {}.\n```\ncode line\n```\n2024-01-01 12:00 ERROR x\n> quoted\n" * 40
     convs = []
     total = 0
     while total < size:
-        msgs = [{"role": "user", "content": turn}, {"role": "assistant", "content": "ok"}] * 10
+        n = len(convs)
+        msgs = [m for j in range(10) for m in ({"role": "user", "content": turn.replace("{}", f"{n}-{j}")},
+                                               {"role": "assistant", "content": "ok"})]  # fmt: skip
         convs.append({"messages": msgs})
         total += len(turn) * 10
     p = folder / "chats.jsonl"

@@ -366,7 +366,7 @@ def cmd_train(args) -> int:
                 raise IdiolectError(
                     f"run {args.resume} has finished already; its adapter is {run['adapter_path']}"
                 )
-            if run["status"] in worker.ACTIVE and run["pid"] and worker._alive(run["pid"]):
+            if run["status"] in worker.ACTIVE and run["pid"] and worker.process_alive(run["pid"]):
                 raise IdiolectError(f"run {args.resume} is training in process {run['pid']}")
             store.update_run(args.resume, cancel_requested=0)
             run_id = args.resume

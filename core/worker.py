@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ACTIVE = ("queued", "running")
 
 
-def _alive(pid: int | None) -> bool:
+def process_alive(pid: int | None) -> bool:
+    """Whether a process with this id runs (a zombie does not)."""
     if not pid:
         return False
     try:
@@ -93,7 +94,7 @@ def status(store: Store, run_id: int) -> dict:
     """The run, with progress and an ETA; a run whose worker is gone is marked failed here. ``activity`` says
     in words what an active run is doing now (its stage, or that it is cancelling)."""
     run = store.get_run(run_id)
-    if run["status"] in ACTIVE and run["pid"] and not _alive(run["pid"]):
+    if run["status"] in ACTIVE and run["pid"] and not process_alive(run["pid"]):
         ckpt = latest_checkpoint(run_dir(store, run_id))
         where = f"step {ckpt.name.split('-')[1]}" if ckpt else "the start"
         msg = f"the training worker stopped unexpectedly (killed or crashed); resume continues from {where}"
