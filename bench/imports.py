@@ -28,23 +28,44 @@ def _posts(rows) -> bytes:
     return head + q + b"".join(rows) + b"</posts>\n"
 
 
+def _fill(make, size: int) -> str:
+    """Rows ``make(0), make(1), ...`` up to just under ``size`` bytes (the limit is inclusive of nothing more)."""
+    parts, total, i = [], 0, 0
+    while True:
+        part = make(i)
+        if total + len(part.encode()) > size:
+            return "".join(parts)
+        parts.append(part)
+        total += len(part.encode())
+        i += 1
+
+
+def _peak_mb() -> float:
+    """This process's peak resident memory (VmHWM: reset by exec, unlike ru_maxrss, which a child inherits)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def build_inputs(folder: Path, size: int) -> list[tuple[str, str, Path]]:
     """(label, kind, path) of each input: kind is "samples" or "peers"."""
+    out = [("start-up only (imports, an empty database): the floor", "baseline", folder)]
     para = "Paragraph {}: I write in plain sentences about coffee and trains. " * 6 + "\n\n"
-    out = []
     p = folder / "paragraphs.txt"
-    p.write_text("".join(para.replace("{}", str(i)) for i in range(size // len(para))))
-    out.append(("64 MB .txt, paragraphs (the largest own-writing file)", "samples", p))
+    p.write_text(_fill(lambda i: para.replace("{}", str(i)), size))
+    out.append((f"{size // MB} MB .txt, paragraphs (the largest own-writing file)", "samples", p))
     p = folder / "one-block.txt"
     p.write_bytes(b"word " * (size // 5))
-    out.append(("64 MB .txt, no blank lines (one block)", "samples", p))
+    out.append((f"{size // MB} MB .txt, no blank lines (one block)", "samples", p))
     row = (
         json.dumps({"prompt": "Describe your morning.", "text": "Coffee first, then the paper {}. " * 8})
         + "\n"
     )
     p = folder / "rows.jsonl"
-    p.write_text("".join(row.replace("{}", str(i)) for i in range(size // len(row))))
-    out.append(("64 MB .jsonl rows", "samples", p))
+    p.write_text(_fill(lambda i: row.replace("{}", str(i)), size))
+    out.append((f"{size // MB} MB .jsonl rows", "samples", p))
     body = "&lt;p&gt;" + "A plain answer about beer glasses and foam. " * 20 + "&lt;/p&gt;"
     rows = (
         f'  <row Id="{i + 2}" PostTypeId="2" ParentId="1" OwnerUserId="{i % 50 + 3}" Body="{i} {body}" />\n'.encode()
@@ -52,17 +73,20 @@ def build_inputs(folder: Path, size: int) -> list[tuple[str, str, Path]]:
     )
     p = folder / "big.stackexchange.com_Posts.xml"
     p.write_bytes(_posts(rows))
-    out.append(("64 MB Posts.xml", "peers", p))
+    out.append((f"{size // MB} MB Posts.xml", "peers", p))
     big = "x" * (7 * MB)
     rows = [f'  <row Id="{i + 2}" PostTypeId="2" ParentId="1" OwnerUserId="3" Body="{big}" />\n'.encode()
             for i in range(6)]  # fmt: skip
     p = folder / "wide.stackexchange.com_Posts.xml.gz"
     p.write_bytes(gzip.compress(_posts(rows), 9))
     out.append(("Posts.xml.gz of 7 MB rows (just under the line limit)", "peers", p))
-    rows = (json.dumps({"writer": f"w{i % 20}", "text": "a." * 20_000}) + "\n" for i in range(size // 40_100))
+    rows = (
+        json.dumps({"writer": f"w{i % 20}", "text": f"{i} " + "a." * 20_000}) + "\n"
+        for i in range(size // 40_100)
+    )
     p = folder / "dots.jsonl"
     p.write_text("".join(rows))
-    out.append(("64 MB of 'a.a.a.' peer texts (URL scrubber)", "peers", p))
+    out.append((f"{size // MB} MB of 'a.a.a.' peer texts (URL scrubber)", "peers", p))
     p = folder / "unclosed.stackexchange.com_Posts.xml"
     p.write_bytes(
         _posts([b'  <row Id="2" PostTypeId="2" ParentId="1" OwnerUserId="3" Body="'] + [b"x\n"] * 400_000)
@@ -79,7 +103,7 @@ def build_inputs(folder: Path, size: int) -> list[tuple[str, str, Path]]:
         total += len(turn) * 10
     p = folder / "chats.jsonl"
     p.write_text("".join(json.dumps(c) + "\n" for c in convs))
-    out.append(("64 MB OpenAI-style chat JSONL (code, logs, quotes)", "samples", p))
+    out.append((f"{size // MB} MB OpenAI-style chat JSONL (code, logs, quotes)", "samples", p))
     return out
 
 
@@ -89,12 +113,15 @@ def _child(kind: str, path: str, db: str) -> None:
 
     store = Store(db)
     t0 = time.perf_counter()
+    if kind == "baseline":
+        print(json.dumps({"seconds": 0.0, "peak_mb": _peak_mb(), "added": 0, "skipped": 0, "error": None}))
+        return
     if kind == "samples":
         [report] = import_samples(store, "me", [path])
     else:
         report = import_peers(store, path, "pool")
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _peak_mb()
     print(json.dumps({"seconds": seconds, "peak_mb": peak, "added": report.added, "skipped": len(report.skipped),
                       "error": report.error}))  # fmt: skip
 
@@ -115,14 +142,15 @@ def run(args) -> dict:
         for label, kind, path in inputs:
             code = "import sys; from idiolect.bench.imports import _child; _child(*sys.argv[1:])"
             out = subprocess.run(
-                [sys.executable, "-c", code, kind, str(path), str(Path(tmp) / f"{path.stem}.db")],
+                [sys.executable, "-c", code, kind, str(path), str(Path(tmp) / f"{path.stem or 'base'}-{kind}.db")],
                 capture_output=True, text=True, timeout=3600,
             )  # fmt: skip
             if out.returncode != 0:
                 raise RuntimeError(out.stderr[-2000:])
             r = json.loads(out.stdout.strip().splitlines()[-1])
-            table.append({"input": label, "file MB": round(path.stat().st_size / MB, 1), "seconds": r["seconds"],
-                          "peak RSS MB": r["peak_mb"], "added": r["added"], "skipped": r["skipped"]})  # fmt: skip
+            table.append({"input": label, "file MB": round(path.stat().st_size / MB, 1) if path.is_file() else 0, "seconds": r["seconds"],
+                          "peak RSS MB": r["peak_mb"], "added": r["added"], "skipped": r["skipped"],
+                          "error": r["error"] or ""})  # fmt: skip
             print(table[-1], flush=True)
     command = f"python launch.py bench imports --size-mb {args.size_mb}"
     write(args.out, "imports", {}, table, "Import bounds (each input in its own process)", command)
