@@ -48,13 +48,14 @@ def do_export(ctx: Ctx, profile, formats, folder):
     return f"Exported to `{result.folder}`:\n{files}{skipped}", summary, snippet, commands, downloads
 
 
-def test_export(ctx: Ctx, profile, folder, prompt) -> str:
-    """The exported GGUF LoRA answers a prompt in llama.cpp, as it will for the user."""
+def test_export(ctx: Ctx, profile, folder, prompt, strength: float = 1.0) -> str:
+    """The exported GGUF LoRA answers a prompt in llama.cpp, as it will for the user, at a persona strength
+    (the LoRA's scale: 0 the base alone, 1 as trained)."""
     need(ctx, profile)
     folder = (folder or "").strip() or str(data_dir() / "exports" / profile)
     if not (prompt or "").strip():
         raise IdiolectError("Type a prompt for the test.")
-    return try_export(folder, prompt.strip(), max_new_tokens=120)
+    return try_export(folder, prompt.strip(), max_new_tokens=120, scale=float(strength))
 
 
 class ExportTab:
@@ -77,6 +78,8 @@ class ExportTab:
         with gr.Group():
             test_prompt = gr.Textbox(label="Test the export: llama.cpp answers with your GGUF LoRA and summary",
                                      value="Describe your morning coffee.", elem_id="export-test-prompt")  # fmt: skip
+            strength = gr.Slider(0, 2, value=1, step=0.25, elem_id="export-strength",
+                                 label="Persona strength (the LoRA's scale: 0 = the base model alone, 1 = as trained)")  # fmt: skip
             test_btn = gr.Button("Test it in llama.cpp", elem_id="export-test")
             test_out = gr.Textbox(
                 label="Its answer", lines=5, interactive=False, elem_id="export-test-answer"
@@ -89,8 +92,8 @@ class ExportTab:
            [report, summary, snippet, commands, downloads, status_md])  # fmt: skip
         on(
             test_btn.click,
-            lambda p, d, q: test_export(ctx, p, d, q),
-            [profile, folder, test_prompt],
+            lambda p, d, q, k: test_export(ctx, p, d, q, k),
+            [profile, folder, test_prompt, strength],
             [test_out],
         )
         self.outputs: list = []

@@ -555,9 +555,12 @@ def export(
     return result
 
 
-def try_export(folder: str | Path, prompt: str, *, max_new_tokens: int = 80, seed: int | None = None) -> str:
+def try_export(
+    folder: str | Path, prompt: str, *, max_new_tokens: int = 80, seed: int | None = None, scale: float = 1.0
+) -> str:
     """Run an export as a user will: llama.cpp loads its base GGUF with its GGUF LoRA and the summary as the
-    system prompt (what its Modelfile says), and answers ``prompt``."""
+    system prompt (what its Modelfile says), and answers ``prompt``; ``scale`` sets the LoRA's strength (the
+    persona switch llama-server offers at /lora-adapters)."""
     import json as _json
 
     from idiolect.core.generation import LlamaCppGenerator, SamplingParams
@@ -573,6 +576,8 @@ def try_export(folder: str | Path, prompt: str, *, max_new_tokens: int = 80, see
     base = Path(files["base"]) if Path(files["base"]).is_absolute() else folder / files["base"]
     summary = next(iter(sorted(folder.glob("*-summary.txt"))), None)
     gen = LlamaCppGenerator(base, lora_path=folder / files["lora"])
+    if scale != 1.0:
+        gen.set_lora_scale(scale)
     system = summary.read_text(encoding="utf-8").strip() if summary else None
     return gen.generate(prompt, SamplingParams(max_new_tokens=max_new_tokens).with_seed(seed), system=system)
 

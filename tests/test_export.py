@@ -197,6 +197,13 @@ def test_export_all_formats_and_serve_with_openai_client(store, tiny_models, tmp
 
     assert manifest["llama_cpp"] == {"base": base_gguf.name, "lora": f"{slug}-lora.gguf"}
     assert isinstance(try_export(out, "Describe your morning coffee.", max_new_tokens=8, seed=1), str)
+    # Persona strength 0 is the base model alone, with the same summary and seed.
+    from idiolect.core.generation import LlamaCppGenerator, SamplingParams
+
+    base_only = LlamaCppGenerator(base_gguf).generate(
+        "Describe your morning coffee.", SamplingParams(max_new_tokens=8).with_seed(1), system=SUMMARY
+    )
+    assert try_export(out, "Describe your morning coffee.", max_new_tokens=8, seed=1, scale=0.0) == base_only
     (out / "manifest.json").write_text(json.dumps({**manifest, "llama_cpp": {"base": None, "lora": None}}))
     with pytest.raises(IdiolectError, match="export with the gguf format"):
         try_export(out, "hi")
