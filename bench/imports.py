@@ -101,10 +101,29 @@ def build_inputs(folder: Path, size: int) -> list[tuple[str, str, Path]]:
                                                {"role": "assistant", "content": "ok"})]  # fmt: skip
         convs.append({"messages": msgs})
         total += len(turn) * 10
+    p = folder / "conversations.json"
+    p.write_text(
+        "[" + ",".join(json.dumps(_chatgpt_conversation(c["messages"], k)) for k, c in enumerate(convs)) + "]"
+    )
+    out.append(
+        (f"{size // MB} MB ChatGPT conversations.json (one JSON document, read as a stream)", "samples", p)
+    )
     p = folder / "chats.jsonl"
     p.write_text("".join(json.dumps(c) + "\n" for c in convs))
     out.append((f"{size // MB} MB OpenAI-style chat JSONL (code, logs, quotes)", "samples", p))
     return out
+
+
+def _chatgpt_conversation(messages: list[dict], k: int) -> dict:
+    """A ChatGPT export's conversation: a chain of mapping nodes ending at current_node."""
+    mapping, parent = {}, None
+    for i, m in enumerate(messages):
+        node = f"n{i}"
+        mapping[node] = {"id": node, "parent": parent, "children": [f"n{i + 1}"] if i + 1 < len(messages) else [],
+                         "message": {"author": {"role": m["role"]},
+                                     "content": {"content_type": "text", "parts": [m["content"]]}}}  # fmt: skip
+        parent = node
+    return {"title": f"conversation {k}", "mapping": mapping, "current_node": parent}
 
 
 def _child(kind: str, path: str, db: str) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import itertools
 import json
 import os
 import re
@@ -192,19 +193,138 @@ _BLANK_LINES = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)*")
 # Tabular rows (JSONL / JSON / CSV), shared by own samples and peer pools.
 
 
+def _jsonl_line(lineno: int, line: str) -> Iterable[tuple[str, object | None, str | None]]:
+    if not line.strip():
+        return
+    where = f"line {lineno}"
+    try:
+        yield where, json.loads(line), None
+    except json.JSONDecodeError as exc:
+        yield where, None, f"not valid JSON ({exc.msg} at column {exc.colno})"
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        yield where, None, f"not readable JSON ({exc})"
+    except RecursionError:
+        yield where, None, "not readable JSON (nested too deeply)"
+
+
 def _iter_jsonl(text: str) -> Iterable[tuple[str, object | None, str | None]]:
     for lineno, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        where = f"line {lineno}"
+        yield from _jsonl_line(lineno, line)
+
+
+def _decoded_chunks(path: Path, encoding: str, limit: int, size: int = 1 << 20) -> Iterable[str]:
+    """The file's text in pieces, decoded as :func:`core.text.decode` does (invalid bytes kept as lone
+    surrogates for the per-row check; a UTF-8 BOM dropped), with the same refusals as :func:`_read_bytes`."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder(encoding)(
+        errors="surrogateescape"
+    )  # LookupError: unknown encoding
+    with open_regular(path) as fh:
+        total = os.fstat(fh.fileno()).st_size
+        if total > limit:
+            raise ImportFailed(f"{path.name}: {_human(total)} is over the {_human(limit)} limit per file")
+        first, read = True, 0
+        while data := fh.read(size):
+            read += len(data)
+            if read > limit:
+                raise ImportFailed(f"{path.name}: over the {_human(limit)} limit per file")
+            if first:
+                first = False
+                if b"\x00" in data[:8192] and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
+                    raise ImportFailed(f"{path.name}: looks like a binary file, not text")
+                if encoding.lower().replace("-", "").replace("_", "") in ("utf8", "utf8sig"):
+                    data = data.removeprefix(b"\xef\xbb\xbf")
+            yield decoder.decode(data)
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            yield tail
+
+
+def _stream_jsonl(chunks: Iterable[str]) -> Iterable[tuple[str, object | None, str | None]]:
+    """JSONL rows read piece by piece: one line in memory at a time, never the whole file's rows."""
+    rest, lineno = "", 0
+    for chunk in chunks:
+        parts = chunk.split("\n")
+        parts[0] = rest + parts[0]
+        rest = parts.pop()
+        for line in parts:
+            lineno += 1
+            yield from _jsonl_line(lineno, line)
+    if rest:
+        yield from _jsonl_line(lineno + 1, rest)
+
+
+def _stream_json(chunks: Iterable[str], name: str) -> Iterable[tuple[str, object | None, str | None]]:
+    """The items of a JSON document's top-level list, decoded one at a time as the file is read (a chat export
+    of hundreds of MB never becomes one object tree), or the document itself when it is one object."""
+    decoder = json.JSONDecoder()
+    pieces = iter(chunks)
+    buf, pos, eof = "", 0, False
+
+    def more() -> bool:
+        nonlocal buf, pos, eof
+        piece = next(pieces, None)
+        if piece is None:
+            eof = True
+            return False
+        buf, pos = buf[pos:] + piece, 0
+        return True
+
+    def skip_space() -> str | None:
+        nonlocal pos
+        while True:
+            while pos < len(buf) and buf[pos] in " \t\r\n":
+                pos += 1
+            if pos < len(buf):
+                return buf[pos]
+            if not more():
+                return None
+
+    def fail(exc: Exception) -> ImportFailed:
+        if isinstance(exc, json.JSONDecodeError):
+            return ImportFailed(f"{name}: not valid JSON ({exc.msg} near character {exc.pos})")
+        if isinstance(exc, RecursionError):
+            return ImportFailed(f"{name}: not readable JSON (nested too deeply)")
+        return ImportFailed(f"{name}: not readable JSON ({exc})")
+
+    start = skip_space()
+    if start is None:
+        raise ImportFailed(f"{name}: the file is empty")
+    if start != "[":  # one object (or a mistake): decode the whole document
+        while more():
+            pass
         try:
-            yield where, json.loads(line), None
-        except json.JSONDecodeError as exc:
-            yield where, None, f"not valid JSON ({exc.msg} at column {exc.colno})"
-        except ValueError as exc:  # e.g. an integer of more than 4,300 digits
-            yield where, None, f"not readable JSON ({exc})"
-        except RecursionError:
-            yield where, None, "not readable JSON (nested too deeply)"
+            data = json.loads(buf)
+        except (ValueError, RecursionError) as exc:
+            raise fail(exc) from None
+        if not isinstance(data, dict):
+            raise ImportFailed(f"{name}: expected a JSON list of objects, found a {type(data).__name__}")
+        yield "item 1", data, None
+        return
+    pos += 1
+    n = 0
+    while True:
+        c = skip_space()
+        if c is None:
+            raise ImportFailed(f"{name}: not valid JSON (the list is not closed: cut short?)")
+        if c == "]":
+            return
+        if c == "," and n:
+            pos += 1
+            if skip_space() is None:
+                raise ImportFailed(f"{name}: not valid JSON (the list is not closed: cut short?)")
+        while True:
+            try:
+                item, end = decoder.raw_decode(buf, pos)
+                break
+            except (ValueError, RecursionError) as exc:
+                # Not yet whole (or broken): read on; at the end of the file it is an error.
+                if isinstance(exc, RecursionError) or not more():
+                    raise fail(exc) from None
+        n += 1
+        pos = end
+        yield f"item {n}", item, None
 
 
 def _iter_json(text: str, name: str) -> Iterable[tuple[str, object | None, str | None]]:
@@ -390,8 +510,20 @@ def read_samples(path: str | Path, *, split: str = "blocks", encoding: str = "ut
         raise ImportFailed(
             f"{path.name}: unsupported file type {suffix or '(none)'}; use {', '.join(SAMPLE_SUFFIXES)}"
         )
+    fmt = _table_format(path)
     try:
-        text = decode(_read_bytes(path, _size_limit(path)), encoding)
+        if fmt in ("json", "jsonl"):  # read as a stream: one row (one conversation) in memory at a time
+            chunks = _decoded_chunks(path, encoding, _size_limit(path))
+            items = _stream_json(chunks, path.name) if fmt == "json" else _stream_jsonl(chunks)
+            head = []  # the rows up to the first object, which tells the format
+            for entry in items:
+                head.append(entry)
+                if entry[2] is None and isinstance(entry[1], dict):
+                    break
+            items = itertools.chain(head, items)
+            first = head[-1][1] if head and head[-1][2] is None and isinstance(head[-1][1], dict) else None
+        else:
+            text = decode(_read_bytes(path, _size_limit(path)), encoding)
     except LookupError:
         raise IdiolectError(f"unknown encoding {encoding!r}") from None
     out = SampleFile([], [])
@@ -399,15 +531,14 @@ def read_samples(path: str | Path, *, split: str = "blocks", encoding: str = "ut
     def add(where: str, text_value, prompt=None, context=None) -> None:
         _add_sample(out.rows, out.skipped, where, text_value, path.name, prompt, context)
 
-    fmt = _table_format(path)
     if fmt is None:  # .txt / .md
         out.rows, out.skipped = parse_text_samples(text, split=split, source=path.name)
         if not out.rows and not out.skipped:
             out.skipped.append(Skipped("the file", "empty file"))
         return out
-
-    items = list(_iter_table(path, text, fmt, ("text",)))
-    first = next((item for _, item, problem in items if problem is None and isinstance(item, dict)), None)
+    if fmt not in ("json", "jsonl"):
+        items = _iter_table(path, text, fmt, ("text",))
+        first = None
     out.format = chat_exports.detect(first)
     if out.format is not None:
         parsed = chat_exports.parse(items, out.format, path.name)
