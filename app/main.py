@@ -181,16 +181,21 @@ def launch_app(args) -> int:
         from starlette.middleware import Middleware
 
         app_kwargs["middleware"] = [Middleware(AllowedHostsOnly, allowed=hosts)]
-    demo.queue(default_concurrency_limit=4).launch(
-        app_kwargs=app_kwargs,
-        server_name=args.host,
-        server_port=args.port,
-        inbrowser=not args.no_browser,
-        share=bool(args.share),
-        auth=auth_pair,
-        css_paths=[CSS_PATH],
-        head=SHORTCUTS,
-        max_file_size=MAX_UPLOAD,
-        show_error=False,
-    )
+    try:
+        demo.queue(default_concurrency_limit=4).launch(
+            app_kwargs=app_kwargs,
+            server_name=args.host,
+            server_port=args.port,
+            inbrowser=not args.no_browser,
+            share=bool(args.share),
+            auth=auth_pair,
+            css_paths=[CSS_PATH],
+            head=SHORTCUTS,
+            max_file_size=MAX_UPLOAD,
+            show_error=False,
+        )
+    except KeyboardInterrupt:  # Ctrl-C: a normal way to stop the app
+        pass
+    finally:  # the process may end without atexit handlers (core.cli.exit_process): remove the uploads here
+        shutil.rmtree(uploads, ignore_errors=True)
     return 0

@@ -382,3 +382,33 @@ def test_hardening_json_is_read_as_a_stream_whatever_the_chunking():
     got = [(w, i, p is not None) for w, i, p in _stream_jsonl(lines)]
     assert got == [("line 1", {"text": "one"}, False), ("line 2", {"text": "two"}, False),
                    ("line 4", None, True), ("line 5", {"text": "three"}, False)]  # fmt: skip
+
+
+def test_hardening_ctrl_c_also_removes_the_upload_folder(tmp_path):
+    """Ctrl-C (SIGINT) returns from Gradio and the process ends without atexit handlers: the app removes its
+    upload folder itself."""
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from conftest import ROOT, free_port
+
+    port = free_port()
+    home = tmp_path / "home"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "--no-browser", "--port", str(port)],
+                            env={**os.environ, "IDIOLECT_HOME": str(home)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.time() + 120
+    while True:
+        try:
+            opener.open(f"http://127.0.0.1:{port}/", timeout=2)
+            break
+        except OSError:
+            assert proc.poll() is None and time.time() < deadline, "the app did not start"
+            time.sleep(0.5)
+    assert list(home.glob("uploads-*"))
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 0
+    assert not list(home.glob("uploads-*")) and "Traceback" not in proc.stderr.read()
