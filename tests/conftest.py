@@ -83,6 +83,24 @@ def wait_until(predicate, timeout: float = 180.0, every: float = 0.1) -> bool:
     raise AssertionError("timed out")
 
 
+def wait_for_app(port: int, proc, log=None, timeout: float = 120.0) -> None:
+    """Wait until the app started as ``proc`` answers on 127.0.0.1:``port`` (never through a proxy); fail with
+    the end of its terminal output (``log``, a path) if it exits first, or after ``timeout`` seconds."""
+    import time
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.time() + timeout
+    while True:
+        try:
+            opener.open(f"http://127.0.0.1:{port}/", timeout=2)
+            return
+        except OSError:
+            assert proc.poll() is None, log.read_text()[-3000:] if log else "the app exited"
+            assert time.time() < deadline, "the app did not start"
+            time.sleep(0.5)
+
+
 def free_port() -> int:
     """A free TCP port on the loopback address."""
     import socket

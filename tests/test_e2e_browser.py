@@ -14,11 +14,10 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TARGET_WRITER, free_port
+from conftest import ROOT, TARGET_WRITER, free_port, wait_for_app
 
 from idiolect.core.peers import default_pool_rows
 
@@ -40,17 +39,7 @@ def app(tmp_path):
         env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 120
-    import urllib.request
-
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            assert proc.poll() is None, (tmp_path / "app-terminal.log").read_text()
-            assert time.time() < deadline, "the app did not start"
-            time.sleep(0.5)
+    wait_for_app(port, proc, tmp_path / "app-terminal.log")
     yield url, db
     proc.terminate()
     proc.wait(timeout=30)

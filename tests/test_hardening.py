@@ -124,9 +124,8 @@ def test_hardening_app_answers_loopback_names_only_ignores_proxies_and_cleans_up
     answers 127.0.0.1 / localhost / [::1] and the --allow-host name, and refuses a rebinding domain's name."""
     import subprocess
     import sys
-    import urllib.request
 
-    from conftest import ROOT, free_port
+    from conftest import ROOT, free_port, wait_for_app
 
     port = free_port()
     env = {**os.environ, "IDIOLECT_HOME": str(tmp_path / "home"), "HTTP_PROXY": "http://127.0.0.1:9",
@@ -137,16 +136,7 @@ def test_hardening_app_answers_loopback_names_only_ignores_proxies_and_cleans_up
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        deadline = time.time() + 120
-        while True:
-            try:
-                opener.open(f"http://127.0.0.1:{port}/", timeout=2)
-                break
-            except OSError:
-                assert proc.poll() is None, (tmp_path / "app.log").read_text()[-3000:]
-                assert time.time() < deadline, "the app did not start"
-                time.sleep(0.5)
+        wait_for_app(port, proc, tmp_path / "app.log")
         for ok in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "my-box.lan"):
             assert _request(port, ok) == 200, ok
         for evil in ("rebind.attacker.example", f"rebind.attacker.example:{port}", "127.0.0.1.evil.example"):
@@ -390,24 +380,15 @@ def test_hardening_ctrl_c_also_removes_the_upload_folder(tmp_path):
     import signal
     import subprocess
     import sys
-    import urllib.request
 
-    from conftest import ROOT, free_port
+    from conftest import ROOT, free_port, wait_for_app
 
     port = free_port()
     home = tmp_path / "home"
     proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "--no-browser", "--port", str(port)],
                             env={**os.environ, "IDIOLECT_HOME": str(home)}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    deadline = time.time() + 120
-    while True:
-        try:
-            opener.open(f"http://127.0.0.1:{port}/", timeout=2)
-            break
-        except OSError:
-            assert proc.poll() is None and time.time() < deadline, "the app did not start"
-            time.sleep(0.5)
+    wait_for_app(port, proc)
     assert list(home.glob("uploads-*"))
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 0
