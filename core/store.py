@@ -56,6 +56,15 @@ def content_hash(*parts: str | None) -> str:
     return h.hexdigest()[:32]
 
 
+SAMPLE_KEY = ("prompt", "context", "text")  # what makes two samples the same sample
+GENERATION_KEY = ("prompt", "text")  # what makes an imported rating one the profile already has
+
+
+def row_key(row: dict, columns: Sequence[str]) -> str:
+    """The content hash of a row over ``columns`` (the one identity rule of imports and their dry runs)."""
+    return content_hash(*(row.get(c) for c in columns))
+
+
 def check_name(name: str, what: str = "profile") -> str:
     name = (name or "").strip()
     if not PROFILE_NAME_RE.match(name):
@@ -615,7 +624,7 @@ class Store:
                 for r in db.execute(f"SELECT content_hash FROM {table} WHERE {owner_col} = ?", [owner_id])
             }
             for i, row in enumerate(rows):
-                h = content_hash(*(row.get(c) for c in hash_cols))
+                h = row_key(row, hash_cols)
                 if h in seen:
                     duplicates.append(i)
                     continue
@@ -648,17 +657,14 @@ class Store:
         if rated and import_source is None:
             raise ValueError("imported ratings belong to an import: pass import_source")
         if import_source is None:
-            return self._insert_unique(
-                "samples", "profile_id", profile_id, clean, ("prompt", "context", "text")
-            )
+            return self._insert_unique("samples", "profile_id", profile_id, clean, SAMPLE_KEY)
         with self.write() as db:
             import_id = db.execute(
                 "INSERT INTO imports (profile_id, source, created_at) VALUES (?, ?, ?)",
                 [profile_id, import_source, utcnow()],
             ).lastrowid
             result = self._insert_unique(
-                "samples", "profile_id", profile_id, [{**r, "import_id": import_id} for r in clean],
-                ("prompt", "context", "text"),
+                "samples", "profile_id", profile_id, [{**r, "import_id": import_id} for r in clean], SAMPLE_KEY
             )  # fmt: skip
             self._add_rated(db, profile_id, import_id, import_source, rated, result)
             db.execute(
@@ -669,10 +675,9 @@ class Store:
         return result
 
     def _generation_keys(self, db, profile_id: int) -> set[str]:
-        return {
-            content_hash(p, t)
-            for p, t in db.execute("SELECT prompt, text FROM generations WHERE profile_id = ?", [profile_id])
-        }
+        columns = ", ".join(GENERATION_KEY)
+        query = f"SELECT {columns} FROM generations WHERE profile_id = ?"
+        return {content_hash(*r) for r in db.execute(query, [profile_id])}
 
     def _add_rated(
         self, db, profile_id: int, import_id: int, source: str, rated, result: InsertResult
@@ -682,7 +687,7 @@ class Store:
         for i, row in enumerate(rated):
             if row["rating"] not in (-1, 1):
                 raise IdiolectError(f"a rating is +1 or -1, not {row['rating']!r}")
-            key = content_hash(row.get("prompt") or "", row["text"])
+            key = row_key(row, GENERATION_KEY)
             if key in seen:
                 result.rated_duplicates.append(i)
                 continue
@@ -713,11 +718,11 @@ class Store:
         gens = self._generation_keys(db, profile_id) if profile_id is not None else set()
         counts = {"added": 0, "duplicates": 0, "ratings": 0, "rating_duplicates": 0}
         for row in rows:
-            h = content_hash(row.get("prompt"), row.get("context"), row.get("text"))
+            h = row_key(row, SAMPLE_KEY)
             counts["duplicates" if h in have else "added"] += 1
             have.add(h)
         for row in rated:
-            h = content_hash(row.get("prompt") or "", row["text"])
+            h = row_key(row, GENERATION_KEY)
             counts["rating_duplicates" if h in gens else "ratings"] += 1
             gens.add(h)
         return counts
