@@ -19,11 +19,11 @@ from functools import wraps
 import gradio as gr
 import pandas as pd
 
-from idiolect.core.errors import IdiolectError
-from idiolect.core.generation import HFGenerator
-from idiolect.core.models import local_model_dir
+from idiolect.core.base.errors import IdiolectError
+from idiolect.core.models.hf_generation import HFGenerator
+from idiolect.core.models.resolve import local_model_dir
 from idiolect.core.store import Store
-from idiolect.core.train import latest_completed_run
+from idiolect.core.training.runs import latest_completed_run
 
 log = logging.getLogger("idiolect.app")
 

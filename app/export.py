@@ -11,9 +11,9 @@ from pathlib import Path
 import gradio as gr
 
 from idiolect.app.common import Ctx, need, on, status
-from idiolect.core.errors import IdiolectError
-from idiolect.core.export import DEFAULT_FORMATS, FORMATS, export, safe_name, try_export
-from idiolect.core.paths import data_dir
+from idiolect.core.base.errors import IdiolectError
+from idiolect.core.base.paths import data_dir
+from idiolect.core.export.bundle import DEFAULT_FORMATS, FORMATS, export, safe_name, try_export
 
 
 def download_copy(folder: Path, files: list[Path], slug: str) -> list[str]:

@@ -12,6 +12,8 @@ import logging
 import os
 from pathlib import Path
 
+from idiolect.core.base import limits
+
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
@@ -24,13 +26,12 @@ from idiolect.app.peers import PeersTab  # noqa: E402
 from idiolect.app.rate import RateTab  # noqa: E402
 from idiolect.app.train import TrainTab  # noqa: E402
 from idiolect.app.writing import WritingTab  # noqa: E402
+from idiolect.core.base.errors import IdiolectError  # noqa: E402
+from idiolect.core.base.paths import ASSETS  # noqa: E402
 from idiolect.core.cli import open_store  # noqa: E402
-from idiolect.core.errors import IdiolectError  # noqa: E402
-from idiolect.core.paths import ASSETS  # noqa: E402
 from idiolect.core.store import Store  # noqa: E402
 
 CSS_PATH = ASSETS / "app.css"  # shipped as package data (tests/test_packaging.py)
-MAX_UPLOAD = "64mb"
 SHORTCUTS = """
 <script>
 document.addEventListener('keydown', (e) => {
@@ -136,7 +137,7 @@ def upload_folder(data_dir: Path) -> Path:
     import shutil
     import tempfile
 
-    from idiolect.core.worker import process_alive
+    from idiolect.core.training.worker import process_alive
 
     for old in data_dir.glob("uploads-*"):
         pid = old.name.split("-")[1] if old.name.count("-") >= 2 else ""
@@ -191,7 +192,7 @@ def launch_app(args) -> int:
             auth=auth_pair,
             css_paths=[CSS_PATH],
             head=SHORTCUTS,
-            max_file_size=MAX_UPLOAD,
+            max_file_size=limits.MAX_UPLOAD_BYTES,
             show_error=False,
         )
     except KeyboardInterrupt:  # Ctrl-C: a normal way to stop the app

@@ -7,8 +7,10 @@ import os
 import gradio as gr
 
 from idiolect.app.common import Ctx, need, on, status
-from idiolect.core.errors import IdiolectError
-from idiolect.core.models import RECOMMENDED, delete_model, local_model_dir, models_on_disk, resolve
+from idiolect.core.base.errors import IdiolectError
+from idiolect.core.models.inventory import delete_model, models_on_disk
+from idiolect.core.models.registry import RECOMMENDED
+from idiolect.core.models.resolve import local_model_dir, resolve
 
 
 def device_md() -> str:
@@ -98,7 +100,7 @@ def choose_model(ctx: Ctx, profile: str | None, recommended: str, custom: str, p
         msg = f"Downloaded {spec} to {path}."
     elif source.kind == "gguf":
         # A GGUF file is a training base: dequantized once (cached by its hash); exports target the file.
-        from idiolect.core.models import OFFLINE_NOTICE
+        from idiolect.core.models.registry import OFFLINE_NOTICE
 
         path = local_model_dir(spec, progress=cb)
         msg = f"Using the GGUF file {source.ref} (its weights for training are in {path})."

@@ -9,8 +9,8 @@ import gradio as gr
 import pandas as pd
 
 from idiolect.app.common import Ctx, frame, model_of, need, on, reports_md, status
-from idiolect.core.errors import IdiolectError
-from idiolect.core.importers import import_peers
+from idiolect.core.base.errors import IdiolectError
+from idiolect.core.ingest.peers import import_peers
 
 
 def pool_choices(ctx: Ctx, current: str | None = None):
@@ -20,7 +20,8 @@ def pool_choices(ctx: Ctx, current: str | None = None):
 
 
 def analyze(ctx: Ctx, profile, pool, progress=None):
-    from idiolect.core.profile import build_summary, report_text
+    from idiolect.core.persona.style import report_text
+    from idiolect.core.persona.summary import build_summary
 
     need(ctx, profile)
     if progress is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import gradio as gr
 
 from idiolect.app.common import Ctx, need, on, plural
-from idiolect.core.train import delete_profile
+from idiolect.core.training.worker import delete_profile
 
 
 def names(ctx: Ctx) -> list[str]:

@@ -8,11 +8,11 @@ import gradio as gr
 import pandas as pd
 
 from idiolect.app.common import Ctx, model_of, need, on, status
-from idiolect.core import likeness
-from idiolect.core.errors import IdiolectError
-from idiolect.core.generation import SamplingParams
-from idiolect.core.train import latest_completed_run
-from idiolect.core.training_data import feedback_meaning
+from idiolect.core.base.errors import IdiolectError
+from idiolect.core.models.sampling import SamplingParams
+from idiolect.core.persona import likeness
+from idiolect.core.training.labels import feedback_meaning
+from idiolect.core.training.runs import latest_completed_run
 
 RATING_HELP = (
     "An edit is learned as your own writing: edit a text, then 👍 (the original is left out) or 👎 (the original "

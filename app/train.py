@@ -7,13 +7,14 @@ import gradio as gr
 import pandas as pd
 
 from idiolect.app.common import Ctx, frame, model_of, need, on, signed, status
-from idiolect.core import likeness, worker
-from idiolect.core.config import TrainConfig, defaults
-from idiolect.core.errors import IdiolectError
-from idiolect.core.objectives import DESCRIPTIONS
-from idiolect.core.train import estimate_run
+from idiolect.core.base.errors import IdiolectError
+from idiolect.core.persona import likeness
+from idiolect.core.training import worker
+from idiolect.core.training.config import TrainConfig, defaults
+from idiolect.core.training.objectives import DESCRIPTIONS
+from idiolect.core.training.runs import estimate_run
 
-DEFAULTS = TrainConfig(**{**defaults(), "model": ""})  # the CLI's defaults too (idiolect.core.config)
+DEFAULTS = TrainConfig(**{**defaults(), "model": ""})  # the CLI's defaults too (idiolect.core.training.config)
 
 
 def objective_choices() -> list[tuple[str, str]]:

@@ -9,8 +9,8 @@ import gradio as gr
 import pandas as pd
 
 from idiolect.app.common import Ctx, need, on, plural, reports_md, status
-from idiolect.core.errors import IdiolectError
-from idiolect.core.importers import import_sample_texts, import_samples
+from idiolect.core.base.errors import IdiolectError
+from idiolect.core.ingest.samples import import_sample_texts, import_samples
 
 PAGE_SIZE = 25
 COLUMNS = ["delete?", "id", "source", "prompt", "text"]

@@ -21,8 +21,8 @@ PROMPT = "Write a short review of a pair of headphones you bought recently."
 
 
 def small_model(cache: Path, arch: str = "llama") -> Path:
-    from idiolect.core.peers import default_pool_rows
-    from idiolect.core.tinymodels import save_tiny_model
+    from idiolect.bench.tinymodels import save_tiny_model
+    from idiolect.core.ingest.pool import default_pool_rows
 
     path = cache / f"bench-small-{arch}-v32k"
     if not (path / "config.json").exists():
@@ -38,9 +38,10 @@ def run(args: argparse.Namespace) -> dict:
     import torch
 
     from idiolect.bench.report import matmul_gflops, write
-    from idiolect.core.generation import LlamaCppGenerator
-    from idiolect.core.gguf_writer import convert_hf_to_gguf
-    from idiolect.core.models import load_hf_model, render_prompt
+    from idiolect.core.models.gguf.writer import convert_hf_to_gguf
+    from idiolect.core.models.llama import LlamaCppGenerator
+    from idiolect.core.models.loading import load_hf_model
+    from idiolect.core.models.prompt import render_prompt
 
     cache = Path(args.cache)
     model_dir = Path(args.model) if args.model else small_model(cache)

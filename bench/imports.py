@@ -127,7 +127,8 @@ def _chatgpt_conversation(messages: list[dict], k: int) -> dict:
 
 
 def _child(kind: str, path: str, db: str) -> None:
-    from idiolect.core.importers import import_peers, import_samples
+    from idiolect.core.ingest.peers import import_peers
+    from idiolect.core.ingest.samples import import_samples
     from idiolect.core.store import Store
 
     store = Store(db)

@@ -44,18 +44,22 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from idiolect.core.base.identity import same_text_key, text_fraction
+from idiolect.core.models.prompt import DEFAULT_PROMPT
+
 ROOT = Path(__file__).resolve().parent.parent
 OBJECTIVES = ("base", "sft", "bco", "kto", "cbpo", "cbpo_sft", "cbpo_pi0")
 VARIANTS = {"cbpo_sft": "cbpo"}  # benchmark rows that train another objective with other settings
 
 
 def _h(text: str) -> float:
-    return int(hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return text_fraction(text)
 
 
 def read_rows(path: str) -> list[dict]:
     """``{writer, context, text}`` rows from a Stack Exchange dump or a JSONL/CSV peer table."""
-    from idiolect.core.importers import detect_peer_format, read_peer_table, read_stackexchange
+    from idiolect.core.ingest.peers import detect_peer_format, read_peer_table
+    from idiolect.core.ingest.stackexchange import read_stackexchange
 
     p = Path(path)
     rows, _, _ = read_stackexchange(p) if detect_peer_format(p) == "stackexchange" else read_peer_table(p)
@@ -67,7 +71,7 @@ def read_rows(path: str) -> list[dict]:
 
 
 def pretrain_cmd(args) -> Path:
-    from idiolect.core.pretrain import pretrain
+    from idiolect.bench.pretrain import pretrain
 
     texts = []
     for path in args.corpus:
@@ -130,9 +134,6 @@ def add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
 # personalization
 
 
-def _norm(text: str) -> str:
-    return " ".join(text.split())
-
 
 def _ctx(row: dict) -> str:
     return (row.get("context") or "").strip()
@@ -166,15 +167,15 @@ def split_targets(rows: list[dict], n_targets: int, seed: int, min_texts: int = 
     peer_train = [r for r in peers if id(r) not in held_ids]
     trained = trained_texts(splits, peer_train)
     for s in splits.values():
-        s["heldout"] = [r for r in s["heldout"] if _norm(r["text"]) not in trained]
-    peer_held = [r for r in peer_held if _norm(r["text"]) not in trained]
+        s["heldout"] = [r for r in s["heldout"] if same_text_key(r["text"]) not in trained]
+    peer_held = [r for r in peer_held if same_text_key(r["text"]) not in trained]
     return splits, peer_train, peer_held
 
 
 def trained_texts(splits: dict, peer_train: list[dict]) -> set[str]:
     """Every text some objective trains on (targets' training texts, peers' training texts), normalized."""
-    return {_norm(r["text"]) for r in peer_train} | {
-        _norm(r["text"]) for s in splits.values() for r in s["train"]
+    return {same_text_key(r["text"]) for r in peer_train} | {
+        same_text_key(r["text"]) for s in splits.values() for r in s["train"]
     }
 
 
@@ -188,14 +189,14 @@ def leak_free_pairs(heldout: list[dict], others: list[dict], trained: set[str]) 
     return [
         (r, o)
         for r in heldout
-        if _norm(r["text"]) not in trained
+        if same_text_key(r["text"]) not in trained
         for o in by_context.get(_ctx(r), [])
-        if o["writer"] != r["writer"] and _norm(o["text"]) not in trained
+        if o["writer"] != r["writer"] and same_text_key(o["text"]) not in trained
     ]
 
 
 def _examples(rows, tokenizer, max_length):
-    from idiolect.core.training_data import Example, tokenize
+    from idiolect.core.training.data import Example, tokenize
 
     ex = [Example("tar", None, r["context"], r["text"]) for r in rows]
     tokenize(ex, tokenizer, max_length)
@@ -213,7 +214,8 @@ class Generations:
 
     def __call__(self, model, adapter_dir: str | None, contexts: list[str | None]) -> list[str]:
         if self.llama:
-            from idiolect.core.generation import LlamaCppGenerator, SamplingParams, gguf_lora_for
+            from idiolect.core.models.llama import LlamaCppGenerator, gguf_lora_for
+            from idiolect.core.models.sampling import SamplingParams
 
             lora = gguf_lora_for(Path(adapter_dir), self.base) if adapter_dir else None
             gen = LlamaCppGenerator(self.base, lora_path=lora, n_ctx=2048)
@@ -222,17 +224,17 @@ class Generations:
             )
             try:
                 return [
-                    gen.generate(gen.format("Write a short passage.", context=c), params) for c in contexts
+                    gen.generate(gen.format(DEFAULT_PROMPT, context=c), params) for c in contexts
                 ]
             finally:
                 gen.llm.close()
         import torch
 
-        from idiolect.core.models import render_prompt
+        from idiolect.core.models.prompt import render_prompt
 
         out = []
         for c in contexts:
-            text = render_prompt(self.tokenizer, "Write a short passage.", context=c)
+            text = render_prompt(self.tokenizer, DEFAULT_PROMPT, context=c)
             ids = self.tokenizer(
                 text, add_special_tokens=not self.tokenizer.chat_template, return_tensors="pt"
             )
@@ -253,8 +255,8 @@ class Generations:
 def evaluate(model, tokenizer, adapter_dir, target, peer_held, pairs, authorship, max_length, generate, device,
              autocast=None):  # fmt: skip
     """All metrics of one (target, objective) on held-out data. ``adapter_dir=None`` = the base model."""
-    from idiolect.core.metrics import bleu, meteor, rouge1, rouge_l
-    from idiolect.core.train import logps_of
+    from idiolect.bench.metrics import bleu, meteor, rouge1, rouge_l
+    from idiolect.core.training.logprobs import logps_of
 
     adapter = adapter_dir is not None
     held = target["heldout"]
@@ -435,7 +437,7 @@ KEYS = ("target_lift", "peer_lift", "specificity", "pair_accuracy", "pair_accura
 
 def summarize(per_target: dict, objectives: list[str]) -> tuple[dict, dict, list[dict]]:
     """Per objective and metric: the mean with its 95% CI over targets, the means alone, and the table rows."""
-    from idiolect.core.metrics import mean_ci
+    from idiolect.bench.metrics import mean_ci
 
     summary = {
         o: {
@@ -526,12 +528,16 @@ def personalization_cmd(args) -> dict:
     import torch
     from peft import PeftModel
 
+    from idiolect.bench.metrics import mean_ci
     from idiolect.bench.report import write
-    from idiolect.core.metrics import mean_ci
-    from idiolect.core.models import load_hf_model, local_model_dir
-    from idiolect.core.profile import build_summary, summary_baseline, summary_lift
+    from idiolect.core.models.loading import load_hf_model
+    from idiolect.core.models.resolve import local_model_dir
+    from idiolect.core.persona.summary import build_summary, summary_baseline, summary_lift
     from idiolect.core.store import Store
-    from idiolect.core.train import TrainConfig, Trainer, autocast_dtype, create_run
+    from idiolect.core.training.config import TrainConfig
+    from idiolect.core.training.logprobs import autocast_dtype
+    from idiolect.core.training.runs import create_run
+    from idiolect.core.training.trainer import Trainer
 
     torch.manual_seed(args.seed)
     families = parse_objectives(args.objectives)
@@ -622,7 +628,7 @@ def personalization_cmd(args) -> dict:
                 }
         if args.popi and summaries:
             # Scored on held-out texts the choice never saw, against the generic summary and another target's.
-            from idiolect.core.profile import GENERIC_SUMMARY
+            from idiolect.core.persona.summary import GENERIC_SUMMARY
 
             held_peer_pairs = [(r["context"], r["text"]) for r in lift_peers[:32]]
             names = list(summaries)

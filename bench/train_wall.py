@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_variant(repo: Path, model: str, steps: int, extra: list[str], target: str, workdir: Path) -> dict:
-    from idiolect.core.peers import default_pool_rows
+    from idiolect.core.ingest.pool import default_pool_rows
 
     db = workdir / "wall.db"
     texts = workdir / "mine.jsonl"

@@ -59,7 +59,7 @@ def _result(engine: str, step_times: list[float], batch: int, mean_tokens: float
 
 
 def _data(target: str):
-    from idiolect.core.peers import default_pool_rows
+    from idiolect.core.ingest.pool import default_pool_rows
 
     rows = default_pool_rows()
     tar = rows.pop(target)
@@ -68,7 +68,7 @@ def _data(target: str):
 
 
 def _mean_tokens(tokenizer, rows, max_length: int) -> float:
-    from idiolect.core.models import render_prompt
+    from idiolect.core.models.prompt import render_prompt
 
     lengths = []
     for r in rows:
@@ -82,7 +82,9 @@ def _mean_tokens(tokenizer, rows, max_length: int) -> float:
 
 def engine_idiolect(args) -> dict:
     from idiolect.core.store import Store
-    from idiolect.core.train import TrainConfig, Trainer, create_run
+    from idiolect.core.training.config import TrainConfig
+    from idiolect.core.training.runs import create_run
+    from idiolect.core.training.trainer import Trainer
 
     tar, aux = _data(args.target)
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,7 +124,7 @@ def engine_trl(args) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import KTOConfig, KTOTrainer
 
-    from idiolect.core.models import render_prompt
+    from idiolect.core.models.prompt import render_prompt
 
     tar, aux = _data(args.target)
     tok = AutoTokenizer.from_pretrained(args.model)
@@ -168,7 +170,7 @@ def engine_trl(args) -> dict:
 def run(args: argparse.Namespace) -> dict:
     from idiolect.bench.generation import small_model
     from idiolect.bench.report import write
-    from idiolect.core.models import local_model_dir
+    from idiolect.core.models.resolve import local_model_dir
 
     # A GGUF file (or `offline`) is dequantized once; both engines then load the same Hugging Face folder.
     model = str(local_model_dir(args.model)) if args.model else str(small_model(Path(args.cache)))

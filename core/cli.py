@@ -9,10 +9,11 @@ import os
 import sys
 from collections.abc import Sequence
 
-from idiolect.core.errors import IdiolectError
-from idiolect.core.importers import PEER_FORMATS, SPLITS, import_peers, import_samples
-from idiolect.core.paths import default_db_path
-from idiolect.core.peers import ensure_defaults
+from idiolect.core.base.errors import IdiolectError
+from idiolect.core.base.paths import default_db_path
+from idiolect.core.ingest.peers import PEER_FORMATS, import_peers
+from idiolect.core.ingest.pool import ensure_defaults
+from idiolect.core.ingest.samples import SPLITS, import_samples
 from idiolect.core.store import Store
 
 
@@ -162,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Hugging Face id, local model folder, or a .gguf file (dequantized once, cached by its hash; the GGUF "
         "LoRA export then targets that very file)",
     )
-    from idiolect.core import config as train_config
+    from idiolect.core.training import config as train_config
 
     train_config.add_arguments(p)  # every setting's flag, default and help from TrainConfig: one source
     p.add_argument("--resume", type=int, metavar="RUN_ID", help="continue this run instead of starting one")
@@ -335,7 +336,8 @@ def cmd_stats(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from idiolect.core.generation import SamplingParams, open_generator
+    from idiolect.core.models.generation import open_generator
+    from idiolect.core.models.sampling import SamplingParams
 
     params = SamplingParams(
         max_new_tokens=args.max_tokens,
@@ -355,9 +357,10 @@ def cmd_train(args) -> int:
     import signal
     import time
 
-    from idiolect.core import config as train_config
-    from idiolect.core import worker
-    from idiolect.core.train import Trainer, check_trainable, create_run
+    from idiolect.core.training import config as train_config
+    from idiolect.core.training import worker
+    from idiolect.core.training.runs import check_trainable, create_run
+    from idiolect.core.training.trainer import Trainer
 
     with open_store(args.db) as store:
         if args.resume is not None:
@@ -446,7 +449,9 @@ def cmd_train(args) -> int:
 def cmd_summary(args) -> int:
     import os
 
-    from idiolect.core.profile import build_summary, openai_compatible_writer, report_text
+    from idiolect.core.persona.llm_client import openai_compatible_writer
+    from idiolect.core.persona.style import report_text
+    from idiolect.core.persona.summary import build_summary
 
     with open_store(args.db) as store:
         model = args.model
@@ -466,8 +471,9 @@ def cmd_summary(args) -> int:
                 args.llm_url, os.environ.get("IDIOLECT_LLM_API_KEY"), args.llm_model
             )
         elif args.llm_local:
-            from idiolect.core.generation import HFGenerator, SamplingParams
-            from idiolect.core.models import local_model_dir
+            from idiolect.core.models.hf_generation import HFGenerator
+            from idiolect.core.models.resolve import local_model_dir
+            from idiolect.core.models.sampling import SamplingParams
 
             gen = HFGenerator.from_pretrained(local_model_dir(model))
 
@@ -498,7 +504,7 @@ def cmd_summary(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from idiolect.core.export import export
+    from idiolect.core.export.bundle import export
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()] if args.formats else None
     with open_store(args.db) as store:
@@ -514,7 +520,9 @@ def cmd_export(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from idiolect.core.models import RECOMMENDED, download, models_on_disk
+    from idiolect.core.models.inventory import models_on_disk
+    from idiolect.core.models.registry import RECOMMENDED
+    from idiolect.core.models.resolve import download
 
     if args.download:
         last = [0.0]

@@ -38,7 +38,7 @@ def beer_posts() -> Path:
 
 def _tokenizer_corpus() -> list[str]:
     """Real text to train the tiny tokenizers on: the bundled peer pool."""
-    from idiolect.core.peers import default_pool_rows
+    from idiolect.core.ingest.pool import default_pool_rows
 
     return [r["text"] for rows in default_pool_rows().values() for r in rows]
 
@@ -46,7 +46,7 @@ def _tokenizer_corpus() -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """Tiny llama, qwen2, qwen3 and gemma3 models saved as Hugging Face folders (built once per test session)."""
-    from idiolect.core.tinymodels import ARCHS, save_tiny_model
+    from idiolect.bench.tinymodels import ARCHS, save_tiny_model
 
     root = tmp_path_factory.mktemp("tiny")
     corpus = _tokenizer_corpus()
@@ -56,7 +56,7 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def tiny_ggufs(tiny_models, tmp_path_factory) -> dict[str, Path]:
     """f32 GGUF bases of the tiny models whose architecture the GGUF base writer takes."""
-    from idiolect.core.gguf_writer import convert_hf_to_gguf, export_problem
+    from idiolect.core.models.gguf.writer import convert_hf_to_gguf, export_problem
 
     root = tmp_path_factory.mktemp("gguf")
     return {
@@ -114,8 +114,8 @@ def free_port() -> int:
 def pretrained_base(tmp_path_factory) -> Path:
     """A tiny qwen2 LM pretrained (about 10 s) on the bundled pool minus the target writer: a base that has
     learned some English, so fine-tuning effects on likelihood mean something."""
-    from idiolect.core.peers import default_pool_rows
-    from idiolect.core.pretrain import pretrain
+    from idiolect.bench.pretrain import pretrain
+    from idiolect.core.ingest.pool import default_pool_rows
 
     texts = [r["text"] for stem, rows in default_pool_rows().items() if stem != TARGET_WRITER for r in rows]
     return pretrain(texts * 3, tmp_path_factory.mktemp("pretrained") / "base", steps=300, seed=0)
@@ -124,8 +124,8 @@ def pretrained_base(tmp_path_factory) -> Path:
 @pytest.fixture
 def target_store(tmp_path):
     """A store with profile 'me' holding the target writer's texts and a pool 'others' of everyone else."""
-    from idiolect.core.importers import import_peers
-    from idiolect.core.peers import DEFAULT_POOL_DIR, default_pool_rows
+    from idiolect.core.ingest.peers import import_peers
+    from idiolect.core.ingest.pool import DEFAULT_POOL_DIR, default_pool_rows
 
     s = Store(tmp_path / "train.db")
     for f in sorted(DEFAULT_POOL_DIR.glob("*.jsonl")):

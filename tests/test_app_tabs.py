@@ -12,7 +12,7 @@ import pytest
 from idiolect.app import export as export_tab
 from idiolect.app import profiles, rate, train, writing
 from idiolect.app.common import Ctx, message_of
-from idiolect.core.errors import IdiolectError
+from idiolect.core.base.errors import IdiolectError
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import sys
 import pytest
 from conftest import ROOT
 
-from idiolect.core.chat_exports import own_words
-from idiolect.core.importers import import_samples
+from idiolect.core.ingest.chat_exports import own_words
+from idiolect.core.ingest.samples import import_samples
 
 MINE_1 = "I would rather walk to the market on Saturday mornings, because the light is better then."
 MINE_2 = "Honestly the second recipe worked, although I cut the sugar by half and it was still sweet."
@@ -312,8 +312,10 @@ def test_round_trip_openwebui_ratings_train_and_leave_as_trl_and_llamafactory_da
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from idiolect.core.export import export
-    from idiolect.core.train import TrainConfig, Trainer, create_run
+    from idiolect.core.export.bundle import export
+    from idiolect.core.training.config import TrainConfig
+    from idiolect.core.training.runs import create_run
+    from idiolect.core.training.trainer import Trainer
 
     store = target_store
     pid = store.get_profile("me")["id"]

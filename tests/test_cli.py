@@ -104,7 +104,7 @@ def test_default_db_lives_in_the_data_dir(tmp_path):
 def test_own_answers_in_a_stackexchange_dump_become_samples_not_peers(beer_posts, tmp_path):
     from collections import Counter
 
-    from idiolect.core.importers import read_stackexchange
+    from idiolect.core.ingest.stackexchange import read_stackexchange
 
     rows, _, _ = read_stackexchange(beer_posts)
     me, mine = Counter(r["original_writer"].split(":")[-1] for r in rows).most_common(1)[0]
@@ -131,8 +131,8 @@ def test_train_flags_come_from_the_config_dataclass():
     """One source of defaults: the `train` command's flags give exactly TrainConfig's defaults, every flag has a
     field, and the app's Train tab starts at the same values."""
     from idiolect.app import train as train_tab
-    from idiolect.core import config
     from idiolect.core.cli import build_parser
+    from idiolect.core.training import config
 
     args = build_parser().parse_args(["train", "--profile", "me", "--model", "m"])
     assert config.from_args(args, "m") == config.TrainConfig(model="m")

@@ -6,7 +6,7 @@ import json
 import re
 from collections import Counter, defaultdict
 
-from idiolect.core.peers import DEFAULT_POOL, DEFAULT_POOL_DIR, bundled_prompt_sets, ensure_defaults
+from idiolect.core.ingest.pool import DEFAULT_POOL, DEFAULT_POOL_DIR, bundled_prompt_sets, ensure_defaults
 
 EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}")
 URL = re.compile(r"https?://|\bwww\.", re.IGNORECASE)

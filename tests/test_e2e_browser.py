@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, TARGET_WRITER, free_port, wait_for_app
 
-from idiolect.core.peers import default_pool_rows
+from idiolect.core.ingest.pool import default_pool_rows
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 playwright = pytest.importorskip("playwright.sync_api")

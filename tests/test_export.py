@@ -13,9 +13,9 @@ import pytest
 import torch
 from conftest import ROOT, free_port
 
-from idiolect.core.errors import IdiolectError
-from idiolect.core.export import export, safe_name
-from idiolect.core.gguf_writer import convert_lora_to_gguf
+from idiolect.core.base.errors import IdiolectError
+from idiolect.core.export.bundle import export, safe_name
+from idiolect.core.models.gguf.writer import convert_lora_to_gguf
 
 llama_cpp = pytest.importorskip("llama_cpp")
 SUMMARY = "Writes short, plain sentences. Prefers concrete details over adjectives. Never uses emoji."
@@ -71,7 +71,7 @@ def test_lora_scale_switches_the_persona_at_run_time(tiny_models, tiny_ggufs, tm
     /lora-adapters switch, in process): each scale gives the logits PEFT gives at that scale."""
     from transformers import AutoTokenizer
 
-    from idiolect.core.generation import LlamaCppGenerator
+    from idiolect.core.models.llama import LlamaCppGenerator
 
     peft_model = random_adapter(tiny_models["llama"], tmp_path / "adapter")
     lora = convert_lora_to_gguf(tmp_path / "adapter", tiny_models["llama"], tmp_path / "lora.gguf")
@@ -193,12 +193,13 @@ def test_export_all_formats_and_serve_with_openai_client(store, tiny_models, tmp
         server.wait(timeout=30)
 
     # The app's "test it": llama.cpp runs the export as its Modelfile says (base + LoRA + summary as system).
-    from idiolect.core.export import try_export
+    from idiolect.core.export.bundle import try_export
 
     assert manifest["llama_cpp"] == {"base": base_gguf.name, "lora": f"{slug}-lora.gguf"}
     assert isinstance(try_export(out, "Describe your morning coffee.", max_new_tokens=8, seed=1), str)
     # Persona strength 0 is the base model alone, with the same summary and seed.
-    from idiolect.core.generation import LlamaCppGenerator, SamplingParams
+    from idiolect.core.models.llama import LlamaCppGenerator
+    from idiolect.core.models.sampling import SamplingParams
 
     base_only = LlamaCppGenerator(base_gguf).generate(
         "Describe your morning coffee.", SamplingParams(max_new_tokens=8).with_seed(1), system=SUMMARY
@@ -260,7 +261,7 @@ def test_cli_export(store, tiny_models, tmp_path):
 def test_modelfile_follows_ollamas_rules(tmp_path):
     """What `ollama create` reads (parser/parser.go's rules): FROM and one ADAPTER naming GGUF files that exist,
     the SYSTEM text read back unchanged -- also when the summary holds quotes, triple quotes and blank lines."""
-    from idiolect.core.export import check_modelfile, modelfile_text, parse_modelfile
+    from idiolect.core.export.bundle import check_modelfile, modelfile_text, parse_modelfile
 
     for name in ("base.gguf", "lora.gguf"):
         (tmp_path / name).write_bytes(b"GGUF" + bytes(20))

@@ -10,8 +10,11 @@ import pytest
 import torch
 from conftest import ROOT
 
-from idiolect.core.errors import IdiolectError
-from idiolect.core.generation import Cancel, HFGenerator, LlamaCppGenerator, SamplingParams, open_generator
+from idiolect.core.base.errors import IdiolectError
+from idiolect.core.models.generation import open_generator
+from idiolect.core.models.hf_generation import HFGenerator
+from idiolect.core.models.llama import LlamaCppGenerator
+from idiolect.core.models.sampling import Cancel, SamplingParams
 
 GREEDY = SamplingParams(max_new_tokens=40, temperature=0)
 
@@ -96,7 +99,7 @@ def test_stop_strings_and_seeds(backend, hf_qwen, cpp_qwen):
 def test_adapters_switch_without_reloading_the_base(tiny_models, tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    from idiolect.core.models import load_hf_model
+    from idiolect.core.models.loading import load_hf_model
 
     for i, seed in enumerate((1, 2)):
         base, _, _ = load_hf_model(tiny_models["qwen2"], device="cpu")
@@ -146,8 +149,8 @@ def test_bad_inputs_give_clear_errors(tmp_path, tiny_models):
 def test_llama_backend_takes_a_peft_adapter_folder(tiny_models, tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    from idiolect.core.gguf_writer import convert_lora_to_gguf
-    from idiolect.core.models import load_hf_model
+    from idiolect.core.models.gguf.writer import convert_lora_to_gguf
+    from idiolect.core.models.loading import load_hf_model
 
     base, _, _ = load_hf_model(tiny_models["qwen2"], device="cpu")
     torch.manual_seed(3)
@@ -216,7 +219,7 @@ def test_gguf_conversion_cache_is_keyed_by_content(tiny_models, tmp_path):
 
     from safetensors.torch import load_file, save_file
 
-    from idiolect.core.generation import gguf_for
+    from idiolect.core.models.llama import gguf_for
 
     folder = tmp_path / "m"
     shutil.copytree(tiny_models["qwen2"], folder)

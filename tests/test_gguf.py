@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from idiolect.core.errors import IdiolectError
-from idiolect.core.gguf_writer import convert_hf_to_gguf, gguf_context_length
-from idiolect.core.models import load_hf_model
+from idiolect.core.base.errors import IdiolectError
+from idiolect.core.models.gguf.reader import gguf_context_length
+from idiolect.core.models.gguf.writer import convert_hf_to_gguf
+from idiolect.core.models.loading import load_hf_model
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
@@ -92,7 +93,7 @@ def test_f16_gguf_is_half_the_size_and_close(tiny_models, tiny_ggufs, tmp_path):
 
 def test_llama3_rope_scaling_is_carried_over(tmp_path):
     """Llama 3.x models scale RoPE frequencies; the writer adds llama.cpp's rope_freqs tensor for them."""
-    from idiolect.core.tinymodels import build_tiny_model, train_bpe_tokenizer
+    from idiolect.bench.tinymodels import build_tiny_model, train_bpe_tokenizer
 
     tok = train_bpe_tokenizer(["some text to train on, again and again"] * 20, 300, add_bos=True)
     model = build_tiny_model("llama", tok, max_positions=256, seed=3)
@@ -112,7 +113,7 @@ def test_sentencepiece_tokenizer_with_space_prefix(tmp_path):
     llama.cpp splits text as transformers does and computes the same logits."""
     from conftest import _tokenizer_corpus
 
-    from idiolect.core.tinymodels import build_tiny_model, train_spm_tokenizer
+    from idiolect.bench.tinymodels import build_tiny_model, train_spm_tokenizer
 
     tok = train_spm_tokenizer(_tokenizer_corpus(), 400, space_prefix=True)
     build_tiny_model("llama", tok, seed=5).save_pretrained(tmp_path / "m")
@@ -126,7 +127,7 @@ def test_sentencepiece_tokenizer_with_space_prefix(tmp_path):
 
 
 def test_each_architecture_says_what_it_supports(tiny_models, tmp_path):
-    from idiolect.core.gguf_writer import SUPPORT, convert_lora_to_gguf, export_problem
+    from idiolect.core.models.gguf.writer import SUPPORT, convert_lora_to_gguf, export_problem
 
     assert SUPPORT["MistralForCausalLM"].name == "llama" and SUPPORT["Gemma3ForCausalLM"].name == "gemma3"
     for arch in ("llama", "qwen2", "qwen3", "gemma3"):
@@ -148,7 +149,7 @@ def test_each_architecture_says_what_it_supports(tiny_models, tmp_path):
     # A gemma3 LoRA is written (llama.cpp reads it on top of the user's own gemma3 GGUF: test_real_model.py).
     from peft import LoraConfig, get_peft_model
 
-    from idiolect.core.models import load_hf_model
+    from idiolect.core.models.loading import load_hf_model
 
     base, _, _ = load_hf_model(tiny_models["gemma3"], device="cpu")
     get_peft_model(
@@ -179,7 +180,7 @@ def test_gguf_dequantized_back_to_the_same_weights(arch, tiny_models, tiny_ggufs
     Gemma's norm offsets undone), and whose tokenizer splits text the same way."""
     from safetensors.torch import load_file
 
-    from idiolect.core.models import dequantized_dir
+    from idiolect.core.models.gguf.cache import dequantized_dir
 
     monkeypatch.setenv("IDIOLECT_HOME", str(tmp_path / "home"))
     out = dequantized_dir(tiny_ggufs[arch])

@@ -10,8 +10,9 @@ import time
 
 import pytest
 
-from idiolect.core.anonymize import scrub
-from idiolect.core.importers import import_peers, import_samples
+from idiolect.core.ingest.anonymize import scrub
+from idiolect.core.ingest.peers import import_peers
+from idiolect.core.ingest.samples import import_samples
 
 # 1. One bad row is one skipped row ---------------------------------------------------------------------------
 
@@ -170,7 +171,7 @@ def test_hardening_damaged_database_is_refused_with_a_recovery_hint(tmp_path):
 
     from conftest import ROOT
 
-    from idiolect.core.errors import IdiolectError
+    from idiolect.core.base.errors import IdiolectError
     from idiolect.core.store import Store
 
     db = tmp_path / "idiolect.db"
@@ -200,7 +201,7 @@ def test_hardening_damaged_database_is_refused_with_a_recovery_hint(tmp_path):
 def test_hardening_another_applications_database_is_not_migrated(tmp_path):
     import sqlite3
 
-    from idiolect.core.errors import IdiolectError
+    from idiolect.core.base.errors import IdiolectError
     from idiolect.core.store import Store
 
     other = tmp_path / "notes.db"
@@ -222,7 +223,7 @@ def test_hardening_a_full_disk_is_called_a_full_disk(tmp_path, monkeypatch):
     import shutil
     import sqlite3
 
-    from idiolect.core.store import _friendly
+    from idiolect.core.store.db import _friendly
 
     monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 0))
     err = _friendly(sqlite3.OperationalError("disk I/O error"), tmp_path / "idiolect.db")
@@ -236,7 +237,9 @@ def test_hardening_an_unreadable_checkpoint_is_set_aside_and_the_run_resumes(pre
     """A checkpoint cut short (a kill or a full disk while it was written) costs its steps, not the run: the one
     before it is used. (An unreadable reference cache and the plan kept on resume: test_integrity.py's
     test_integrity_resume_trains_on_the_recorded_rows_and_plan.)"""
-    from idiolect.core.train import TrainConfig, Trainer, create_run, run_dir
+    from idiolect.core.training.config import TrainConfig
+    from idiolect.core.training.runs import create_run, run_dir
+    from idiolect.core.training.trainer import Trainer
 
     cfg = TrainConfig(model=str(pretrained_base), pool="others", steps=6, batch_size=2, save_every=1)
     run = create_run(target_store, "me", cfg)
@@ -263,8 +266,8 @@ def test_hardening_an_unreadable_checkpoint_is_set_aside_and_the_run_resumes(pre
 def test_hardening_export_replaces_planted_links_and_fails_whole(store, tiny_models, tmp_path, monkeypatch):
     from test_export import _trained_profile
 
-    import idiolect.core.export as export_mod
-    from idiolect.core.errors import IdiolectError
+    import idiolect.core.export.bundle as export_mod
+    from idiolect.core.base.errors import IdiolectError
 
     _trained_profile(store, tiny_models, tmp_path)
     out = tmp_path / "out"
@@ -287,7 +290,7 @@ def test_hardening_export_replaces_planted_links_and_fails_whole(store, tiny_mod
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(export_mod, "convert_lora_to_gguf", full_disk, raising=False)
-    monkeypatch.setattr("idiolect.core.gguf_writer.convert_lora_to_gguf", full_disk)
+    monkeypatch.setattr("idiolect.core.models.gguf.writer.convert_lora_to_gguf", full_disk)
     with pytest.raises(IdiolectError, match=r"failed \(the disk is full\); nothing was written"):
         export_mod.export(store, "Sam O'Neil", out, formats=["peft", "gguf", "summary"], gguf_dtype="f32")
     assert sorted(p.name for p in out.iterdir()) == before
@@ -301,8 +304,8 @@ def test_hardening_the_api_key_never_follows_a_redirect_is_never_stored_and_fail
     import http.server
     import threading
 
-    from idiolect.core.errors import IdiolectError
-    from idiolect.core.profile import openai_compatible_writer
+    from idiolect.core.base.errors import IdiolectError
+    from idiolect.core.persona.llm_client import openai_compatible_writer
 
     key = "sk-test-SECRET-1234567890"
     seen: list[dict] = []
@@ -356,20 +359,20 @@ def test_hardening_the_api_key_never_follows_a_redirect_is_never_stored_and_fail
 def test_hardening_json_is_read_as_a_stream_whatever_the_chunking():
     """A .json export is decoded item by item as it is read (bench imports: a 77 MB conversations.json peaks
     at 182 MB instead of 370 MB); item boundaries may fall anywhere in a read."""
-    from idiolect.core.errors import ImportFailed
-    from idiolect.core.importers import _stream_json, _stream_jsonl
+    from idiolect.core.base.errors import ImportFailed
+    from idiolect.core.ingest.rows import stream_json, stream_jsonl
 
     doc = ' [ {"a": "x,]\\"}"}, \n {"b": [1, 2, {"c": "]"}]} ,{"d": "é"}] '
     for size in (1, 2, 3, 7, len(doc)):
         chunks = [doc[i : i + size] for i in range(0, len(doc), size)]
-        assert [item for _, item, _ in _stream_json(chunks, "x.json")] == json.loads(doc)
-    assert list(_stream_json(["[", "]"], "x.json")) == []
-    assert [i for _, i, _ in _stream_json(['{"title": 1}'], "x.json")] == [{"title": 1}]
+        assert [item for _, item, _ in stream_json(chunks, "x.json")] == json.loads(doc)
+    assert list(stream_json(["[", "]"], "x.json")) == []
+    assert [i for _, i, _ in stream_json(['{"title": 1}'], "x.json")] == [{"title": 1}]
     for broken, why in (('[{"a": 1}, {"b": ', "cut short|not valid"), ("", "empty"), ("[1, 2", "not closed")):
         with pytest.raises(ImportFailed, match=why):
-            list(_stream_json([broken], "x.json"))
+            list(stream_json([broken], "x.json"))
     lines = ['{"text": "one"}\n{"te', 'xt": "two"}\n\n{bad\n', '{"text": "three"}']
-    got = [(w, i, p is not None) for w, i, p in _stream_jsonl(lines)]
+    got = [(w, i, p is not None) for w, i, p in stream_jsonl(lines)]
     assert got == [("line 1", {"text": "one"}, False), ("line 2", {"text": "two"}, False),
                    ("line 4", None, True), ("line 5", {"text": "three"}, False)]  # fmt: skip
 

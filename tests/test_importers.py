@@ -6,15 +6,11 @@ import re
 
 import pytest
 
-from idiolect.core.errors import ImportFailed
-from idiolect.core.importers import (
-    MAX_TEXT_CHARS,
-    import_peers,
-    import_sample_texts,
-    import_samples,
-    read_samples,
-    read_stackexchange,
-)
+from idiolect.core.base.errors import ImportFailed
+from idiolect.core.base.limits import MAX_TEXT_CHARS
+from idiolect.core.ingest.peers import import_peers
+from idiolect.core.ingest.samples import import_sample_texts, import_samples, read_samples
+from idiolect.core.ingest.stackexchange import read_stackexchange
 
 # --- own writing -----------------------------------------------------------------------------------------
 

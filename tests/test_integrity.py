@@ -18,12 +18,16 @@ import pytest
 import torch
 from conftest import ROOT, wait_until
 
-from idiolect.core import worker
-from idiolect.core.errors import IdiolectError
-from idiolect.core.generation import HFGenerator, SamplingParams
+from idiolect.core.base.errors import IdiolectError
+from idiolect.core.models.hf_generation import HFGenerator
+from idiolect.core.models.sampling import SamplingParams
 from idiolect.core.store import Store
-from idiolect.core.train import TrainConfig, Trainer, build_peft_model, create_run, run_dir
-from idiolect.core.training_data import NEG, TAR, load_sets
+from idiolect.core.training import worker
+from idiolect.core.training.config import TrainConfig
+from idiolect.core.training.data import load_sets
+from idiolect.core.training.labels import NEG, TAR
+from idiolect.core.training.runs import create_run, run_dir
+from idiolect.core.training.trainer import Trainer, build_peft_model
 
 
 def config(base, **kw) -> TrainConfig:
@@ -39,7 +43,7 @@ def config(base, **kw) -> TrainConfig:
 def _save_adapter(base_dir, folder, seed):
     from peft import LoraConfig, get_peft_model
 
-    from idiolect.core.models import load_hf_model
+    from idiolect.core.models.loading import load_hf_model
 
     base, _, _ = load_hf_model(base_dir, device="cpu")
     torch.manual_seed(seed)
@@ -88,7 +92,7 @@ def test_integrity_an_adapter_for_another_base_is_refused_clearly(tiny_models, t
 
 
 def test_integrity_latest_adapter_is_per_base_model(store, tmp_path):
-    from idiolect.core.train import latest_completed_run
+    from idiolect.core.training.runs import latest_completed_run
 
     pid = store.create_profile("ana")
     for i, model in enumerate(("/models/a", "/models/b", "/models/a")):
@@ -107,7 +111,7 @@ def test_integrity_latest_adapter_is_per_base_model(store, tmp_path):
 
 def _labels(store, profile):
     """Every text of the profile's ratings with the labels training would give it."""
-    from idiolect.core.training_data import feedback_examples
+    from idiolect.core.training.labels import feedback_examples
 
     out = []
     for f in store.list_feedback(store.get_profile(profile)["id"]):
@@ -152,7 +156,7 @@ def test_integrity_edit_with_thumbs_down_means_edit_positive_original_negative(s
 
 def test_integrity_training_and_profile_read_the_same_labels(target_store):
     """load_sets (training) and profile_data (You vs. peers) give a rated generation one label, the same one."""
-    from idiolect.core.profile import profile_data
+    from idiolect.core.persona.style import profile_data
 
     pid = target_store.get_profile("me")["id"]
     up = target_store.add_generation(pid, "Describe rain.", "A generation first liked, then disliked.")
@@ -236,8 +240,8 @@ def test_integrity_every_page_load_reads_the_database(tmp_path):
     next page load, and the browser's remembered profile is chosen again."""
     from idiolect.app.main import build_ui
     from idiolect.core.cli import open_store
-    from idiolect.core.importers import import_peers
-    from idiolect.core.peers import DEFAULT_POOL_DIR
+    from idiolect.core.ingest.peers import import_peers
+    from idiolect.core.ingest.pool import DEFAULT_POOL_DIR
 
     store = open_store(str(tmp_path / "app.db"))
     demo = build_ui(store)
@@ -340,7 +344,7 @@ def test_integrity_ctrl_c_in_train_checkpoints_the_last_whole_step(pretrained_ba
 
 
 def test_integrity_resume_trains_on_the_recorded_rows_and_plan(pretrained_base, target_store):
-    from idiolect.core.train import DATA_RECORD
+    from idiolect.core.training.runs import DATA_RECORD
 
     run = worker.start(target_store, "me", config(pretrained_base, steps=None, epochs=30))
     wait_until(lambda: target_store.get_run(run)["step"] >= 2)
@@ -371,7 +375,7 @@ def test_integrity_resume_trains_on_the_recorded_rows_and_plan(pretrained_base, 
         f"{split}_{k}": len(v) for split, sets in record["sets"].items() for k, v in sets.items()
     }
 
-    from idiolect.core.export import export
+    from idiolect.core.export.bundle import export
 
     manifest = export(target_store, "me", target_store.path.parent / "out", formats=["peft"]).manifest
     rows = manifest["training_run"]["training_data"]["rows"]
@@ -385,7 +389,7 @@ def test_integrity_resume_trains_on_the_recorded_rows_and_plan(pretrained_base, 
 
 
 def test_integrity_preference_objectives_train_without_dropout(tiny_models):
-    from idiolect.core.models import load_hf_model
+    from idiolect.core.models.loading import load_hf_model
 
     for objective, dropout in (("cbpo", False), ("bco", False), ("sft", True)):
         base, tok, _ = load_hf_model(tiny_models["qwen2"], device="cpu")
@@ -409,7 +413,7 @@ def test_integrity_preference_objectives_train_without_dropout(tiny_models):
 def test_integrity_a_run_reports_its_stage_and_cancels_fast_while_loading(
     pretrained_base, target_store, monkeypatch
 ):
-    from idiolect.core import models as core_models
+    from idiolect.core.models import loading as core_models
 
     def slow_load(*args, **kwargs):
         for _ in range(600):  # a model that takes a minute to load
@@ -444,9 +448,9 @@ def test_integrity_cancel_cuts_a_slow_step_short_and_keeps_the_last_whole_one(pr
         stages.append(stage)
         original(stage)
         if stage == "training":  # from now on, every layer takes 0.3 s: one step takes many seconds
-            from idiolect.core.train import _parts
+            from idiolect.core.training.logprobs import decoder_and_head
 
-            decoder, _ = _parts(trainer._model)
+            decoder, _ = decoder_and_head(trainer._model)
             for layer in decoder.layers:
                 layer.register_forward_pre_hook(lambda *a: time.sleep(0.3))
 

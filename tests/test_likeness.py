@@ -7,11 +7,11 @@ import random
 
 import pytest
 
-from idiolect.core import likeness
-from idiolect.core.errors import IdiolectError
-from idiolect.core.store import content_hash
-from idiolect.core.train import run_dir
-from idiolect.core.training_data import DEFAULT_PROMPT
+from idiolect.core.base.errors import IdiolectError
+from idiolect.core.base.identity import content_hash
+from idiolect.core.models.prompt import DEFAULT_PROMPT
+from idiolect.core.persona import likeness
+from idiolect.core.training.runs import run_dir
 
 OWN_A = "I grind the beans coarse and let them bloom for forty seconds before the slow pour, every single morning."
 OWN_B = " ".join(["Tea is fine too, when the day is long and the kettle is already warm on the stove."] * 2)

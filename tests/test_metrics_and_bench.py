@@ -9,7 +9,7 @@ import sys
 import pytest
 from conftest import ROOT, shared_file
 
-from idiolect.core.metrics import bleu, mean_ci, meteor, rouge1, rouge_l
+from idiolect.bench.metrics import bleu, mean_ci, meteor, rouge1, rouge_l
 
 
 def test_rouge():
@@ -89,7 +89,8 @@ def _rows(writer, context, texts):
 def test_no_pair_or_heldout_text_was_trained_on():
     """The leaks found on review: a pair's "other" answer was a peer text the adapter trained on as unlabeled,
     and a held-out text could equal a training text. Neither can happen now."""
-    from idiolect.bench.personalization import _norm, leak_free_pairs, split_targets, trained_texts
+    from idiolect.bench.personalization import leak_free_pairs, split_targets, trained_texts
+    from idiolect.core.base.identity import same_text_key as _norm
 
     rows = []
     for w in range(12):  # 12 writers answering 30 shared questions, some answers copied between writers

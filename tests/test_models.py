@@ -15,8 +15,9 @@ from urllib.parse import unquote, urlparse
 import pytest
 import torch
 
-from idiolect.core.errors import IdiolectError
-from idiolect.core.models import RECOMMENDED, download, local_model_dir, resolve
+from idiolect.core.base.errors import IdiolectError
+from idiolect.core.models.registry import RECOMMENDED
+from idiolect.core.models.resolve import download, local_model_dir, resolve
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
@@ -152,7 +153,8 @@ def test_resolve(tmp_path, tiny_models, tiny_ggufs):
 def test_a_gguf_file_is_dequantized_once_into_a_training_folder(
     tiny_models, tiny_ggufs, tmp_path, monkeypatch
 ):
-    from idiolect.core.models import gguf_source, load_hf_model
+    from idiolect.core.models.gguf.cache import gguf_source
+    from idiolect.core.models.loading import load_hf_model
 
     monkeypatch.setenv("IDIOLECT_HOME", str(tmp_path / "home"))
     folder = local_model_dir(str(tiny_ggufs["llama"]))
@@ -171,7 +173,7 @@ def test_a_gguf_file_is_dequantized_once_into_a_training_folder(
     with pytest.raises(IdiolectError, match="not a readable GGUF file|cannot dequantize"):
         local_model_dir(str(tmp_path / "bad.gguf"))
     # The Model tab's delete: the dequantized copy (a cache) goes; the user's own GGUF file is never touched.
-    from idiolect.core.models import delete_model, models_on_disk
+    from idiolect.core.models.inventory import delete_model, models_on_disk
 
     listed = [m for m in models_on_disk() if m["kind"] == "dequantized"]
     assert [Path(m["folder"]) for m in listed] == [folder]

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from idiolect.core.objectives import ObjectiveConfig, RewardShift, implicit_rewards, objective_loss
+from idiolect.core.training.objectives import ObjectiveConfig, RewardShift, implicit_rewards, objective_loss
 
 
 def lp(r, d):  # -log sigmoid(r - d)
@@ -126,7 +126,7 @@ def test_kto_matches_hand_computation():
 
 def test_cli_offers_every_objective():
     from idiolect.core.cli import build_parser
-    from idiolect.core.objectives import OBJECTIVES, ObjectiveConfig
+    from idiolect.core.training.objectives import OBJECTIVES, ObjectiveConfig
 
     for name in OBJECTIVES:
         ObjectiveConfig(name=name)  # implemented

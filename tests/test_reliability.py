@@ -23,9 +23,10 @@ from conftest import ROOT, free_port
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import idiolect.core.importers as importers
-from idiolect.core.errors import IdiolectError, ImportFailed
-from idiolect.core.importers import import_peers, import_samples
+from idiolect.core.base import limits
+from idiolect.core.base.errors import IdiolectError, ImportFailed
+from idiolect.core.ingest.peers import import_peers
+from idiolect.core.ingest.samples import import_samples
 from idiolect.core.store import Store
 
 # --- faults ----------------------------------------------------------------------------------------------
@@ -92,8 +93,8 @@ print(json.dumps({"worst_s": worst, "seconds": time.perf_counter() - t0}))
 
 
 def test_parallel_clients_while_training_lose_nothing(pretrained_base, target_store, capsys):
-    from idiolect.core import worker
-    from idiolect.core.train import TrainConfig
+    from idiolect.core.training import worker
+    from idiolect.core.training.config import TrainConfig
 
     db = str(target_store.path)
     run = worker.start(
@@ -135,8 +136,8 @@ def test_parallel_clients_while_training_lose_nothing(pretrained_base, target_st
 
 
 def test_zip_bomb_and_over_long_lines(tmp_path, store, monkeypatch):
-    monkeypatch.setattr(importers, "MAX_DECOMPRESSED_BYTES", 64 * 2**20)
-    monkeypatch.setattr(importers, "MAX_XML_LINE_BYTES", 2**20)
+    monkeypatch.setattr(limits, "MAX_DECOMPRESSED_BYTES", 64 * 2**20)
+    monkeypatch.setattr(limits, "MAX_XML_LINE_BYTES", 2**20)
     bomb = tmp_path / "bomb_Posts.xml.gz"
     with gzip.open(bomb, "wb", compresslevel=9) as fh:
         fh.write(b'<?xml version="1.0"?>\n<posts>\n')
@@ -159,7 +160,7 @@ def test_zip_bomb_and_over_long_lines(tmp_path, store, monkeypatch):
 
 
 def test_oversized_uploads_are_refused_whole(tmp_path, store, monkeypatch):
-    monkeypatch.setattr(importers, "MAX_SAMPLE_FILE_BYTES", 1024)
+    monkeypatch.setattr(limits, "MAX_SAMPLE_FILE_BYTES", 1024)
     big = tmp_path / "big.txt"
     big.write_text("word " * 1000)
     [report] = import_samples(store, "ana", [big])

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from idiolect.core.errors import IdiolectError
+from idiolect.core.base.errors import IdiolectError
 from idiolect.core.store import SCHEMA_VERSION, Store
 
 
@@ -206,7 +206,7 @@ def test_search_pages_and_bulk_delete_with_undo(store):
 
 
 def test_an_import_can_be_undone_as_a_whole(store, tmp_path):
-    from idiolect.core.importers import import_sample_texts, import_samples
+    from idiolect.core.ingest.samples import import_sample_texts, import_samples
 
     pid = store.create_profile("ana")
     first = import_sample_texts(store, "ana", "one\n\ntwo\n\nthree")
@@ -231,7 +231,8 @@ def test_an_import_can_be_undone_as_a_whole(store, tmp_path):
 
 
 def test_rename_and_delete_a_profile_with_its_run_folders(store):
-    from idiolect.core.train import delete_profile, run_dir
+    from idiolect.core.training.runs import run_dir
+    from idiolect.core.training.worker import delete_profile
 
     pid = store.create_profile("ana")
     store.create_profile("bo")

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from idiolect.core.anonymize import pseudonym, scrub
-from idiolect.core.text import bad_bytes, decode, html_to_text, normalize
+from idiolect.core.base.text import bad_bytes, decode, html_to_text, normalize
+from idiolect.core.ingest.anonymize import pseudonym, scrub
 
 
 @pytest.mark.parametrize(

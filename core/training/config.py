@@ -1,0 +1,135 @@
+"""The training configuration: one dataclass whose fields, defaults and help texts drive the ``train`` command's
+flags (:func:`add_arguments`, :func:`from_args`) and the app's Train tab fields. Torch-free, so building the
+command line does not load torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import MISSING, asdict, dataclass, field, fields
+
+from idiolect.core.base.errors import IdiolectError
+
+OBJECTIVES = ("cbpo", "bco", "kto", "sft", "cbpo_pi0")  # idiolect.core.training.objectives implements each
+
+
+def _opt(default, help: str, *, choices=None, cli: bool = True, type=None):  # noqa: A002 - argparse's names
+    """A field that is also a ``train`` flag: its help, and the choices argparse checks."""
+    return field(default=default, metadata={"help": help, "choices": choices, "cli": cli, "type": type})
+
+
+@dataclass
+class TrainConfig:
+    model: str
+    objective: str = _opt(
+        "kto", "kto, cbpo, sft, bco or cbpo_pi0; the default is the best on the reported splits of the real-model "
+        "benchmark (README: why)", choices=OBJECTIVES)  # fmt: skip
+    pool: str = _opt("default", "peer pool: other writers' texts ('default' is the bundled pool)")
+    steps: int | None = _opt(None, "optimizer steps (default: epochs x batches per epoch)", type=int)
+    epochs: int = _opt(3, "passes over your texts")
+    batch_size: int = _opt(4, "your texts per batch; as many peer texts")
+    aux_per_batch: int | None = None  # peer samples per batch (default: batch_size)
+    neg_per_batch: int = 2
+    grad_accum: int = _opt(1, "batches per optimizer step")
+    lr: float = _opt(1e-4, "learning rate")
+    warmup: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    lora_r: int = _opt(8, "LoRA rank (alpha is twice the rank unless set)")
+    lora_alpha: int | None = None  # default: 2 x lora_r
+    lora_dropout: float = 0.05
+    target_modules: list[str] | str = "all-linear"
+    max_length: int = _opt(512, "tokens per sample, prompt included")
+    device: str = _opt("auto", "where to train", choices=("auto", "cpu", "cuda"))
+    quantize: str = _opt("auto", "auto: 4-bit on CUDA", choices=("auto", "4bit", "none"))
+    gradient_checkpointing: bool | None = None  # default: on with CUDA
+    seed: int = _opt(0, "random seed")
+    save_every: int = _opt(50, "checkpoint every N steps")
+    peer_cap: int | None = None
+    heldout_fraction: float = _opt(
+        0.1, "share of your texts (and of the peer texts) held out for the held-out metrics"
+    )
+    beta: float = _opt(0.02, "reward scale, tuned on beer for every preference objective")
+    pi: float | None = _opt(None, "class prior of target-like peer texts (default: estimated)", type=float)
+    lambda_n: float = 1.0
+    lambda_sft: float = _opt(0.0, "weight of an SFT term on your texts added to a preference objective")
+    delta_decay: float = 0.95
+    reward_norm: str = _opt(
+        "sum", "implicit reward summed over the response's tokens, or their mean (length-normalized; use a beta "
+        "near 1)", choices=("sum", "mean"))  # fmt: skip
+    # Compute precision of the forward passes on a CPU: auto = bf16 autocast where the CPU has native bf16
+    # (AVX512-BF16 / AMX), else fp32. Reference, policy and evaluation passes always use the same one.
+    precision: str = _opt(
+        "auto", "CPU compute precision (auto: bf16 autocast on CPUs with native bf16, for models of 100M+ "
+        "parameters; fp32 otherwise)", choices=("auto", "fp32", "bf16"))  # fmt: skip
+    recompute_head: bool | None = None  # None: recompute the LM head in the backward pass only when its
+    # saved logits would exceed HEAD_MEMORY_BUDGET
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise IdiolectError(f"objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}")
+        for name in ("epochs", "batch_size", "grad_accum", "max_length", "save_every", "lora_r"):
+            if getattr(self, name) < 1:
+                raise IdiolectError(f"{name.replace('_', ' ')} must be at least 1")
+        if self.lora_alpha is None:
+            self.lora_alpha = 2 * self.lora_r
+        if self.steps is not None and self.steps < 1:
+            raise IdiolectError("steps must be at least 1")
+        if self.lr <= 0:
+            raise IdiolectError("the learning rate must be positive")
+        if not 0 <= self.heldout_fraction < 1:
+            raise IdiolectError("the held-out fraction must be in [0, 1)")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise IdiolectError(f"precision must be auto, fp32 or bf16, not {self.precision!r}")
+        self.objective_config()  # validates beta, pi, delta_decay
+
+    def objective_config(self):
+        from idiolect.core.training.objectives import ObjectiveConfig
+
+        try:
+            return ObjectiveConfig(
+                name=self.objective,
+                beta=self.beta,
+                pi=self.pi,
+                lambda_n=self.lambda_n,
+                lambda_sft=self.lambda_sft,
+                delta_decay=self.delta_decay,
+                reward_norm=self.reward_norm,
+            )
+        except ValueError as exc:
+            raise IdiolectError(str(exc)) from None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def defaults() -> dict:
+    """Every field's default (what the app's fields start at)."""
+    return {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+
+
+def _flag_fields():
+    return [f for f in fields(TrainConfig) if f.metadata.get("cli")]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per training setting, its type, choices, default and help from :class:`TrainConfig`."""
+    for f in _flag_fields():
+        meta = f.metadata
+        kind = meta["type"] or type(f.default)
+        shown = "" if f.default is None else f" (default: {f.default})"
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"), type=kind, default=f.default, choices=meta["choices"],
+            help=meta["help"] + shown,
+        )  # fmt: skip
+
+
+def from_args(args: argparse.Namespace, model: str) -> TrainConfig:
+    """The configuration the flags of :func:`add_arguments` describe."""
+    return TrainConfig(model=model, **{f.name: getattr(args, f.name) for f in _flag_fields()})

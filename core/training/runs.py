@@ -1,0 +1,182 @@
+"""The run catalogue: where a run's files live, the profile's latest adapter, the estimate before a run, the checks and row that start one, and the record of exactly what a run trained on."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from idiolect.core.base.errors import IdiolectError
+from idiolect.core.base.identity import content_hash
+from idiolect.core.models.resolve import model_identity
+from idiolect.core.store import Store
+from idiolect.core.training.config import TrainConfig
+from idiolect.core.training.data import Example, TrainingSets, load_sets, total_steps
+from idiolect.core.training.labels import TAR
+
+
+def run_dir(store: Store, run_id: int) -> Path:
+    return store.path.parent / "runs" / str(run_id)
+
+
+
+def latest_completed_run(
+    store: Store, profile_id: int, *, model_dir: str | Path | None = None
+) -> dict | None:
+    """The one definition of "the profile's latest adapter": its newest completed run whose adapter folder is
+    still on disk; with ``model_dir``, only runs trained on that base model (an adapter fits its own base only)."""
+    from idiolect.core.models.adapters import same_model
+
+    for run in store.list_runs(profile_id):
+        if run["status"] != "completed" or not run["adapter_path"] or not Path(run["adapter_path"]).exists():
+            continue
+        if model_dir is not None and not (run["model"] and same_model(run["model"], model_dir)):
+            continue
+        return run
+    return None
+
+
+
+def estimate_run(store: Store, profile: str, cfg: TrainConfig) -> dict:
+    """Before starting: how many steps the run will take on the profile's data now, and its time and peak memory
+    as measured on this machine by the latest earlier run on the same base model (any profile), its seconds per
+    step scaled by texts per step (batch x accumulation) x max length. ``seconds`` and ``peak_memory_mb`` are None when no run on this
+    model has been measured here yet."""
+    sets = load_sets(store, profile, pool=cfg.pool, peer_cap=cfg.peer_cap, heldout_fraction=cfg.heldout_fraction,
+                     seed=cfg.seed)  # fmt: skip
+    n = len(sets.train[TAR])
+    steps = total_steps(cfg, n)
+    out = {"steps": steps, "target_texts": n, "seconds": None, "peak_memory_mb": None, "based_on_run": None}
+    want = model_identity(cfg.model)
+    if want is None:
+        return out
+    seen: dict[str, str | None] = {}
+    runs = [r for p in store.list_profiles() for r in store.list_runs(p["id"])]
+    for run in sorted(runs, key=lambda r: -r["id"]):
+        spec = run["config"].get("model") or run["model"]  # the spec as given; runs.model is the folder used
+        if spec not in seen:
+            seen[spec] = model_identity(spec)
+        if seen[spec] != want:
+            continue
+        metrics = [m for m in store.run_metrics(run["id"]) if m.get("seconds")]
+        if len(metrics) < 2:
+            continue
+        per_step = sorted(m["seconds"] for m in metrics[1:])[
+            len(metrics[1:]) // 2
+        ]  # median, first step left out
+        then = TrainConfig.from_dict({**run["config"], "model": run["model"]})
+        scale = (cfg.batch_size * cfg.grad_accum * cfg.max_length) / (
+            then.batch_size * then.grad_accum * then.max_length
+        )
+        out.update(
+            seconds=steps * per_step * scale,
+            peak_memory_mb=max(m.get("peak_memory_mb") or 0 for m in metrics) or None,
+            based_on_run=run["id"],
+        )
+        break
+    return out
+
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    ckpts = sorted(directory.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return ckpts[-1] if ckpts else None
+
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+
+DATA_RECORD = "data.json"
+
+
+
+def _record_examples(examples: list[Example]) -> list[dict]:
+    return [
+        {
+            "source": e.source,
+            "hash": content_hash(e.prompt, e.context, e.text),
+            "prompt": e.prompt,
+            "context": e.context,
+            "text": e.text,
+        }
+        for e in examples
+    ]
+
+
+
+def data_record(sets: TrainingSets, total_steps: int) -> dict:
+    """Exactly what a run trains and evaluates on (each row's source id, content hash and text) and its step
+    count: written when a run starts, used as-is when it resumes, named in the export manifest."""
+    return {
+        "version": 1,
+        "total_steps": total_steps,
+        "sets": {
+            split: {k: _record_examples(v) for k, v in group.items()}
+            for split, group in (("train", sets.train), ("heldout", sets.heldout))
+        },
+    }
+
+
+
+def sets_from_record(record: dict) -> TrainingSets:
+    def examples(kind, rows):
+        return [Example(kind, r["prompt"], r["context"], r["text"], r["source"]) for r in rows]
+
+    return TrainingSets(
+        train={k: examples(k, v) for k, v in record["sets"]["train"].items()},
+        heldout={k: examples(k, v) for k, v in record["sets"]["heldout"].items()},
+    )
+
+
+
+def record_summary(record: dict) -> dict:
+    """The record without the texts: row sources and content hashes per set (what a manifest names)."""
+    return {
+        split: {k: [f"{r['source']}#{r['hash']}" for r in rows] for k, rows in group.items()}
+        for split, group in record["sets"].items()
+    }
+
+
+
+def read_data_record(directory: Path) -> dict | None:
+    try:
+        return json.loads((directory / DATA_RECORD).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise IdiolectError(
+            f"the record of this run's training data ({directory / DATA_RECORD}) cannot be read ({exc}); "
+            "start a new run"
+        ) from exc
+
+
+
+def check_trainable(store: Store, profile: str, cfg: TrainConfig) -> None:
+    """Refuse, before a run is created, what would make it fail at once: an unknown profile, a model that is
+    not there, too little writing, a missing or empty peer pool."""
+    from idiolect.core.models.resolve import resolve
+
+    resolve(cfg.model)
+    load_sets(
+        store,
+        profile,
+        pool=cfg.pool,
+        peer_cap=cfg.peer_cap,
+        heldout_fraction=cfg.heldout_fraction,
+        seed=cfg.seed,
+    )
+
+
+
+def create_run(store: Store, profile: str, cfg: TrainConfig) -> int:
+    prof = store.get_profile(profile)
+    return store.create_run(prof["id"], cfg.objective, cfg.model, cfg.to_dict())
+
