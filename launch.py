@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def console_main() -> None:
-    from idiolect.core.cli import exit_process
+    from idiolect.core.base.process import exit_process
 
     exit_process(main())
 

@@ -28,7 +28,7 @@ from idiolect.app.train import TrainTab  # noqa: E402
 from idiolect.app.writing import WritingTab  # noqa: E402
 from idiolect.core.base.errors import IdiolectError  # noqa: E402
 from idiolect.core.base.paths import ASSETS  # noqa: E402
-from idiolect.core.cli import open_store  # noqa: E402
+from idiolect.core.ingest.pool import open_store
 from idiolect.core.store import Store  # noqa: E402
 
 CSS_PATH = ASSETS / "app.css"  # shipped as package data (tests/test_packaging.py)
@@ -137,7 +137,7 @@ def upload_folder(data_dir: Path) -> Path:
     import shutil
     import tempfile
 
-    from idiolect.core.training.worker import process_alive
+    from idiolect.core.base.process import process_alive
 
     for old in data_dir.glob("uploads-*"):
         pid = old.name.split("-")[1] if old.name.count("-") >= 2 else ""
@@ -197,6 +197,6 @@ def launch_app(args) -> int:
         )
     except KeyboardInterrupt:  # Ctrl-C: a normal way to stop the app
         pass
-    finally:  # the process may end without atexit handlers (core.cli.exit_process): remove the uploads here
+    finally:  # the process may end without atexit handlers (core.base.process.exit_process): remove the uploads here
         shutil.rmtree(uploads, ignore_errors=True)
     return 0

@@ -14,7 +14,9 @@ from idiolect.core.training.config import TrainConfig, defaults
 from idiolect.core.training.objectives import DESCRIPTIONS
 from idiolect.core.training.runs import estimate_run
 
-DEFAULTS = TrainConfig(**{**defaults(), "model": ""})  # the CLI's defaults too (idiolect.core.training.config)
+DEFAULTS = TrainConfig(
+    **{**defaults(), "model": ""}
+)  # the CLI's defaults too (idiolect.core.training.config)
 
 
 def objective_choices() -> list[tuple[str, str]]:

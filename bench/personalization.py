@@ -134,7 +134,6 @@ def add_pretrain_arguments(p: argparse.ArgumentParser) -> None:
 # personalization
 
 
-
 def _ctx(row: dict) -> str:
     return (row.get("context") or "").strip()
 
@@ -223,9 +222,7 @@ class Generations:
                 max_new_tokens=self.gen_tokens, temperature=0.0, repetition_penalty=1.1, seed=0
             )
             try:
-                return [
-                    gen.generate(gen.format(DEFAULT_PROMPT, context=c), params) for c in contexts
-                ]
+                return [gen.generate(gen.format(DEFAULT_PROMPT, context=c), params) for c in contexts]
             finally:
                 gen.llm.close()
         import torch

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 
 from idiolect.core.base.errors import IdiolectError
 from idiolect.core.base.paths import default_db_path
 from idiolect.core.ingest.peers import PEER_FORMATS, import_peers
-from idiolect.core.ingest.pool import ensure_defaults
+from idiolect.core.ingest.pool import open_store
 from idiolect.core.ingest.samples import SPLITS, import_samples
-from idiolect.core.store import Store
 
 
 def _add_db(parser: argparse.ArgumentParser, top: bool = False) -> None:
@@ -253,18 +251,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def open_store(db: str | None) -> Store:
-    """Open (and migrate) the database, and load the bundled defaults on first start."""
-    store = Store(db or default_db_path())
-    if store.backup_path:
-        print(
-            f"note: upgraded the database; the previous version is saved as {store.backup_path}",
-            file=sys.stderr,
-        )
-    ensure_defaults(store)
-    return store
-
-
 def _progress(message: str) -> None:
     if sys.stderr.isatty():
         print(f"\r{message:<70}", end="", file=sys.stderr, flush=True)
@@ -359,30 +345,20 @@ def cmd_train(args) -> int:
 
     from idiolect.core.training import config as train_config
     from idiolect.core.training import worker
-    from idiolect.core.training.runs import check_trainable, create_run
     from idiolect.core.training.trainer import Trainer
 
     with open_store(args.db) as store:
         if args.resume is not None:
-            run = worker.status(store, args.resume)
-            if run["status"] == "completed":
-                raise IdiolectError(
-                    f"run {args.resume} has finished already; its adapter is {run['adapter_path']}"
-                )
-            if run["status"] in worker.ACTIVE and run["pid"] and worker.process_alive(run["pid"]):
-                raise IdiolectError(f"run {args.resume} is training in process {run['pid']}")
-            store.update_run(args.resume, cancel_requested=0)
-            run_id = args.resume
+            run_id = worker.reopen_run(store, args.resume)["id"]
         else:
             if not args.profile or not args.model:
                 raise IdiolectError("train needs --profile and --model (or --resume RUN_ID)")
             cfg = train_config.from_args(args, args.model)
-            check_trainable(store, args.profile, cfg)  # refused here, no failed run is left behind
             if args.background:
                 run_id = worker.start(store, args.profile, cfg)
                 print(f"run {run_id} started in the background; `launch.py stats` shows it")
                 return 0
-            run_id = create_run(store, args.profile, cfg)
+            run_id = worker.new_run(store, args.profile, cfg)  # refused here, no failed run is left behind
         timing: dict = {}
 
         def progress(step: int, total: int, m: dict) -> None:
@@ -603,20 +579,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("no subcommand given; run `python launch.py` to open the app, or see --help", file=sys.stderr)
         return 2
     return run(args)
-
-
-def exit_process(code: int) -> None:
-    """End a headless command with ``code``, skipping native teardown once torch has run.
-
-    Everything a command writes is committed (SQLite) or moved into place (files) before it returns, so
-    nothing is left to do at exit but the C++ destructors of torch's thread pools, which now and then abort
-    the process ("terminate called without an active exception", exit -6) after a run that succeeded.
-    """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if "torch" in sys.modules:
-        import logging
-
-        logging.shutdown()
-        os._exit(code)
-    sys.exit(code)

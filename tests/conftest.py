@@ -83,6 +83,14 @@ def wait_until(predicate, timeout: float = 180.0, every: float = 0.1) -> bool:
     raise AssertionError("timed out")
 
 
+def at_a_terminal() -> None:
+    """``preexec_fn`` for a child that Ctrl-C must reach: SIGINT back to its default, as a terminal starts a
+    program, whatever the test runner inherited (SIG_IGN under nohup or from a shell's background job)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def wait_for_app(port: int, proc, log=None, timeout: float = 120.0) -> None:
     """Wait until the app started as ``proc`` answers on 127.0.0.1:``port`` (never through a proxy); fail with
     the end of its terminal output (``log``, a path) if it exits first, or after ``timeout`` seconds."""

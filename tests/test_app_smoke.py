@@ -9,7 +9,7 @@ import urllib.request
 import psutil
 from conftest import free_port
 
-from idiolect.core.cli import open_store
+from idiolect.core.ingest.pool import open_store
 
 
 def test_app_serves_on_loopback_only(tmp_path):

@@ -175,7 +175,7 @@ def test_you_vs_peers_speaks_in_words_and_names_writers_by_letter(ctx):
 
 
 def test_the_train_estimate_comes_from_this_machines_last_run_on_the_model(tmp_path):
-    from idiolect.core.cli import open_store
+    from idiolect.core.ingest.pool import open_store
 
     store = open_store(str(tmp_path / "app.db"))
     ctx = Ctx(store)

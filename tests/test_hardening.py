@@ -384,13 +384,15 @@ def test_hardening_ctrl_c_also_removes_the_upload_folder(tmp_path):
     import subprocess
     import sys
 
-    from conftest import ROOT, free_port, wait_for_app
+    from conftest import ROOT, at_a_terminal, free_port, wait_for_app
 
     port = free_port()
     home = tmp_path / "home"
+    # As at a terminal: SIGINT reaches the app however pytest was started (a shell in the background, or
+    # nohup, hands its children SIG_IGN, and a Python that starts with SIGINT ignored never sees Ctrl-C).
     proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "--no-browser", "--port", str(port)],
                             env={**os.environ, "IDIOLECT_HOME": str(home)}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True, preexec_fn=at_a_terminal)  # fmt: skip
     wait_for_app(port, proc)
     assert list(home.glob("uploads-*"))
     proc.send_signal(signal.SIGINT)

@@ -239,9 +239,8 @@ def test_integrity_every_page_load_reads_the_database(tmp_path):
     """Profiles, pools and runs created after the UI was built (another tab, the CLI, a worker) appear on the
     next page load, and the browser's remembered profile is chosen again."""
     from idiolect.app.main import build_ui
-    from idiolect.core.cli import open_store
     from idiolect.core.ingest.peers import import_peers
-    from idiolect.core.ingest.pool import DEFAULT_POOL_DIR
+    from idiolect.core.ingest.pool import DEFAULT_POOL_DIR, open_store
 
     store = open_store(str(tmp_path / "app.db"))
     demo = build_ui(store)
@@ -286,7 +285,7 @@ def test_integrity_generations_get_fresh_seeds_that_reproduce(tiny_models):
 
 def test_integrity_rating_is_off_until_both_texts_are_complete(tmp_path, tiny_models):
     from idiolect.app.main import build_ui
-    from idiolect.core.cli import open_store
+    from idiolect.core.ingest.pool import open_store
 
     store = open_store(str(tmp_path / "app.db"))
     pid = store.create_profile("ana")
@@ -410,11 +409,24 @@ def test_integrity_preference_objectives_train_without_dropout(tiny_models):
 # 10. Stages and a fast cancel -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("sigint", ["handled", "ignored"])
 def test_integrity_a_run_reports_its_stage_and_cancels_fast_while_loading(
-    pretrained_base, target_store, monkeypatch
+    pretrained_base, target_store, monkeypatch, sigint
 ):
+    """Also where SIGINT is ignored, as in a worker started under nohup, systemd or a launcher (a process that
+    inherits SIG_IGN): the cancel must not depend on the SIGINT disposition."""
     from idiolect.core.models import loading as core_models
 
+    previous = signal.signal(
+        signal.SIGINT, signal.SIG_IGN if sigint == "ignored" else signal.default_int_handler
+    )
+    try:
+        _cancel_while_loading(pretrained_base, target_store, monkeypatch, core_models)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _cancel_while_loading(pretrained_base, target_store, monkeypatch, core_models):
     def slow_load(*args, **kwargs):
         for _ in range(600):  # a model that takes a minute to load
             time.sleep(0.1)
@@ -480,7 +492,7 @@ def test_integrity_cancel_cuts_a_slow_step_short_and_keeps_the_last_whole_one(pr
 def test_integrity_expected_user_errors_carry_no_traceback(tmp_path, capsys, monkeypatch):
     from idiolect.app import common
     from idiolect.app.main import build_ui
-    from idiolect.core.cli import open_store
+    from idiolect.core.ingest.pool import open_store
 
     shown = []
     monkeypatch.setattr(common, "toast", shown.append)

@@ -59,7 +59,6 @@ def sha256_file(path: str | os.PathLike, *, progress: Counted | None = None) -> 
     return h.hexdigest()
 
 
-
 def file_sha256(path: str | os.PathLike, *, progress: Counted | None = None) -> str:
     """:func:`sha256_file`, remembered per (path, inode, size, modification and change times) in the data folder,
     so a multi-GB GGUF is hashed once and not at every start. The change time (ctime) moves on every write and
@@ -86,4 +85,3 @@ def file_sha256(path: str | os.PathLike, *, progress: Counted | None = None) -> 
     except OSError:
         pass  # only a cache
     return digest
-

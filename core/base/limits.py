@@ -23,4 +23,6 @@ def check_free_space(folder: str | Path, needed: int, what: str) -> None:
     """Refuse, in words, work that would leave less than :data:`MIN_FREE_DISK_BYTES` free in ``folder``."""
     free = shutil.disk_usage(folder).free
     if needed > free - MIN_FREE_DISK_BYTES:
-        raise IdiolectError(f"{what} needs {needed / 1e9:.1f} GB but only {free / 1e9:.1f} GB is free in {folder}")
+        raise IdiolectError(
+            f"{what} needs {needed / 1e9:.1f} GB but only {free / 1e9:.1f} GB is free in {folder}"
+        )

@@ -140,7 +140,6 @@ def _mostly_symbols(line: str) -> bool:
     return letters / len(s) < 0.5
 
 
-
 def own_words(text: str, answered: str | None = None) -> tuple[str, dict[str, int]]:
     """The person's own words in one chat turn, and how many lines of each kind were left out.
 

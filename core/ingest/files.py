@@ -37,12 +37,13 @@ def open_regular(path: Path):
     return os.fdopen(fd, "rb")
 
 
-
 def read_bytes(path: Path, limit: int) -> bytes:
     with open_regular(path) as fh:
         size = os.fstat(fh.fileno()).st_size
         if size > limit:
-            raise ImportFailed(f"{path.name}: {human_size(size)} is over the {human_size(limit)} limit per file")
+            raise ImportFailed(
+                f"{path.name}: {human_size(size)} is over the {human_size(limit)} limit per file"
+            )
         try:
             data = fh.read(limit + 1)
         except OSError as exc:
@@ -54,14 +55,12 @@ def read_bytes(path: Path, limit: int) -> bytes:
     return data
 
 
-
 def human_size(n: int) -> str:
     for unit in ("bytes", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n} bytes" if unit == "bytes" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GiB"
-
 
 
 def decoded_chunks(path: Path, encoding: str, limit: int, size: int = 1 << 20) -> Iterable[str]:
@@ -75,7 +74,9 @@ def decoded_chunks(path: Path, encoding: str, limit: int, size: int = 1 << 20) -
     with open_regular(path) as fh:
         total = os.fstat(fh.fileno()).st_size
         if total > limit:
-            raise ImportFailed(f"{path.name}: {human_size(total)} is over the {human_size(limit)} limit per file")
+            raise ImportFailed(
+                f"{path.name}: {human_size(total)} is over the {human_size(limit)} limit per file"
+            )
         first, read = True, 0
         while data := fh.read(size):
             read += len(data)
@@ -93,7 +94,6 @@ def decoded_chunks(path: Path, encoding: str, limit: int, size: int = 1 << 20) -
             yield tail
 
 
-
 def open_maybe_gzip(path: Path):
     fh = open_regular(path)
     magic = fh.read(2)
@@ -103,7 +103,6 @@ def open_maybe_gzip(path: Path):
     gz = gzip.GzipFile(fileobj=fh, mode="rb")
     gz.myfileobj = fh  # closed with it (what GzipFile does with a file it opened itself)
     return gz
-
 
 
 def bounded_lines(fh, max_line: int, max_total: int):
@@ -133,4 +132,3 @@ def bounded_lines(fh, max_line: int, max_total: int):
             raise ImportFailed(
                 f"the file inflates to over {max_total / 2**30:.0f} GiB; refusing it (a zip bomb?)"
             )
-

@@ -17,7 +17,6 @@ from idiolect.core.store import Store, check_name
 PEER_FORMATS = ("auto", "stackexchange", "jsonl", "csv")
 
 
-
 def read_peer_table(
     path: str | Path, *, encoding: str = "utf-8"
 ) -> tuple[list[dict], list[Skipped], str | None]:
@@ -65,7 +64,6 @@ def read_peer_table(
     return rows, skipped, None
 
 
-
 def detect_peer_format(path: Path) -> str:
     name = path.name.lower()
     if name.endswith((".xml", ".xml.gz")):
@@ -78,7 +76,6 @@ def detect_peer_format(path: Path) -> str:
     raise ImportFailed(
         f"{path.name}: cannot tell the format from the name; pass --format stackexchange, jsonl or csv"
     )
-
 
 
 def import_peers(
@@ -153,4 +150,3 @@ def import_peers(
     added_idx = set(range(len(rows))) - set(result.duplicates)
     report.writers = len({rows[i]["writer"] for i in added_idx})
     return report
-

@@ -3,15 +3,16 @@
 The default pool is written for this project: invented pseudonymous writers with clearly different
 voices answering the same everyday prompts (``assets/prompts/everyday.jsonl``). It is loaded through the
 same JSONL importer as any user pool (so it gets pseudonyms and scrubbing too) the first time a database
-is opened, so the app works on a fresh machine with no download.
+is opened (:func:`open_store`), so the app works on a fresh machine with no download.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 
 from idiolect.core.base.errors import IdiolectError
-from idiolect.core.base.paths import ASSETS
+from idiolect.core.base.paths import ASSETS, default_db_path
 from idiolect.core.ingest.peers import import_peers
 from idiolect.core.ingest.report import ImportReport
 from idiolect.core.store import Store
@@ -72,3 +73,15 @@ def ensure_defaults(store: Store) -> list[ImportReport]:
                     )
                 )
     return reports
+
+
+def open_store(db: str | None) -> Store:
+    """Open (and migrate) the database, and load the bundled defaults on first start."""
+    store = Store(db or default_db_path())
+    if store.backup_path:
+        print(
+            f"note: upgraded the database; the previous version is saved as {store.backup_path}",
+            file=sys.stderr,
+        )
+    ensure_defaults(store)
+    return store

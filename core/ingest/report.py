@@ -14,7 +14,6 @@ class Skipped:
     reason: str
 
 
-
 @dataclass
 class ImportReport:
     source: str
@@ -71,7 +70,6 @@ class ImportReport:
         return out
 
 
-
 def check_text(text, *, field_name: str = "text") -> str | None:
     """None if ``text`` is fit to store, else why not."""
     if text is None:
@@ -84,9 +82,10 @@ def check_text(text, *, field_name: str = "text") -> str | None:
     if not text.strip():
         return f"empty '{field_name}'"
     if len(text) > limits.MAX_TEXT_CHARS:
-        return f"'{field_name}' is {len(text):,} characters, over the {limits.MAX_TEXT_CHARS:,} limit; split it"
+        return (
+            f"'{field_name}' is {len(text):,} characters, over the {limits.MAX_TEXT_CHARS:,} limit; split it"
+        )
     return None
-
 
 
 def optional_text(value, field_name: str) -> tuple[str | None, str | None]:
@@ -101,4 +100,3 @@ def optional_text(value, field_name: str) -> tuple[str | None, str | None]:
     if len(value) > limits.MAX_TEXT_CHARS:
         return None, f"'{field_name}' is {len(value):,} characters, over the {limits.MAX_TEXT_CHARS:,} limit"
     return normalize(value) or None, None
-

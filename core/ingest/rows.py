@@ -27,7 +27,6 @@ def _jsonl_line(lineno: int, line: str) -> Iterable[tuple[str, object | None, st
         yield where, None, "not readable JSON (nested too deeply)"
 
 
-
 def stream_jsonl(chunks: Iterable[str]) -> Iterable[tuple[str, object | None, str | None]]:
     """JSONL rows read piece by piece: one line in memory at a time, never the whole file's rows."""
     rest, lineno = "", 0
@@ -40,7 +39,6 @@ def stream_jsonl(chunks: Iterable[str]) -> Iterable[tuple[str, object | None, st
             yield from _jsonl_line(lineno, line)
     if rest:
         yield from _jsonl_line(lineno + 1, rest)
-
 
 
 def stream_json(chunks: Iterable[str], name: str) -> Iterable[tuple[str, object | None, str | None]]:
@@ -115,7 +113,6 @@ def stream_json(chunks: Iterable[str], name: str) -> Iterable[tuple[str, object 
         yield f"item {n}", item, None
 
 
-
 _EOL = re.compile(r"\r\n|\r|\n")
 
 
@@ -186,10 +183,8 @@ def iter_csv(
         yield where, dict(zip(header, values, strict=True)), None
 
 
-
 def _lines(start: int, end: int) -> str:
     return f"line {end}" if start >= end else f"lines {start}-{end}"
-
 
 
 def iter_table(
@@ -208,8 +203,6 @@ def iter_table(
     raise ValueError(fmt)
 
 
-
 def table_format(path: Path) -> str | None:
     suffix = path.suffix.lower()
     return {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv"}.get(suffix)
-

@@ -30,7 +30,6 @@ SAMPLE_SUFFIXES = (".txt", ".md", ".markdown", ".jsonl", ".ndjson", ".json", ".c
 SPLITS = ("blocks", "file")
 
 
-
 _BLANK_LINES = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)*")
 
 
@@ -118,7 +117,11 @@ def _size_limit(path: Path) -> int:
             head = fh.read(65536)
     except (OSError, ImportFailed):
         return limits.MAX_SAMPLE_FILE_BYTES
-    return limits.MAX_CHAT_EXPORT_BYTES if any(m in head for m in _CHAT_MARKERS) else limits.MAX_SAMPLE_FILE_BYTES
+    return (
+        limits.MAX_CHAT_EXPORT_BYTES
+        if any(m in head for m in _CHAT_MARKERS)
+        else limits.MAX_SAMPLE_FILE_BYTES
+    )
 
 
 def read_samples(path: str | Path, *, split: str = "blocks", encoding: str = "utf-8") -> SampleFile:
@@ -280,5 +283,3 @@ def import_sample_texts(store: Store, profile: str, texts: str, *, split: str = 
 
 # ---------------------------------------------------------------------------------------------------------
 # Peer pools.
-
-

@@ -22,9 +22,7 @@ from idiolect.core.ingest.report import Skipped, check_text
 _ROW_START = re.compile(r"<row\b")
 
 
-
 _TAG_CHARS = re.compile(r"[\"'>]")
-
 
 
 @dataclass
@@ -36,7 +34,6 @@ class _RowScan:
     quote: str | None = None
     tag_end: int | None = None
     close_from: int = 0
-
 
 
 def _row_end(buf: str, scan: _RowScan) -> int | None:
@@ -74,16 +71,13 @@ def _row_end(buf: str, scan: _RowScan) -> int | None:
     return j + 6
 
 
-
 def se_site(path: Path) -> str:
     m = re.match(r"(.+?)_Posts\.xml", path.name, re.IGNORECASE)
     return m.group(1) if m else ""
 
 
-
 def _se_license(creation_date: str | None) -> str:
     return "CC BY-SA 3.0" if (creation_date or "9999") < "2018-05-02" else "CC BY-SA 4.0"
-
 
 
 def read_stackexchange(
@@ -208,7 +202,7 @@ def read_stackexchange(
         rows.append(
             {
                 "original_writer": f"{site}:{owner}",
-                "context": context[:limits.MAX_TEXT_CHARS],
+                "context": context[: limits.MAX_TEXT_CHARS],
                 "text": text,
                 "source": f"{site or path.name} answer {post_id}",
                 "attribution": json.dumps(attribution),
@@ -216,4 +210,3 @@ def read_stackexchange(
             }
         )
     return rows, skipped, error
-

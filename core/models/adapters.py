@@ -21,7 +21,6 @@ def adapter_identity(path: str | Path) -> str:
     return f"{path}:{h.hexdigest()}"
 
 
-
 def adapter_base(path: str | Path) -> str | None:
     """The base model an adapter was trained on: Idiolect's own record (idiolect.json) first, else PEFT's
     ``base_model_name_or_path``."""
@@ -38,7 +37,6 @@ def adapter_base(path: str | Path) -> str | None:
     return None
 
 
-
 def same_model(a: str | Path, b: str | Path) -> bool:
     """Whether two model references (folders or hub ids) name the same model."""
     a, b = str(a), str(b)
@@ -46,4 +44,3 @@ def same_model(a: str | Path, b: str | Path) -> bool:
         return True
     pa, pb = Path(a).expanduser(), Path(b).expanduser()
     return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
-

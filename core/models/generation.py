@@ -49,5 +49,3 @@ def open_generator(
         )
     path = source.path if source.kind == "gguf" else gguf_for(local_model_dir(model), gguf_cache)
     return LlamaCppGenerator(path, lora_path=lora)
-
-

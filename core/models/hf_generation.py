@@ -173,4 +173,3 @@ class HFGenerator(Generator):
             if isinstance(exc, torch.cuda.OutOfMemoryError):
                 raise IdiolectError("out of GPU memory while generating: lower max tokens") from exc
             raise exc
-

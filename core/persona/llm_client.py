@@ -23,7 +23,6 @@ class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-
 def openai_compatible_writer(url: str, api_key: str | None, model: str):
     """A ``writer`` that asks an OpenAI-compatible chat endpoint (``url`` up to /v1). The key is sent in the
     Authorization header only, never to another origin (a redirect elsewhere is refused), never logged or
@@ -63,4 +62,3 @@ def openai_compatible_writer(url: str, api_key: str | None, model: str):
         return content.replace(api_key, "[key removed]") if api_key else content
 
     return write
-

@@ -388,7 +388,6 @@ def report_text(report: dict) -> str:
     return "\n".join(lines) or "No clear differences yet: add more of your writing."
 
 
-
 # --------------------------------------------------------------------------------------------------------
 # Putting it together for a profile
 
@@ -419,5 +418,3 @@ def profile_data(store, profile: str, pool: str = "default", *, max_writers: int
     writers = sorted((w for w, ts in by_writer.items() if len(ts) >= 2), key=order)
     peers = {w: by_writer[w][:max_texts] for w in writers[:max_writers]}
     return user, peers, liked, disliked
-
-

@@ -11,17 +11,14 @@ from idiolect.core.persona.style import SENT_SPLIT_RE, difference_report, profil
 GENERIC_SUMMARY = "Write clearly and helpfully."
 
 
-
 def _first_sentence(text: str, max_words: int = 20) -> str:
     first = SENT_SPLIT_RE.split(text.strip())[0]
     words = first.split()
     return " ".join(words[:max_words]) + ("..." if len(words) > max_words else "")
 
 
-
 def _cap(text: str) -> str:
     return text[:1].upper() + text[1:]
-
 
 
 def template_candidates(report: dict, examples: Sequence[str]) -> dict[str, str]:
@@ -65,7 +62,6 @@ def template_candidates(report: dict, examples: Sequence[str]) -> dict[str, str]
     return cands
 
 
-
 def llm_candidates(report: dict, examples: Sequence[str], writer, n: int = 2) -> dict[str, str]:
     """Summaries written by an LLM from the differences and a few examples. ``writer(prompt) -> str``."""
     prompt = (
@@ -84,7 +80,6 @@ def llm_candidates(report: dict, examples: Sequence[str], writer, n: int = 2) ->
     return out
 
 
-
 def _summary_logps(model, tokenizer, pairs, system, device, max_length, response_tokens):
     from idiolect.core.models.prompt import DEFAULT_PROMPT
     from idiolect.core.training.data import Example, tokenize
@@ -97,7 +92,6 @@ def _summary_logps(model, tokenizer, pairs, system, device, max_length, response
     return logps_of(model, ex, device, tokenizer.pad_token_id or 0, adapter=False)
 
 
-
 def summary_baseline(
     model, tokenizer, user, peers, device="cpu", max_length: int = 512, response_tokens: int = 64
 ):
@@ -108,7 +102,6 @@ def summary_baseline(
         "user": _summary_logps(model, tokenizer, user, None, *args),
         "peers": _summary_logps(model, tokenizer, peers, None, *args),
     }
-
 
 
 def summary_lift(
@@ -146,7 +139,6 @@ def summary_lift(
     }
 
 
-
 def _split_user(texts: list[tuple[str | None, str]], max_heldout: int = 16):
     from idiolect.core.training.data import _heldout
 
@@ -155,7 +147,6 @@ def _split_user(texts: list[tuple[str | None, str]], max_heldout: int = 16):
         held = texts[-max(2, len(texts) // 4) :]
     keep = [pt for pt in texts if pt not in held]
     return keep, held
-
 
 
 def _peer_sample(peers: dict[str, list[tuple[str | None, str]]], n: int) -> list[tuple[str | None, str]]:
@@ -172,7 +163,6 @@ def _peer_sample(peers: dict[str, list[tuple[str | None, str]]], n: int) -> list
         out += [q[depth] for q in queues if len(q) > depth][: n - len(out)]
         depth += 1
     return out
-
 
 
 def build_summary(
@@ -232,4 +222,3 @@ def build_summary(
         "report": report,
         "heldout": {"user": held_user, "peers": held_peers},
     }
-

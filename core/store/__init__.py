@@ -12,8 +12,17 @@ from idiolect.core.store.ratings import RatingTables
 from idiolect.core.store.runs import RUN_STATUSES, RunTables
 from idiolect.core.store.samples import GENERATION_KEY, SAMPLE_KEY, InsertResult, SampleTables, row_key
 
-__all__ = ["GENERATION_KEY", "RUN_STATUSES", "SAMPLE_KEY", "SCHEMA_VERSION", "InsertResult", "Store", "check_name",
-           "row_key", "utcnow"]
+__all__ = [
+    "GENERATION_KEY",
+    "RUN_STATUSES",
+    "SAMPLE_KEY",
+    "SCHEMA_VERSION",
+    "InsertResult",
+    "Store",
+    "check_name",
+    "row_key",
+    "utcnow",
+]
 
 
 class Store(Database, ProfileTables, SampleTables, RatingTables, PoolTables, RunTables):

@@ -49,7 +49,6 @@ def loads_or(value: str | None, default):
         return default
 
 
-
 class Database:
     """The SQLite file of one installation. Thread-safe: each thread gets its own connection."""
 
@@ -252,4 +251,3 @@ def _disk_full(path: Path) -> bool:
 def backups_of(path: Path) -> list[Path]:
     """The automatic backups beside a database (written before each migration), newest first."""
     return sorted(path.parent.glob(f"{path.stem}.backup*{path.suffix or '.db'}"), reverse=True)
-

@@ -10,7 +10,6 @@ from idiolect.core.base.identity import content_hash
 SCHEMA_VERSION = 7
 
 
-
 # Migrations. Each takes a connection inside an open write transaction. Never edit a released migration:
 # add the next one.
 

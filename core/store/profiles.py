@@ -21,7 +21,6 @@ def check_name(name: str, what: str = "profile") -> str:
     return name
 
 
-
 class ProfileTables:
     # -- profiles ---------------------------------------------------------------------------------------
 

@@ -11,7 +11,6 @@ from idiolect.core.store.db import loads_or, utcnow
 RUN_STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 
 
-
 class RunTables:
     # -- training runs ----------------------------------------------------------------------------------
 

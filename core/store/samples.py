@@ -30,7 +30,6 @@ class InsertResult:
     rated_duplicates: list[int] = field(default_factory=list)  # positions of ratings already there
 
 
-
 class SampleTables:
     # -- generic de-duplicating insert --------------------------------------------------------------------
 

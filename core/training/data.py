@@ -206,5 +206,3 @@ def plan_batches(
 
 # ---------------------------------------------------------------------------------------------------------
 # The profile's data as preference datasets for other trainers (TRL, LLaMA-Factory).
-
-

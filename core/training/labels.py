@@ -31,7 +31,6 @@ def feedback_examples(rating: int, text: str, edited_text: str | None) -> list[t
     return [(TAR if rating > 0 else NEG, text)]
 
 
-
 def feedback_meaning(rating: int, edited: bool) -> str:
     """What a rating does to training, in words for the person who gave it (from :func:`feedback_examples`)."""
     labels = {k for k, _ in feedback_examples(rating, "generated", "edit" if edited else None)}
@@ -42,9 +41,7 @@ def feedback_meaning(rating: int, edited: bool) -> str:
     return "learned as what you would write" if TAR in labels else "learned as what you would not write"
 
 
-
 PAIRS_PER_PROMPT = 4
-
 
 
 @dataclass
@@ -55,7 +52,6 @@ class PreferenceData:
     unpaired: list[dict]  # {prompt, completion, label (bool), source}
     pairs: list[dict]  # {prompt, chosen, rejected, source}
     unlabeled: list[dict]  # {prompt, completion, writer}: the peer pool, other writers' texts
-
 
 
 def preference_data(store: Store, profile: str, *, pool: str | None = "default") -> PreferenceData:
@@ -104,4 +100,3 @@ def preference_data(store: Store, profile: str, *, pool: str | None = "default")
             unlabeled.append({"prompt": user_message(None, p["context"]), "completion": p["text"],
                               "writer": p["writer"]})  # fmt: skip
     return PreferenceData(unpaired, pairs, unlabeled)
-

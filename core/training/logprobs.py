@@ -13,11 +13,9 @@ from idiolect.core.training.data import (
 LOGIT_CHUNK = 1024  # response tokens per LM-head chunk
 
 
-
 HEAD_MEMORY_BUDGET = (
     2 * 2**30
 )  # bytes of saved head activations (logits + log-softmax, fp32) kept for backward
-
 
 
 def cpu_has_native_bf16() -> bool:
@@ -26,9 +24,7 @@ def cpu_has_native_bf16() -> bool:
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
-
 AUTO_BF16_MIN_PARAMS = 100_000_000  # below this, the casts cost more than bf16 matmuls save
-
 
 
 def autocast_dtype(precision: str, device: str, n_params: int = 0):
@@ -44,12 +40,10 @@ def autocast_dtype(precision: str, device: str, n_params: int = 0):
     return None
 
 
-
 def decoder_and_head(model):
     """(decoder, lm_head) of a causal LM, PEFT-wrapped or not (LoRA layers live inside both)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return base.get_decoder(), base.get_output_embeddings()
-
 
 
 def logit_transform(model) -> tuple[float | None, float | None]:
@@ -59,7 +53,6 @@ def logit_transform(model) -> tuple[float | None, float | None]:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = getattr(base.config, "get_text_config", lambda: base.config)()
     return getattr(config, "final_logit_softcapping", None), getattr(config, "logit_scale", None)
-
 
 
 def _chunk_logps(
@@ -75,7 +68,6 @@ def _chunk_logps(
     if softcap is not None:
         logits = torch.tanh(logits / softcap) * softcap
     return torch.gather(F.log_softmax(logits, dim=-1), 1, targets[:, None])[:, 0]
-
 
 
 def response_logps(
@@ -133,7 +125,6 @@ def response_logps(
     return sums, counts
 
 
-
 def batched(examples: list[Example], max_tokens: int):
     """Length-sorted batches of at most ``max_tokens`` padded tokens (for no-grad passes)."""
     order = sorted(range(len(examples)), key=lambda i: examples[i].length)
@@ -145,7 +136,6 @@ def batched(examples: list[Example], max_tokens: int):
         batch.append(i)
     if batch:
         yield batch
-
 
 
 @torch.no_grad()
@@ -180,10 +170,8 @@ def logps_of(
     return sums, counts
 
 
-
 def mean_token_ll(model, examples, device, pad_id, *, adapter: bool, autocast=None) -> float | None:
     if not examples:
         return None
     s, c = logps_of(model, examples, device, pad_id, adapter=adapter, autocast=autocast)
     return float(s.sum() / c.sum())
-

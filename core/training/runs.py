@@ -19,7 +19,6 @@ def run_dir(store: Store, run_id: int) -> Path:
     return store.path.parent / "runs" / str(run_id)
 
 
-
 def latest_completed_run(
     store: Store, profile_id: int, *, model_dir: str | Path | None = None
 ) -> dict | None:
@@ -34,7 +33,6 @@ def latest_completed_run(
             continue
         return run
     return None
-
 
 
 def estimate_run(store: Store, profile: str, cfg: TrainConfig) -> dict:
@@ -77,11 +75,9 @@ def estimate_run(store: Store, profile: str, cfg: TrainConfig) -> dict:
     return out
 
 
-
 def latest_checkpoint(directory: Path) -> Path | None:
     ckpts = sorted(directory.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     return ckpts[-1] if ckpts else None
-
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -93,9 +89,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-
 DATA_RECORD = "data.json"
-
 
 
 def _record_examples(examples: list[Example]) -> list[dict]:
@@ -111,7 +105,6 @@ def _record_examples(examples: list[Example]) -> list[dict]:
     ]
 
 
-
 def data_record(sets: TrainingSets, total_steps: int) -> dict:
     """Exactly what a run trains and evaluates on (each row's source id, content hash and text) and its step
     count: written when a run starts, used as-is when it resumes, named in the export manifest."""
@@ -125,7 +118,6 @@ def data_record(sets: TrainingSets, total_steps: int) -> dict:
     }
 
 
-
 def sets_from_record(record: dict) -> TrainingSets:
     def examples(kind, rows):
         return [Example(kind, r["prompt"], r["context"], r["text"], r["source"]) for r in rows]
@@ -136,14 +128,12 @@ def sets_from_record(record: dict) -> TrainingSets:
     )
 
 
-
 def record_summary(record: dict) -> dict:
     """The record without the texts: row sources and content hashes per set (what a manifest names)."""
     return {
         split: {k: [f"{r['source']}#{r['hash']}" for r in rows] for k, rows in group.items()}
         for split, group in record["sets"].items()
     }
-
 
 
 def read_data_record(directory: Path) -> dict | None:
@@ -156,7 +146,6 @@ def read_data_record(directory: Path) -> dict | None:
             f"the record of this run's training data ({directory / DATA_RECORD}) cannot be read ({exc}); "
             "start a new run"
         ) from exc
-
 
 
 def check_trainable(store: Store, profile: str, cfg: TrainConfig) -> None:
@@ -175,8 +164,6 @@ def check_trainable(store: Store, profile: str, cfg: TrainConfig) -> None:
     )
 
 
-
 def create_run(store: Store, profile: str, cfg: TrainConfig) -> int:
     prof = store.get_profile(profile)
     return store.create_run(prof["id"], cfg.objective, cfg.model, cfg.to_dict())
-

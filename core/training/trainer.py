@@ -26,6 +26,7 @@ import os
 import random
 import resource
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -125,6 +126,15 @@ def disable_dropout(model) -> None:
             module.p = 0.0
 
 
+# The signal whose Python handler interrupts a model load (never sent by the OS: ``_thread.interrupt_main``
+# calls the handler itself, which works whatever the process inherited for SIGINT).
+STOP_SIGNAL = getattr(signal, "SIGUSR2", None)
+
+
+def _raise_stop(signum, frame) -> None:
+    raise StopRequested
+
+
 class StopRequested(Exception):
     """Raised inside a forward pass (or between stages) once a stop was asked for."""
 
@@ -137,7 +147,7 @@ class Trainer:
     watcher thread notices the flag within half a second; the stop then takes effect at the next layer of the
     forward pass in every stage (reference log-probs, training, evaluation): a step cut short is discarded
     and the run checkpoints at the last whole step. While the model itself loads there is nothing to save:
-    when the trainer runs on the main thread, that stage is interrupted at once (KeyboardInterrupt)."""
+    when the trainer runs on the main thread, that stage is interrupted at once (see :meth:`request_stop`)."""
 
     def __init__(
         self,
@@ -158,17 +168,34 @@ class Trainer:
         self.stage = "starting"
         self._stop = threading.Event()
         self._on_main = threading.current_thread() is threading.main_thread()
+        self._interruptible = False
 
     # -- stopping ---------------------------------------------------------------------------------------
 
     def request_stop(self) -> None:
-        """Ask the run to stop (checkpointing first). Safe from any thread and from a signal handler."""
+        """Ask the run to stop (checkpointing first). Safe from any thread and from a signal handler. While
+        the model loads (one long call with no place to look at the flag) the main thread is interrupted through
+        a signal handler of the run's own (:data:`STOP_SIGNAL`), so a worker whose SIGINT is ignored (started
+        under nohup, systemd or a launcher) is cancelled as fast as one at a terminal."""
         first = not self._stop.is_set()
         self._stop.set()
-        if first and self.stage == "loading the model" and self._on_main:
+        if first and self.stage == "loading the model" and self._interruptible:
             import _thread
 
-            _thread.interrupt_main()
+            _thread.interrupt_main(STOP_SIGNAL)
+
+    def _interrupt_handler(self) -> Callable[[], None]:
+        """Install the handler :meth:`request_stop` interrupts the main thread through; returns its undo."""
+        if not self._on_main or STOP_SIGNAL is None:
+            return lambda: None
+        previous = signal.signal(STOP_SIGNAL, _raise_stop)
+        self._interruptible = True
+
+        def undo() -> None:
+            self._interruptible = False
+            signal.signal(STOP_SIGNAL, previous)
+
+        return undo
 
     @property
     def stop_requested(self) -> bool:
@@ -209,6 +236,7 @@ class Trainer:
             self.run_id, status="running", pid=os.getpid(), started_at=utcnow(), error=None, stage="starting"
         )
         done = threading.Event()
+        undo_handler = self._interrupt_handler()
         watcher = threading.Thread(target=self._watch, args=(done,), name="stop-watcher", daemon=True)
         watcher.start()
         try:
@@ -232,6 +260,7 @@ class Trainer:
             raise
         finally:
             done.set()
+            undo_handler()
         return result
 
     def _run(self) -> dict:
@@ -557,5 +586,3 @@ class Trainer:
             if old != final and int(old.name.split("-")[1]) < step:
                 shutil.rmtree(old, ignore_errors=True)
         return final
-
-

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import os
 import shutil
 import signal
 import subprocess
@@ -20,29 +19,13 @@ import sys
 
 from idiolect.core.base.errors import IdiolectError
 from idiolect.core.base.paths import PACKAGE_ROOT
+from idiolect.core.base.process import process_alive
 from idiolect.core.store import Store, utcnow
 from idiolect.core.training.config import TrainConfig
 from idiolect.core.training.runs import check_trainable, create_run, latest_checkpoint, run_dir
 from idiolect.core.training.trainer import Trainer
 
 ACTIVE = ("queued", "running")
-
-
-def process_alive(pid: int | None) -> bool:
-    """Whether a process with this id runs (a zombie does not)."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not yet reaped by its parent) is not alive
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(") ", 1)[1][:1] != "Z"
-    except OSError:
-        return True
 
 
 def spawn(store: Store, run_id: int) -> int:
@@ -62,15 +45,37 @@ def spawn(store: Store, run_id: int) -> int:
     return proc.pid
 
 
-def start(store: Store, profile: str, cfg: TrainConfig) -> int:
-    """Create a run and start its worker; returns the run id at once."""
+def new_run(store: Store, profile: str, cfg: TrainConfig) -> int:
+    """The one way a run begins, in the background or in the foreground: refused while another run of the
+    profile trains (one active run per profile) or when it would fail at once; else its row, queued."""
     for run in store.list_runs(store.get_profile(profile)["id"]):
         if status(store, run["id"])["status"] in ACTIVE:
             raise IdiolectError(
                 f"run {run['id']} is still training for {profile!r}: cancel it or wait for it"
             )
     check_trainable(store, profile, cfg)
-    run_id = create_run(store, profile, cfg)
+    return create_run(store, profile, cfg)
+
+
+def reopen_run(store: Store, run_id: int) -> dict:
+    """The one way a run resumes, in the background or in the foreground: refused while it trains (its worker
+    alive) or once it has finished; else queued again with its cancel flag and error cleared."""
+    run = status(store, run_id)
+    if run["status"] in ACTIVE:
+        where = f" in process {run['pid']}" if run.get("pid") else ""
+        raise IdiolectError(f"run {run_id} is already training{where}")
+    if run["status"] == "completed":
+        raise IdiolectError(
+            f"run {run_id} has finished already (its adapter is {run['adapter_path']}); start a new run to "
+            "train further"
+        )
+    store.update_run(run_id, status="queued", cancel_requested=0, error=None, finished_at=None)
+    return store.get_run(run_id)
+
+
+def start(store: Store, profile: str, cfg: TrainConfig) -> int:
+    """Create a run and start its worker; returns the run id at once."""
+    run_id = new_run(store, profile, cfg)
     spawn(store, run_id)
     return run_id
 
@@ -83,12 +88,7 @@ def cancel(store: Store, run_id: int) -> None:
 
 
 def resume(store: Store, run_id: int) -> int:
-    run = status(store, run_id)
-    if run["status"] in ACTIVE:
-        raise IdiolectError(f"run {run_id} is already training")
-    if run["status"] == "completed":
-        raise IdiolectError(f"run {run_id} has finished; start a new run to train further")
-    store.update_run(run_id, status="queued", cancel_requested=0, error=None, finished_at=None)
+    reopen_run(store, run_id)
     return spawn(store, run_id)
 
 
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from idiolect.core.cli import exit_process
+    from idiolect.core.base.process import exit_process
 
     exit_process(main())
 
@@ -177,4 +177,3 @@ def delete_profile(store: Store, name: str) -> dict:
     for r in runs:
         shutil.rmtree(run_dir(store, r["id"]), ignore_errors=True)
     return gone
-

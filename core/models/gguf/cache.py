@@ -15,7 +15,6 @@ from idiolect.core.base.progress import Counted
 SOURCE_RECORD = "idiolect-source.json"  # in a dequantized folder: which GGUF file (and hash) it came from
 
 
-
 def gguf_architecture(path: str | os.PathLike) -> tuple[str, int]:
     """(architecture, number of weights) of a GGUF file, from its header (no weights read)."""
     import gguf
@@ -27,7 +26,6 @@ def gguf_architecture(path: str | os.PathLike) -> tuple[str, int]:
     except (KeyError, ValueError, OSError) as exc:
         raise IdiolectError(f"{path}: not a readable GGUF file ({exc})") from exc
     return arch, n_weights
-
 
 
 def dequantized_dir(gguf_path: str | os.PathLike, *, progress: Counted | None = None) -> Path:
@@ -129,11 +127,9 @@ def dequantized_dir(gguf_path: str | os.PathLike, *, progress: Counted | None = 
     return out
 
 
-
 def gguf_source(model_dir: str | os.PathLike) -> dict | None:
     """For a dequantized folder: the GGUF file it came from (``{"gguf", "sha256", "architecture"}``)."""
     try:
         return json.loads((Path(model_dir) / SOURCE_RECORD).read_text())
     except (OSError, ValueError):
         return None
-

@@ -24,7 +24,6 @@ def gguf_context_length(path: str | Path) -> int | None:
         return None
 
 
-
 def complete_config(reader: gguf.GGUFReader, config, support: ArchSupport) -> None:
     """Fill in what transformers' GGUF config reader leaves at the class defaults, from the file's metadata
     (in place): head_dim (Qwen3's default is 128 whatever the file says) and, for Gemma 3, the sliding-window
@@ -62,7 +61,6 @@ def complete_config(reader: gguf.GGUFReader, config, support: ArchSupport) -> No
         full.update(rope_type="linear", factor=float(field(gguf.Keys.Rope.SCALING_FACTOR)))
     local = {"rope_type": "default", "rope_theta": float(field(gguf.Keys.Rope.FREQ_BASE_SWA) or 10_000.0)}
     config.rope_parameters = {"full_attention": full, "sliding_attention": local}
-
 
 
 def dequantize_gguf(
@@ -158,4 +156,3 @@ def _write_safetensors_streamed(
                 written += chunk.size
             if written != int(np.prod(shape)):
                 raise IdiolectError(f"{name}: {written} values written where {tuple(shape)} was expected")
-

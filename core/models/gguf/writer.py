@@ -504,5 +504,3 @@ def convert_lora_to_gguf(
     writer.write_tensors_to_file()
     writer.close()
     return out_path
-
-
