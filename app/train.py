@@ -10,8 +10,7 @@ from idiolect.app.common import Ctx, frame, model_of, need, on, signed, status
 from idiolect.core.base.errors import IdiolectError
 from idiolect.core.persona import likeness
 from idiolect.core.training import worker
-from idiolect.core.training.config import TrainConfig, defaults
-from idiolect.core.training.objectives import DESCRIPTIONS
+from idiolect.core.training.config import DESCRIPTIONS, TrainConfig, defaults
 from idiolect.core.training.runs import estimate_run
 
 DEFAULTS = TrainConfig(
@@ -154,7 +153,8 @@ class TrainTab:
                                elem_id="train-epochs", minimum=1)  # fmt: skip
             lr = gr.Number(value=DEFAULTS.lr, label="Learning rate", elem_id="train-lr")
         with gr.Row():
-            batch = gr.Number(value=DEFAULTS.batch_size, precision=0, label="Your texts per step", minimum=1)
+            batch = gr.Number(value=DEFAULTS.batch_size, precision=0, label="Your texts per step", minimum=1,
+                              elem_id="train-batch")  # fmt: skip
             lora_r = gr.Number(value=DEFAULTS.lora_r, precision=0, label="LoRA rank (alpha = 2 x rank)", minimum=1,
                                elem_id="train-rank")  # fmt: skip
             max_length = gr.Number(value=DEFAULTS.max_length, precision=0, label="Max tokens per text", minimum=16,

@@ -127,10 +127,9 @@ def test_own_answers_in_a_stackexchange_dump_become_samples_not_peers(beer_posts
     assert wrong.returncode == 1 and "no texts by 'no-such-user'" in wrong.stdout
 
 
-def test_train_flags_come_from_the_config_dataclass():
+def test_train_flags_come_from_the_config_dataclass(tmp_path):
     """One source of defaults: the `train` command's flags give exactly TrainConfig's defaults, every flag has a
     field, and the app's Train tab starts at the same values."""
-    from idiolect.app import train as train_tab
     from idiolect.core.cli import build_parser
     from idiolect.core.training import config
 
@@ -141,5 +140,16 @@ def test_train_flags_come_from_the_config_dataclass():
     )
     cfg = config.from_args(args, "m")
     assert (cfg.lr, cfg.lora_r, cfg.lora_alpha, cfg.pi) == (3e-3, 4, 8, 0.2)
-    for name in ("lr", "epochs", "batch_size", "lora_r", "max_length", "objective"):
-        assert getattr(train_tab.DEFAULTS, name) == config.defaults()[name]
+    # The Train tab's fields, as built, start at the config's defaults.
+    from idiolect.app.main import build_ui
+    from idiolect.core.ingest.pool import open_store
+
+    store = open_store(str(tmp_path / "ui.db"))
+    try:
+        shown = {b.elem_id: getattr(b, "value", None) for b in build_ui(store).blocks.values() if b.elem_id}
+    finally:
+        store.close()
+    want = config.defaults()
+    fields = {"objective": "objective", "train-epochs": "epochs", "train-lr": "lr", "train-rank": "lora_r",
+              "train-max-length": "max_length", "train-batch": "batch_size"}  # fmt: skip
+    assert {k: shown.get(k) for k in fields} == {k: want[v] for k, v in fields.items()}

@@ -257,7 +257,8 @@ def test_hardening_an_unreadable_checkpoint_is_set_aside_and_the_run_resumes(pre
     result = Trainer(target_store, run).run()
     assert result["status"] == "completed"
     assert target_store.get_run(run)["step"] == 6
-    assert (folder / f"broken-{newest.name}").is_dir() or not newest.exists()
+    broken = folder / f"broken-{newest.name}"
+    assert broken.is_dir() and (broken / "state.pt").read_bytes() == b"PK\x03\x04 cut short"  # set aside, kept
 
 
 # 7. Export never writes through a link, and a failed export leaves nothing half-written --------------------------
@@ -289,7 +290,6 @@ def test_hardening_export_replaces_planted_links_and_fails_whole(store, tiny_mod
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(export_mod, "convert_lora_to_gguf", full_disk, raising=False)
     monkeypatch.setattr("idiolect.core.models.gguf.writer.convert_lora_to_gguf", full_disk)
     with pytest.raises(IdiolectError, match=r"failed \(the disk is full\); nothing was written"):
         export_mod.export(store, "Sam O'Neil", out, formats=["peft", "gguf", "summary"], gguf_dtype="f32")

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from idiolect.core.training.objectives import ObjectiveConfig, RewardShift, implicit_rewards, objective_loss
+from idiolect.core.training.config import ObjectiveConfig
+from idiolect.core.training.objectives import RewardShift, implicit_rewards, objective_loss
 
 
 def lp(r, d):  # -log sigmoid(r - d)
@@ -124,13 +125,24 @@ def test_kto_matches_hand_computation():
     assert low[0].grad[0] < 0 < low[1].grad[0]  # pushes the target's reward up and the peer's down
 
 
-def test_cli_offers_every_objective():
+def test_every_objective_the_cli_offers_has_its_own_loss():
+    """Each name of the registry trains with a loss of its own: the CLI offers it, it gives a finite loss, and
+    no two objectives give the same loss on one batch (a name that fell through to another's loss would). A
+    name outside the registry is an error, never C-BPO."""
     from idiolect.core.cli import build_parser
-    from idiolect.core.training.objectives import OBJECTIVES, ObjectiveConfig
+    from idiolect.core.training.config import OBJECTIVES
 
+    losses = {}
     for name in OBJECTIVES:
-        ObjectiveConfig(name=name)  # implemented
         assert build_parser().parse_args(["train", "--objective", name]).objective == name
+        loss, terms = objective_loss(ObjectiveConfig(name), PI, D, *tensors(T, A, N), nll_tar=torch.tensor(2.5))
+        assert math.isfinite(float(loss)) and terms["loss"] == pytest.approx(float(loss))
+        losses[name] = round(float(loss), 6)
+    assert len(set(losses.values())) == len(OBJECTIVES), losses
+    unknown = ObjectiveConfig("cbpo")
+    unknown.name = "dpo"  # past the config's own check, as a new name without a loss would be
+    with pytest.raises(ValueError, match="no loss for objective 'dpo'"):
+        objective_loss(unknown, PI, D, *tensors(T, A, N))
 
 
 def test_length_normalized_rewards_do_not_grow_with_the_answer():

@@ -10,7 +10,54 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from idiolect.core.base.errors import IdiolectError
 
-OBJECTIVES = ("cbpo", "bco", "kto", "sft", "cbpo_pi0")  # idiolect.core.training.objectives implements each
+OBJECTIVES = ("cbpo", "bco", "kto", "sft", "cbpo_pi0")  # objectives.LOSSES holds the loss of each
+DEFAULT_OBJECTIVE = "kto"  # the best on the reported splits of the real-model benchmark (README: why)
+DEFAULT_BETA = 0.02  # tuned on beer for every preference objective
+
+
+REWARD_NORMS = ("sum", "mean")
+
+# What each objective does, in words for the app and the CLI (the product's default first where they list them).
+DESCRIPTIONS = {
+    "cbpo": "C-BPO: learns what is yours against other writers' texts, and does not push down what you share "
+    "with them (a positive-unlabeled correction). Uses your texts, your ratings and a peer pool.",
+    "kto": "KTO: raises the likelihood of your texts and lowers other writers' against a moving reference "
+    "point. Uses your texts, your ratings and a peer pool; can collapse at high learning rates.",
+    "sft": "SFT: imitates your texts and 👍 edits; no peers, no 👎. Learns the site's register as much as you.",
+    "bco": "BCO: yours against others, treating every peer text as something you would not write.",
+    "cbpo_pi0": "C-BPO without the PU correction (pi = 0): an ablation, for comparisons.",
+}
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = DEFAULT_OBJECTIVE
+    beta: float = DEFAULT_BETA  # reward scale
+    pi: float | None = (
+        None  # class prior of target-like peer texts; None = estimate per user (training.pu_prior)
+    )
+    lambda_n: float = 1.0  # weight of explicit thumbs-down negatives
+    lambda_sft: float = 0.0  # weight of the target token NLL
+    delta_decay: float = 0.95  # EMA decay of the reward means behind delta
+    pi_cap: float = 0.9
+    reward_norm: str = "sum"  # "sum" over response tokens, or "mean" per token (length-normalized)
+
+    def __post_init__(self) -> None:
+        if self.name not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, not {self.name!r}")
+        if self.pi is not None and not 0 <= self.pi <= self.pi_cap:
+            raise ValueError(f"pi must be within [0, {self.pi_cap}]")
+        if self.beta <= 0:
+            raise ValueError("beta must be positive")
+        if self.reward_norm not in REWARD_NORMS:
+            raise ValueError(
+                f"reward_norm must be one of {', '.join(REWARD_NORMS)}, not {self.reward_norm!r}"
+            )
+        if not 0 <= self.delta_decay < 1:
+            raise ValueError("delta_decay must be in [0, 1)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 def _opt(default, help: str, *, choices=None, cli: bool = True, type=None):  # noqa: A002 - argparse's names
@@ -22,7 +69,7 @@ def _opt(default, help: str, *, choices=None, cli: bool = True, type=None):  # n
 class TrainConfig:
     model: str
     objective: str = _opt(
-        "kto", "kto, cbpo, sft, bco or cbpo_pi0; the default is the best on the reported splits of the real-model "
+        DEFAULT_OBJECTIVE, "kto, cbpo, sft, bco or cbpo_pi0; the default is the best on the reported splits of the real-model "
         "benchmark (README: why)", choices=OBJECTIVES)  # fmt: skip
     pool: str = _opt("default", "peer pool: other writers' texts ('default' is the bundled pool)")
     steps: int | None = _opt(None, "optimizer steps (default: epochs x batches per epoch)", type=int)
@@ -49,7 +96,7 @@ class TrainConfig:
     heldout_fraction: float = _opt(
         0.1, "share of your texts (and of the peer texts) held out for the held-out metrics"
     )
-    beta: float = _opt(0.02, "reward scale, tuned on beer for every preference objective")
+    beta: float = _opt(DEFAULT_BETA, "reward scale, tuned on beer for every preference objective")
     pi: float | None = _opt(None, "class prior of target-like peer texts (default: estimated)", type=float)
     lambda_n: float = 1.0
     lambda_sft: float = _opt(0.0, "weight of an SFT term on your texts added to a preference objective")
@@ -67,8 +114,6 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise IdiolectError(f"objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}")
         for name in ("epochs", "batch_size", "grad_accum", "max_length", "save_every", "lora_r"):
             if getattr(self, name) < 1:
                 raise IdiolectError(f"{name.replace('_', ' ')} must be at least 1")
@@ -82,11 +127,9 @@ class TrainConfig:
             raise IdiolectError("the held-out fraction must be in [0, 1)")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise IdiolectError(f"precision must be auto, fp32 or bf16, not {self.precision!r}")
-        self.objective_config()  # validates beta, pi, delta_decay
+        self.objective_config()  # validates the objective, beta, pi, delta_decay, reward_norm
 
-    def objective_config(self):
-        from idiolect.core.training.objectives import ObjectiveConfig
-
+    def objective_config(self) -> ObjectiveConfig:
         try:
             return ObjectiveConfig(
                 name=self.objective,

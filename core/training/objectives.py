@@ -40,54 +40,10 @@ DESIGN.md):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 import torch.nn.functional as F
 
-from idiolect.core.training.config import OBJECTIVES
-
-REWARD_NORMS = ("sum", "mean")
-
-# What each objective does, in words for the app and the CLI (the product's default first where they list them).
-DESCRIPTIONS = {
-    "cbpo": "C-BPO: learns what is yours against other writers' texts, and does not push down what you share "
-    "with them (a positive-unlabeled correction). Uses your texts, your ratings and a peer pool.",
-    "kto": "KTO: raises the likelihood of your texts and lowers other writers' against a moving reference "
-    "point. Uses your texts, your ratings and a peer pool; can collapse at high learning rates.",
-    "sft": "SFT: imitates your texts and 👍 edits; no peers, no 👎. Learns the site's register as much as you.",
-    "bco": "BCO: yours against others, treating every peer text as something you would not write.",
-    "cbpo_pi0": "C-BPO without the PU correction (pi = 0): an ablation, for comparisons.",
-}
-
-
-@dataclass
-class ObjectiveConfig:
-    name: str = "cbpo"
-    beta: float = 0.1  # reward scale; the paper does not give it (sweep 0.01 / 0.05 / 0.1)
-    pi: float | None = None  # class prior of target-like peer texts; None = estimate per user (core.pu)
-    lambda_n: float = 1.0  # weight of explicit thumbs-down negatives
-    lambda_sft: float = 0.0  # weight of the target token NLL
-    delta_decay: float = 0.95  # EMA decay of the reward means behind delta
-    pi_cap: float = 0.9
-    reward_norm: str = "sum"  # "sum" over response tokens, or "mean" per token (length-normalized)
-
-    def __post_init__(self) -> None:
-        if self.name not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, not {self.name!r}")
-        if self.pi is not None and not 0 <= self.pi <= self.pi_cap:
-            raise ValueError(f"pi must be within [0, {self.pi_cap}]")
-        if self.beta <= 0:
-            raise ValueError("beta must be positive")
-        if self.reward_norm not in REWARD_NORMS:
-            raise ValueError(
-                f"reward_norm must be one of {', '.join(REWARD_NORMS)}, not {self.reward_norm!r}"
-            )
-        if not 0 <= self.delta_decay < 1:
-            raise ValueError("delta_decay must be in [0, 1)")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from idiolect.core.training.config import OBJECTIVES, ObjectiveConfig
 
 
 class RewardShift:
@@ -158,6 +114,46 @@ def _mean(x: torch.Tensor) -> torch.Tensor:
     return x.mean() if x.numel() else x.new_zeros(())
 
 
+def _sft(cfg, pi, delta, r_tar, r_aux, r_neg, nll_tar, terms):
+    if nll_tar is None:
+        raise ValueError("sft needs nll_tar")
+    terms.update(sft=_f(nll_tar))
+    return nll_tar
+
+
+def _kto(cfg, pi, delta, r_tar, r_aux, r_neg, nll_tar, terms):
+    pooled = torch.cat([r_tar, r_aux, r_neg]).detach()
+    z0 = max(0.0, float(pooled.mean())) if pooled.numel() else 0.0
+    pos = 1 - torch.sigmoid(r_tar - z0)
+    losses = torch.cat([pos, 1 - torch.sigmoid(z0 - r_aux), cfg.lambda_n * (1 - torch.sigmoid(z0 - r_neg))])
+    terms.update(z0=z0, l_pos=_f(_mean(pos)))
+    return _mean(losses)
+
+
+def _bco(cfg, pi, delta, r_tar, r_aux, r_neg, nll_tar, terms):
+    # TRL's BCO: every sample weighs the same, peers are plain negatives.
+    losses = torch.cat([l_plus(r_tar, delta), l_minus(r_aux, delta), cfg.lambda_n * l_minus(r_neg, delta)])
+    terms.update(l_pos=_f(_mean(l_plus(r_tar, delta))), l_aux_neg=_f(_mean(l_minus(r_aux, delta))))
+    return _mean(losses)
+
+
+def _cbpo(cfg, pi, delta, r_tar, r_aux, r_neg, nll_tar, terms):
+    pi_used = 0.0 if cfg.name == "cbpo_pi0" else pi
+    l_pos = _mean(l_plus(r_tar, delta))
+    pure_neg = _mean(l_minus(r_aux, delta)) - pi_used * _mean(l_minus(r_tar, delta))
+    clamped = bool(pure_neg.detach() < 0)
+    neg_term = r_tar.new_zeros(()) if clamped else pure_neg / (1 - pi_used)
+    l_n = _mean(l_minus(r_neg, delta))
+    terms.update(l_pos=_f(l_pos), l_pure_neg=_f(pure_neg), pu_clamped=float(clamped), l_explicit_neg=_f(l_n),
+                 pi=pi_used)  # fmt: skip
+    return l_pos + neg_term + cfg.lambda_n * l_n
+
+
+# The one registry of objectives: each name of config.OBJECTIVES has its loss here, and only those.
+LOSSES = {"sft": _sft, "kto": _kto, "bco": _bco, "cbpo": _cbpo, "cbpo_pi0": _cbpo}
+assert set(LOSSES) == set(OBJECTIVES), "every objective needs a loss"
+
+
 def objective_loss(
     cfg: ObjectiveConfig,
     pi: float,
@@ -168,47 +164,13 @@ def objective_loss(
     nll_tar: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """The loss for one batch and the terms to log. ``r_*`` are rewards per sample (already times beta);
-    ``nll_tar`` is the mean token NLL of the target samples (for SFT and ``lambda_sft``)."""
+    ``nll_tar`` is the mean token NLL of the target samples (for SFT and ``lambda_sft``). An objective without
+    a loss in :data:`LOSSES` is an error, never another objective's loss."""
+    if cfg.name not in LOSSES:
+        raise ValueError(f"no loss for objective {cfg.name!r} (known: {', '.join(LOSSES)})")
     terms: dict[str, float] = {"delta": float(delta)}
-    zero = r_tar.new_zeros(())
-    if cfg.name == "sft":
-        if nll_tar is None:
-            raise ValueError("sft needs nll_tar")
-        terms.update(sft=_f(nll_tar), loss=_f(nll_tar))
-        return nll_tar, terms
-
-    if cfg.name == "kto":
-        pooled = torch.cat([r_tar, r_aux, r_neg]).detach()
-        z0 = max(0.0, float(pooled.mean())) if pooled.numel() else 0.0
-        pos = 1 - torch.sigmoid(r_tar - z0)
-        losses = torch.cat(
-            [pos, 1 - torch.sigmoid(z0 - r_aux), cfg.lambda_n * (1 - torch.sigmoid(z0 - r_neg))]
-        )
-        loss = _mean(losses)
-        terms.update(z0=z0, l_pos=_f(_mean(pos)))
-    elif cfg.name == "bco":
-        # TRL's BCO: every sample weighs the same, peers are plain negatives.
-        losses = torch.cat(
-            [l_plus(r_tar, delta), l_minus(r_aux, delta), cfg.lambda_n * l_minus(r_neg, delta)]
-        )
-        loss = _mean(losses)
-        terms.update(l_pos=_f(_mean(l_plus(r_tar, delta))), l_aux_neg=_f(_mean(l_minus(r_aux, delta))))
-    else:
-        pi_used = 0.0 if cfg.name == "cbpo_pi0" else pi
-        l_pos = _mean(l_plus(r_tar, delta))
-        pure_neg = _mean(l_minus(r_aux, delta)) - pi_used * _mean(l_minus(r_tar, delta))
-        clamped = bool(pure_neg.detach() < 0)
-        neg_term = zero if clamped else pure_neg / (1 - pi_used)
-        l_n = _mean(l_minus(r_neg, delta))
-        loss = l_pos + neg_term + cfg.lambda_n * l_n
-        terms.update(
-            l_pos=_f(l_pos),
-            l_pure_neg=_f(pure_neg),
-            pu_clamped=float(clamped),
-            l_explicit_neg=_f(l_n),
-            pi=pi_used,
-        )
-    if cfg.lambda_sft and nll_tar is not None:
+    loss = LOSSES[cfg.name](cfg, pi, delta, r_tar, r_aux, r_neg, nll_tar, terms)
+    if cfg.name != "sft" and cfg.lambda_sft and nll_tar is not None:
         loss = loss + cfg.lambda_sft * nll_tar
         terms["sft"] = _f(nll_tar)
     terms["loss"] = _f(loss)
