@@ -16,6 +16,10 @@ def main(argv: list[str] | None = None) -> int:
     from idiolect.core.cli import build_parser, run
 
     args = build_parser().parse_args(argv)
+    if args.command == "bench":  # benchmark code is loaded by this command only
+        from idiolect.bench import main as bench_main
+
+        return run(args, bench_main)
     if args.command is not None:
         return run(args)
     from idiolect.app.main import launch_app

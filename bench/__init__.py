@@ -50,3 +50,19 @@ def run(args: argparse.Namespace) -> None:
         "merge": personalization.merge_cmd,
         "imports": imports.run,
     }[args.bench](args)
+
+
+def main(args: argparse.Namespace) -> int:
+    """``launch.py bench NAME ...``: parse the benchmark's own options (``args.bench_args``) and run it."""
+    from idiolect.core.cli import add_db
+
+    parser = argparse.ArgumentParser(
+        prog="launch.py bench",
+        description="Run a benchmark; each writes NAME.json and NAME.md into its --out folder.",
+    )
+    add_parsers(parser, add_db)
+    bench_args = parser.parse_args(args.bench_args)
+    if not hasattr(bench_args, "db"):
+        bench_args.db = getattr(args, "db", None)
+    run(bench_args)
+    return 0

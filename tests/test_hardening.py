@@ -258,7 +258,9 @@ def test_hardening_an_unreadable_checkpoint_is_set_aside_and_the_run_resumes(pre
     assert result["status"] == "completed"
     assert target_store.get_run(run)["step"] == 6
     broken = folder / f"broken-{newest.name}"
-    assert broken.is_dir() and (broken / "state.pt").read_bytes() == b"PK\x03\x04 cut short"  # set aside, kept
+    assert (
+        broken.is_dir() and (broken / "state.pt").read_bytes() == b"PK\x03\x04 cut short"
+    )  # set aside, kept
 
 
 # 7. Export never writes through a link, and a failed export leaves nothing half-written --------------------------

@@ -135,7 +135,9 @@ def test_every_objective_the_cli_offers_has_its_own_loss():
     losses = {}
     for name in OBJECTIVES:
         assert build_parser().parse_args(["train", "--objective", name]).objective == name
-        loss, terms = objective_loss(ObjectiveConfig(name), PI, D, *tensors(T, A, N), nll_tar=torch.tensor(2.5))
+        loss, terms = objective_loss(
+            ObjectiveConfig(name), PI, D, *tensors(T, A, N), nll_tar=torch.tensor(2.5)
+        )
         assert math.isfinite(float(loss)) and terms["loss"] == pytest.approx(float(loss))
         losses[name] = round(float(loss), 6)
     assert len(set(losses.values())) == len(OBJECTIVES), losses
