@@ -26,8 +26,9 @@ from idiolect.core.training import worker
 from idiolect.core.training.config import TrainConfig
 from idiolect.core.training.data import load_sets
 from idiolect.core.training.labels import NEG, TAR
+from idiolect.core.training.lora import build_peft_model
 from idiolect.core.training.runs import create_run, run_dir
-from idiolect.core.training.trainer import Trainer, build_peft_model
+from idiolect.core.training.trainer import Trainer
 
 
 def config(base, **kw) -> TrainConfig:

@@ -1,8 +1,9 @@
-"""The process itself: whether another process is alive, and how a headless command ends."""
+"""The process itself: whether another process is alive, its memory, and how a headless command ends."""
 
 from __future__ import annotations
 
 import os
+import resource
 import sys
 
 
@@ -38,3 +39,23 @@ def process_alive(pid: int | None) -> bool:
             return fh.read().split(") ", 1)[1][:1] != "Z"
     except OSError:
         return True
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise, and the process's RSS stays high)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def peak_memory_mb(device: str) -> float:
+    """The process's peak memory: allocated GPU memory on CUDA, else the peak resident set."""
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

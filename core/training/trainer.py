@@ -24,20 +24,21 @@ import json
 import math
 import os
 import random
-import resource
 import shutil
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.utils.checkpoint
 
 from idiolect.core.base.errors import IdiolectError
+from idiolect.core.base.process import peak_memory_mb, release_freed_memory
 from idiolect.core.store import Store, utcnow
+from idiolect.core.training import checkpoints
 from idiolect.core.training.config import TrainConfig
 from idiolect.core.training.data import TrainingSets, load_sets, plan_batches, tokenize, total_steps
 from idiolect.core.training.labels import AUX, NEG, TAR
@@ -49,6 +50,7 @@ from idiolect.core.training.logprobs import (
     mean_token_ll,
     response_logps,
 )
+from idiolect.core.training.lora import build_peft_model
 from idiolect.core.training.objectives import (
     RewardShift,
     implicit_rewards,
@@ -58,7 +60,6 @@ from idiolect.core.training.runs import (
     DATA_RECORD,
     atomic_write_bytes,
     data_record,
-    latest_checkpoint,
     read_data_record,
     run_dir,
     sets_from_record,
@@ -72,58 +73,11 @@ from idiolect.core.training.runs import (
 # The run
 
 
-def _release_freed_memory() -> None:
-    """Hand freed heap pages back to the OS (glibc keeps them otherwise, and the process's RSS stays high)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _peak_memory_mb(device: str) -> float:
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _lr_factor(step: int, total: int, warmup: int) -> float:
     if warmup and step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def build_peft_model(cfg: TrainConfig, model, device: str):
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-    gc = cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else device == "cuda"
-    if getattr(model, "is_loaded_in_4bit", False):
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc)
-    elif gc:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    preference = cfg.objective != "sft"
-    lora = LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=0.0 if preference else cfg.lora_dropout,
-        target_modules=cfg.target_modules,
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(model, lora)
-    if preference:
-        disable_dropout(model)
-    return model
-
-
-def disable_dropout(model) -> None:
-    """Preference objectives compare the policy's log-probs with the reference pass's (run without dropout),
-    so dropout in the policy pass would only add noise to the implicit reward (TRL's ``disable_dropout``)."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
 
 
 # The signal whose Python handler interrupts a model load (never sent by the OS: ``_thread.interrupt_main``
@@ -137,6 +91,23 @@ def _raise_stop(signum, frame) -> None:
 
 class StopRequested(Exception):
     """Raised inside a forward pass (or between stages) once a stop was asked for."""
+
+
+@dataclass
+class _Live:
+    """What a run holds while it trains."""
+
+    model: object
+    tokenizer: object
+    model_dir: Path
+    device: str
+    pad_id: int
+    hooks: list
+    pi_info: dict = field(default_factory=dict)
+    params: list = field(default_factory=list)
+    optimizer: object = None
+    scheduler: object = None
+    shift: RewardShift | None = None
 
 
 class Trainer:
@@ -264,162 +235,144 @@ class Trainer:
         return result
 
     def _run(self) -> dict:
-        from idiolect.core.models.loading import load_hf_model
-        from idiolect.core.models.resolve import local_model_dir
-
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._set_stage("loading the model")
-        model_dir = local_model_dir(cfg.model)
-        base, tokenizer, desc = load_hf_model(model_dir, device=cfg.device, quantize=cfg.quantize)
+        live = self._load()
         self._set_stage("reading your data")
         self._check_stop()
-        device = desc["device"]
-        self._autocast = autocast_dtype(cfg.precision, device, desc["params"])
-        model = self._model = build_peft_model(cfg, base, device)
-        hooks = self._install_stop_hooks(model)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        record, sets, total = self._data(live.tokenizer)
+        self.store.update_run(self.run_id, total_steps=total, model=str(live.model_dir))
+        ckpt, state = checkpoints.readable(self.dir)
+        if state is None:
+            self._set_stage("estimating pi")
+        live.pi_info = state["pi_info"] if state else self._estimate_pi(sets)
+        ref = self._reference(live.model, sets, live.device, live.pad_id, record, str(live.model_dir))
+        start = self._optimizer(live, total, ckpt, state)
+        plan = plan_batches(sets, cfg.batch_size, cfg.aux_per_batch or cfg.batch_size, cfg.neg_per_batch,
+                            total * cfg.grad_accum, cfg.seed)  # fmt: skip
+        live.model.train()
+        self._set_stage("training")
+        for step in range(start, total):
+            if not self._train_step(live, sets, plan, step, total, ref):
+                return self._cancelled(live, step)
+        self._set_stage("evaluating on held-out texts")
+        try:
+            evaluation = self._evaluate(live.model, sets, live.device, live.pad_id)
+        except StopRequested:  # all steps are done: keep them, and evaluate when the run is resumed
+            return self._cancelled(live, total)
+        for hook in live.hooks:
+            hook.remove()
+        return self._complete(live, sets, total, evaluation)
 
+    def _load(self) -> _Live:
+        """The base model with its LoRA adapter, the tokenizer, and where they compute."""
+        from idiolect.core.models.loading import load_hf_model
+        from idiolect.core.models.resolve import local_model_dir
+
+        self._set_stage("loading the model")
+        model_dir = local_model_dir(self.cfg.model)
+        base, tokenizer, desc = load_hf_model(model_dir, device=self.cfg.device, quantize=self.cfg.quantize)
+        device = desc["device"]
+        self._autocast = autocast_dtype(self.cfg.precision, device, desc["params"])
+        model = self._model = build_peft_model(self.cfg, base, device)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return _Live(model, tokenizer, model_dir, device, pad_id, self._install_stop_hooks(model))
+
+    def _data(self, tokenizer) -> tuple[dict, TrainingSets, int]:
+        """The run's data record, its sets (tokenized) and its step count: read from the database once for a
+        new run and recorded; a resumed run gets the same rows and plan, whatever changed in the database."""
+        cfg = self.cfg
         record = read_data_record(self.dir)
-        if record is None:  # a new run: read the database once and record exactly what it trains on
-            sets = load_sets(
-                self.store,
-                self.profile,
-                pool=cfg.pool,
-                peer_cap=cfg.peer_cap,
-                heldout_fraction=cfg.heldout_fraction,
-                seed=cfg.seed,
-            )
-            total = total_steps(cfg, len(sets.train[TAR]))
-            record = data_record(sets, total)
+        if record is None:
+            sets = load_sets(self.store, self.profile, pool=cfg.pool, peer_cap=cfg.peer_cap,
+                             heldout_fraction=cfg.heldout_fraction, seed=cfg.seed)  # fmt: skip
+            record = data_record(sets, total_steps(cfg, len(sets.train[TAR])))
             atomic_write_bytes(self.dir / DATA_RECORD, json.dumps(record, ensure_ascii=False).encode())
-        else:  # a resumed run: the same rows and the same plan, whatever changed in the database since
-            sets = sets_from_record(record)
-            total = record["total_steps"]
+        sets = sets_from_record(record)
         for group in (sets.train, sets.heldout):
             for examples in group.values():
                 tokenize(examples, tokenizer, cfg.max_length)
-        aux_per_batch = cfg.aux_per_batch or cfg.batch_size
-        self.store.update_run(self.run_id, total_steps=total, model=str(model_dir))
+        return record, sets, record["total_steps"]
 
-        ckpt, state = self._readable_checkpoint()
-        if state is None:
-            self._set_stage("estimating pi")
-        pi_info = state["pi_info"] if state else self._estimate_pi(sets)
-        pi = pi_info["pi"]
-        ocfg = cfg.objective_config()
-        ref = self._reference(model, sets, device, pad_id, record, str(model_dir))
-
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    def _optimizer(self, live: _Live, total: int, ckpt, state: dict | None) -> int:
+        """The optimizer, schedule and reward shift, restored from the checkpoint if there is one; returns the
+        step to start at."""
+        cfg = self.cfg
+        live.params = [p for p in live.model.parameters() if p.requires_grad]
+        live.optimizer = torch.optim.AdamW(live.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         warmup = int(cfg.warmup * total)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total, warmup))
-        shift = RewardShift("pooled" if cfg.objective == "bco" else "separate", cfg.delta_decay)
-        start = 0
-        if state:
-            from peft import set_peft_model_state_dict
-            from safetensors.torch import load_file
-
-            set_peft_model_state_dict(model, load_file(str(ckpt / "adapter_model.safetensors")))
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            shift.load_state_dict(state["shift"])
-            torch.set_rng_state(state["torch_rng"])
-            random.setstate(state["py_rng"])
-            start = state["step"]
-
-        plan = plan_batches(
-            sets,
-            cfg.batch_size,
-            aux_per_batch,
-            cfg.neg_per_batch,
-            total * cfg.grad_accum,
-            cfg.seed,
+        live.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            live.optimizer, lambda s: _lr_factor(s, total, warmup)
         )
-        model.train()
-        self._set_stage("training")
-        for step in range(start, total):
-            # What a step changes before the optimizer moves: restored if the step is cut short.
-            before = (copy.deepcopy(shift.state_dict()), torch.get_rng_state(), random.getstate())
-            try:
-                self._check_stop()
-                metrics = self._step(
-                    model, optimizer, params, sets, plan, step, ref, ocfg, pi, shift, device, pad_id
-                )
-            except StopRequested:
-                optimizer.zero_grad(set_to_none=True)
-                shift.load_state_dict(before[0])
-                torch.set_rng_state(before[1])
-                random.setstate(before[2])
-                self._set_stage("saving a checkpoint")
-                self._checkpoint(model, optimizer, scheduler, shift, step, pi_info)
-                self.store.update_run(
-                    self.run_id, status="cancelled", step=step, stage=None, finished_at=utcnow()
-                )
-                return {"status": "cancelled", "step": step}
-            scheduler.step()
-            metrics["lr"] = scheduler.get_last_lr()[0]
-            self.store.log_metrics(self.run_id, step + 1, metrics)
-            self.store.update_run(self.run_id, step=step + 1)
-            if self.progress:
-                self.progress(step + 1, total, metrics)
-            if (step + 1) % cfg.save_every == 0 and step + 1 < total:
-                self._checkpoint(model, optimizer, scheduler, shift, step + 1, pi_info)
+        live.shift = RewardShift("pooled" if cfg.objective == "bco" else "separate", cfg.delta_decay)
+        if not state:
+            return 0
+        checkpoints.restore(ckpt, state, live.model, live.optimizer, live.scheduler, live.shift)
+        return state["step"]
 
-        self._set_stage("evaluating on held-out texts")
+    def _train_step(self, live: _Live, sets, plan, step: int, total: int, ref) -> bool:
+        """One step, logged (and checkpointed every ``save_every``); False when a stop cut it short (what it
+        changed is restored, so the checkpoint holds the last whole step)."""
+        cfg = self.cfg
+        before = (copy.deepcopy(live.shift.state_dict()), torch.get_rng_state(), random.getstate())
         try:
-            evaluation = self._evaluate(model, sets, device, pad_id)
-        except StopRequested:  # all steps are done: keep them, and evaluate when the run is resumed
-            self._set_stage("saving a checkpoint")
-            self._checkpoint(model, optimizer, scheduler, shift, total, pi_info)
-            self.store.update_run(
-                self.run_id, status="cancelled", step=total, stage=None, finished_at=utcnow()
-            )
-            return {"status": "cancelled", "step": total}
-        for hook in hooks:
-            hook.remove()
+            self._check_stop()
+            metrics = self._step(live.model, live.optimizer, live.params, sets, plan, step, ref,
+                                 cfg.objective_config(), live.pi_info["pi"], live.shift, live.device,
+                                 live.pad_id)  # fmt: skip
+        except StopRequested:
+            live.optimizer.zero_grad(set_to_none=True)
+            live.shift.load_state_dict(before[0])
+            torch.set_rng_state(before[1])
+            random.setstate(before[2])
+            return False
+        live.scheduler.step()
+        metrics["lr"] = live.scheduler.get_last_lr()[0]
+        self.store.log_metrics(self.run_id, step + 1, metrics)
+        self.store.update_run(self.run_id, step=step + 1)
+        if self.progress:
+            self.progress(step + 1, total, metrics)
+        if (step + 1) % cfg.save_every == 0 and step + 1 < total:
+            self._save(live, step + 1)
+        return True
+
+    def _save(self, live: _Live, step: int) -> None:
+        checkpoints.save(self.dir, step, live.model, live.optimizer, live.scheduler, live.shift, live.pi_info)
+
+    def _cancelled(self, live: _Live, step: int) -> dict:
+        self._set_stage("saving a checkpoint")
+        self._save(live, step)
+        self.store.update_run(self.run_id, status="cancelled", step=step, stage=None, finished_at=utcnow())
+        return {"status": "cancelled", "step": step}
+
+    def _complete(self, live: _Live, sets: TrainingSets, total: int, evaluation: dict) -> dict:
+        """Save the adapter (atomically, with its record of who and what it was trained on) and the result."""
         self._set_stage("saving the adapter")
         adapter_dir = self.dir / "adapter"
         tmp_dir = self.dir / ".tmp-adapter"
         shutil.rmtree(tmp_dir, ignore_errors=True)
-        model.save_pretrained(tmp_dir)
-        (tmp_dir / "idiolect.json").write_text(
-            json.dumps(
-                {
-                    "run_id": self.run_id,
-                    "profile": self.profile,
-                    "objective": cfg.objective,
-                    "base": str(model_dir),
-                }
-            )
-        )
+        live.model.save_pretrained(tmp_dir)
+        (tmp_dir / "idiolect.json").write_text(json.dumps({"run_id": self.run_id, "profile": self.profile,
+                                                           "objective": self.cfg.objective,
+                                                           "base": str(live.model_dir)}))  # fmt: skip
         shutil.rmtree(adapter_dir, ignore_errors=True)
         tmp_dir.rename(adapter_dir)
+        precision = "bf16" if live.device != "cpu" else "fp32"
         result = {
-            "pi": pi_info,
+            "pi": live.pi_info,
             "counts": sets.counts(),
             "steps": total,
-            "precision": "bf16 autocast"
-            if self._autocast is torch.bfloat16
-            else "fp32"
-            if device == "cpu"
-            else "bf16",
+            "precision": "bf16 autocast" if self._autocast is torch.bfloat16 else precision,
             "data": {
                 "record": str(self.dir / DATA_RECORD),
                 "sha256": hashlib.sha256((self.dir / DATA_RECORD).read_bytes()).hexdigest(),
             },
             **evaluation,
         }
-        self.store.update_run(
-            self.run_id,
-            status="completed",
-            adapter_path=str(adapter_dir),
-            result=result,
-            stage=None,
-            finished_at=utcnow(),
-        )
+        self.store.update_run(self.run_id, status="completed", adapter_path=str(adapter_dir), result=result,
+                              stage=None, finished_at=utcnow())  # fmt: skip
         for old in self.dir.glob("checkpoint-*"):
             shutil.rmtree(old, ignore_errors=True)
         return {"status": "completed", **result}
@@ -460,7 +413,7 @@ class Trainer:
         self._check_stop()  # the last moment a step can still be dropped without a trace
         optimizer.step()
         if device == "cpu":
-            _release_freed_memory()  # keeps the RSS from creeping up step after step (~1 ms)
+            release_freed_memory()  # keeps the RSS from creeping up step after step (~1 ms)
         if device == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
@@ -470,7 +423,7 @@ class Trainer:
             "tokens": n_tokens,
             "tokens_per_s": n_tokens / dt,
             "seconds": dt,
-            "peak_memory_mb": _peak_memory_mb(device),
+            "peak_memory_mb": peak_memory_mb(device),
         }
 
     def _estimate_pi(self, sets: TrainingSets) -> dict:
@@ -522,7 +475,7 @@ class Trainer:
         buffer = io.BytesIO()
         torch.save({"key": key, **ref}, buffer)
         atomic_write_bytes(path, buffer.getvalue())
-        _release_freed_memory()
+        release_freed_memory()
         return ref
 
     def _evaluate(self, model, sets: TrainingSets, device, pad_id: int) -> dict:
@@ -539,50 +492,3 @@ class Trainer:
             out[f"heldout_{name}_ll"] = tuned
             out[f"heldout_{name}_lift"] = None if base is None else tuned - base
         return {"eval": out}
-
-    def _readable_checkpoint(self) -> tuple[Path | None, dict | None]:
-        """The newest checkpoint that can be read whole. One that cannot (a kill or a full disk while it was
-        written) is set aside as ``broken-checkpoint-N`` and the one before it is tried: a damaged file costs the
-        steps since the last good checkpoint, never the run."""
-        from safetensors.torch import load_file
-
-        while (ckpt := latest_checkpoint(self.dir)) is not None:
-            try:
-                state = torch.load(ckpt / "state.pt", weights_only=False)
-                load_file(str(ckpt / "adapter_model.safetensors"))
-                if not isinstance(state, dict) or "step" not in state:
-                    raise ValueError("no step in state.pt")
-                return ckpt, state
-            except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is set aside, whatever the cause
-                broken = ckpt.with_name(f"broken-{ckpt.name}")
-                shutil.rmtree(broken, ignore_errors=True)
-                ckpt.rename(broken)
-                print(
-                    f"checkpoint {ckpt.name} cannot be read ({type(exc).__name__}); set aside",
-                    file=sys.stderr,
-                )
-        return None, None
-
-    def _checkpoint(self, model, optimizer, scheduler, shift, step: int, pi_info: dict) -> Path:
-        final = self.dir / f"checkpoint-{step}"
-        tmp = self.dir / f".tmp-checkpoint-{step}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        torch.save(
-            {
-                "step": step,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "shift": shift.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "py_rng": random.getstate(),
-                "pi_info": pi_info,
-            },
-            tmp / "state.pt",
-        )
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        for old in self.dir.glob("checkpoint-*"):
-            if old != final and int(old.name.split("-")[1]) < step:
-                shutil.rmtree(old, ignore_errors=True)
-        return final
