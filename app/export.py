@@ -13,7 +13,9 @@ import gradio as gr
 from idiolect.app.common import Ctx, need, on, status
 from idiolect.core.base.errors import IdiolectError
 from idiolect.core.base.paths import data_dir
-from idiolect.core.export.bundle import DEFAULT_FORMATS, FORMATS, export, safe_name, try_export
+from idiolect.core.export.bundle import DEFAULT_FORMATS, FORMATS, export
+from idiolect.core.export.formats import safe_name
+from idiolect.core.export.tryout import try_export
 
 
 def download_copy(folder: Path, files: list[Path], slug: str) -> list[str]:

@@ -14,7 +14,8 @@ import torch
 from conftest import ROOT, free_port
 
 from idiolect.core.base.errors import IdiolectError
-from idiolect.core.export.bundle import export, safe_name
+from idiolect.core.export.bundle import export
+from idiolect.core.export.formats import safe_name
 from idiolect.core.models.gguf.writer import convert_lora_to_gguf
 
 llama_cpp = pytest.importorskip("llama_cpp")
@@ -107,12 +108,13 @@ def test_bad_adapters_are_refused(tiny_models, tmp_path):
 
 def _trained_profile(store, tiny_models, tmp_path, arch="qwen2"):
     """A profile whose latest completed run points at a real (random, non-zero) adapter."""
+    from idiolect.core.training.runs import run_dir
+
     pid = store.create_profile("Sam O'Neil")
-    random_adapter(tiny_models[arch], tmp_path / "run-adapter", seed=2)
     run = store.create_run(pid, "cbpo", str(tiny_models[arch]), {"model": str(tiny_models[arch]), "steps": 3})
-    store.update_run(
-        run, status="completed", adapter_path=str(tmp_path / "run-adapter"), result={"eval": {"x": 1}}
-    )
+    adapter = run_dir(store, run) / "adapter"  # where a run keeps its adapter
+    random_adapter(tiny_models[arch], adapter, seed=2)
+    store.update_run(run, status="completed", adapter_path=str(adapter), result={"eval": {"x": 1}})
     store.add_summary(pid, SUMMARY, "dpl", score=0.12)
     return pid, run
 
@@ -193,7 +195,7 @@ def test_export_all_formats_and_serve_with_openai_client(store, tiny_models, tmp
         server.wait(timeout=30)
 
     # The app's "test it": llama.cpp runs the export as its Modelfile says (base + LoRA + summary as system).
-    from idiolect.core.export.bundle import try_export
+    from idiolect.core.export.tryout import try_export
 
     assert manifest["llama_cpp"] == {"base": base_gguf.name, "lora": f"{slug}-lora.gguf"}
     assert isinstance(try_export(out, "Describe your morning coffee.", max_new_tokens=8, seed=1), str)
@@ -216,12 +218,12 @@ def test_merged_model_matches_base_plus_adapter(store, tiny_models, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    _trained_profile(store, tiny_models, tmp_path, arch="llama")
+    _, run = _trained_profile(store, tiny_models, tmp_path, arch="llama")
     result = export(store, "Sam O'Neil", tmp_path / "out", formats=["merged"])
     merged_dir = next(p.parent for p in result.files if p.name == "config.json")
     merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
     base = AutoModelForCausalLM.from_pretrained(tiny_models["llama"], dtype=torch.float32)
-    reference = PeftModel.from_pretrained(base, str(tmp_path / "run-adapter")).eval()
+    reference = PeftModel.from_pretrained(base, store.get_run(run)["adapter_path"]).eval()
     ids = torch.tensor([[3, 40, 41, 42, 43, 100, 200, 300]])
     with torch.no_grad():
         a, b = merged(ids).logits, reference(ids).logits
@@ -261,7 +263,7 @@ def test_cli_export(store, tiny_models, tmp_path):
 def test_modelfile_follows_ollamas_rules(tmp_path):
     """What `ollama create` reads (parser/parser.go's rules): FROM and one ADAPTER naming GGUF files that exist,
     the SYSTEM text read back unchanged -- also when the summary holds quotes, triple quotes and blank lines."""
-    from idiolect.core.export.bundle import check_modelfile, modelfile_text, parse_modelfile
+    from idiolect.core.export.formats import check_modelfile, modelfile_text, parse_modelfile
 
     for name in ("base.gguf", "lora.gguf"):
         (tmp_path / name).write_bytes(b"GGUF" + bytes(20))

@@ -292,7 +292,7 @@ def test_hardening_export_replaces_planted_links_and_fails_whole(store, tiny_mod
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("idiolect.core.models.gguf.writer.convert_lora_to_gguf", full_disk)
+    monkeypatch.setattr(export_mod, "convert_lora_to_gguf", full_disk)  # the name export() calls
     with pytest.raises(IdiolectError, match=r"failed \(the disk is full\); nothing was written"):
         export_mod.export(store, "Sam O'Neil", out, formats=["peft", "gguf", "summary"], gguf_dtype="f32")
     assert sorted(p.name for p in out.iterdir()) == before

@@ -93,17 +93,23 @@ def test_integrity_an_adapter_for_another_base_is_refused_clearly(tiny_models, t
 
 
 def test_integrity_latest_adapter_is_per_base_model(store, tmp_path):
-    from idiolect.core.training.runs import latest_completed_run
+    from idiolect.core.training.runs import latest_completed_run, run_dir
 
     pid = store.create_profile("ana")
-    for i, model in enumerate(("/models/a", "/models/b", "/models/a")):
-        adapter = tmp_path / f"run{i}" / "adapter"
-        adapter.mkdir(parents=True)
+    runs = []
+    for model in ("/models/a", "/models/b", "/models/a"):
         run = store.create_run(pid, "cbpo", model, {"model": model})
+        adapter = run_dir(store, run) / "adapter"
+        adapter.mkdir(parents=True)
         store.update_run(run, status="completed", adapter_path=str(adapter), model=model)
-    newest = latest_completed_run(store, pid)
-    assert newest["adapter_path"].endswith("run2/adapter")
-    assert latest_completed_run(store, pid, model_dir="/models/b")["adapter_path"].endswith("run1/adapter")
+        runs.append(run)
+    assert latest_completed_run(store, pid)["id"] == runs[2]
+    assert latest_completed_run(store, pid, model_dir="/models/b")["id"] == runs[1]
+    # "The latest adapter" is the newest whose folder is still there
+    import shutil
+
+    shutil.rmtree(run_dir(store, runs[2]))
+    assert latest_completed_run(store, pid)["id"] == runs[1]
     assert latest_completed_run(store, pid, model_dir="/models/c") is None
 
 

@@ -16,7 +16,14 @@ from idiolect.core.training.labels import TAR
 
 
 def run_dir(store: Store, run_id: int) -> Path:
+    """The folder of a run's files (adapter, checkpoints, data record, log): found from the database's folder,
+    never from a path stored in it, so a data folder that moved still finds its runs."""
     return store.path.parent / "runs" / str(run_id)
+
+
+def adapter_dir(store: Store, run: dict) -> Path | None:
+    """The adapter folder of a completed run (None before it completed)."""
+    return run_dir(store, run["id"]) / "adapter" if run["status"] == "completed" else None
 
 
 def latest_completed_run(
@@ -27,7 +34,8 @@ def latest_completed_run(
     from idiolect.core.models.adapters import same_model
 
     for run in store.list_runs(profile_id):
-        if run["status"] != "completed" or not run["adapter_path"] or not Path(run["adapter_path"]).exists():
+        adapter = adapter_dir(store, run)
+        if adapter is None or not adapter.exists():
             continue
         if model_dir is not None and not (run["model"] and same_model(run["model"], model_dir)):
             continue
