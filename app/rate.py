@@ -12,7 +12,7 @@ from idiolect.core.base.errors import IdiolectError
 from idiolect.core.models.sampling import SamplingParams
 from idiolect.core.persona import likeness
 from idiolect.core.training.labels import feedback_meaning
-from idiolect.core.training.runs import latest_completed_run
+from idiolect.core.training.runs import adapter_dir, latest_completed_run
 
 RATING_HELP = (
     "An edit is learned as your own writing: edit a text, then 👍 (the original is left out) or 👎 (the original "
@@ -73,7 +73,10 @@ def generate_pair(ctx: Ctx, profile, prompt_pick, prompt_own, temperature, max_t
     # with no adapter yet, both sides are the base and must differ.
     adapter_side = random.randrange(2) if run else None
     sides = [
-        (run["adapter_path"] if side == adapter_side else None, first.with_seed(first.seed + side))
+        (
+            str(adapter_dir(ctx.store, run)) if side == adapter_side else None,
+            first.with_seed(first.seed + side),
+        )
         for side in (0, 1)
     ]
 
@@ -107,7 +110,11 @@ def generate_pair(ctx: Ctx, profile, prompt_pick, prompt_own, temperature, max_t
 def reveal(ctx: Ctx, profile, ids) -> str:
     """Which model and adapter wrote each side (shown once the user has rated)."""
     prof = need(ctx, profile)
-    runs = {r["adapter_path"]: r["id"] for r in ctx.store.list_runs(prof["id"]) if r["adapter_path"]}
+    runs = {
+        str(adapter_dir(ctx.store, r)): r["id"]
+        for r in ctx.store.list_runs(prof["id"])
+        if r["status"] == "completed"
+    }
     shown = [(side, ctx.store.get_generation(gid)) for side, gid in enumerate(ids or []) if gid is not None]
     parts = [
         f"{'AB'[side]} was "
@@ -158,7 +165,7 @@ def chat_reply(ctx: Ctx, profile, history: list[dict] | None, message: str, temp
     model = model_of(ctx, profile)
     gen = ctx.generators.get(model)
     run = latest_completed_run(ctx.store, prof["id"], model_dir=gen.model_ref)
-    adapter = run["adapter_path"] if run else None
+    adapter = str(adapter_dir(ctx.store, run)) if run else None
     gen.set_adapter(gen.load_adapter(adapter) if adapter else None)
     history = list(history or [])
     prompt = transcript(history, message)
@@ -204,7 +211,7 @@ def new_likeness_test(ctx: Ctx, profile, temperature, max_tokens) -> dict:
     params = SamplingParams(max_new_tokens=int(max_tokens), temperature=float(temperature))
 
     def generate(prompt, context):
-        gen.set_adapter(gen.load_adapter(run["adapter_path"]))
+        gen.set_adapter(gen.load_adapter(str(adapter_dir(ctx.store, run))))
         return gen.generate(prompt, params.with_seed(), context=context)
 
     return {**likeness.start_test(ctx.store, prof["id"], run, generate), "run": run["id"]}

@@ -46,6 +46,7 @@ from pathlib import Path
 
 from idiolect.core.base.identity import same_text_key, text_fraction
 from idiolect.core.models.prompt import DEFAULT_PROMPT
+from idiolect.core.training.runs import adapter_dir as run_adapter_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 OBJECTIVES = ("base", "sft", "bco", "kto", "cbpo", "cbpo_sft", "cbpo_pi0")
@@ -595,7 +596,7 @@ def personalization_cmd(args) -> dict:
                 run = create_run(store, name, cfg)
                 t0 = time.monotonic()
                 Trainer(store, run).run()
-                adapter_dir = store.get_run(run)["adapter_path"]
+                adapter_dir = str(run_adapter_dir(store, store.get_run(run)))
                 model = PeftModel.from_pretrained(base_model, adapter_dir).eval()
                 m = evaluate_on(model, adapter_dir)
                 base_model = model.unload()  # detach the adapter, keep the base for the next objective

@@ -10,6 +10,7 @@ from idiolect.core.base.errors import IdiolectError
 from idiolect.core.ingest.peers import import_peers
 from idiolect.core.ingest.pool import open_store
 from idiolect.core.ingest.samples import import_samples
+from idiolect.core.training.runs import adapter_dir, seconds_left
 
 
 def _progress(message: str) -> None:
@@ -100,9 +101,50 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _train_progress(run_id: int):
+    """The CLI's progress line of a training run, with the time left from this process's step times."""
+    seen: list[float] = []
+
+    def progress(step: int, total: int, m: dict) -> None:
+        seen.append(m.get("seconds") or 0)
+        eta = seconds_left(seen[-20:], total - step) or 0
+        bar = "#" * int(30 * step / total)
+        _progress(
+            f"run {run_id} [{bar:<30}] {step}/{total} loss {m.get('loss', 0):.4f} "
+            f"margin {m.get('reward_margin', 0):+.3f} {m.get('tokens_per_s', 0):,.0f} tok/s ETA {eta:,.0f}s"
+        )
+
+    return progress
+
+
+def _train_report(store, run_id: int, result: dict) -> int:
+    if result.get("status") == "cancelled":
+        where = (
+            f"at step {result['step']} (checkpoint saved)" if result.get("step") else "before training began"
+        )
+        print(f"\nstopped {where}; continue with: launch.py train --resume {run_id}", file=sys.stderr)
+        return 130
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    run = store.get_run(run_id)
+    if result.get("status") != "completed":
+        print(f"run {run_id} {result.get('status')} at step {result.get('step')}")
+        return 1
+    ev = result["eval"]
+    print(f"run {run_id} completed: adapter in {adapter_dir(store, run)}")
+    print(f"  pi = {result['pi'].get('pi')} ({result['pi'].get('source')})")
+    for who in ("target", "peer"):
+        lift = ev.get(f"heldout_{who}_lift")
+        if lift is not None:
+            print(
+                f"  held-out {who} texts: log-likelihood per token {ev[f'heldout_{who}_ll_base']:.4f} -> "
+                f"{ev[f'heldout_{who}_ll']:.4f} ({lift:+.4f})"
+            )
+    return 0
+
+
 def cmd_train(args) -> int:
     import signal
-    import time
 
     from idiolect.core.training import config as train_config
     from idiolect.core.training import worker
@@ -120,26 +162,8 @@ def cmd_train(args) -> int:
                 print(f"run {run_id} started in the background; `launch.py stats` shows it")
                 return 0
             run_id = worker.new_run(store, args.profile, cfg)  # refused here, no failed run is left behind
-        timing: dict = {}
-
-        def progress(step: int, total: int, m: dict) -> None:
-            # The ETA counts steps only: the clock starts at the first step of this process, after the model
-            # loaded and the one-off reference pass ran.
-            now = time.monotonic()
-            timing.setdefault("t0", now)
-            timing.setdefault("s0", step)
-            done = step - timing["s0"]
-            eta = (
-                (now - timing["t0"]) / done * (total - step) if done else m.get("seconds", 0) * (total - step)
-            )
-            bar = "#" * int(30 * step / total)
-            _progress(
-                f"run {run_id} [{bar:<30}] {step}/{total} loss {m.get('loss', 0):.4f} "
-                f"margin {m.get('reward_margin', 0):+.3f} {m.get('tokens_per_s', 0):,.0f} tok/s ETA {eta:,.0f}s"
-            )
-
         print(f"run {run_id}: training {store.get_run(run_id)['objective']} ...", file=sys.stderr)
-        trainer = Trainer(store, run_id, progress=progress)
+        trainer = Trainer(store, run_id, progress=_train_progress(run_id))
 
         def on_interrupt(signum, frame):
             # The first Ctrl-C stops at the last whole step and checkpoints it; a second one stops at once.
@@ -156,31 +180,7 @@ def cmd_train(args) -> int:
             return 130
         finally:
             signal.signal(signal.SIGINT, previous)
-        if result.get("status") == "cancelled":
-            where = (
-                f"at step {result['step']} (checkpoint saved)"
-                if result.get("step")
-                else "before training began"
-            )
-            print(f"\nstopped {where}; continue with: launch.py train --resume {run_id}", file=sys.stderr)
-            return 130
-        if sys.stderr.isatty():
-            print(file=sys.stderr)
-        run = store.get_run(run_id)
-        if result.get("status") != "completed":
-            print(f"run {run_id} {result.get('status')} at step {result.get('step')}")
-            return 1
-        ev = result["eval"]
-        print(f"run {run_id} completed: adapter in {run['adapter_path']}")
-        print(f"  pi = {result['pi'].get('pi')} ({result['pi'].get('source')})")
-        for who in ("target", "peer"):
-            lift = ev.get(f"heldout_{who}_lift")
-            if lift is not None:
-                print(
-                    f"  held-out {who} texts: log-likelihood per token {ev[f'heldout_{who}_ll_base']:.4f} -> "
-                    f"{ev[f'heldout_{who}_ll']:.4f} ({lift:+.4f})"
-                )
-    return 0
+        return _train_report(store, run_id, result)
 
 
 def cmd_summary(args) -> int:

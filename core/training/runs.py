@@ -43,6 +43,19 @@ def latest_completed_run(
     return None
 
 
+def seconds_per_step(step_seconds) -> float | None:
+    """The typical duration of a training step from measured ones: their median, the first (warm-up) left out
+    when there are others. The one rule behind every "time remaining" (the CLI, the Train tab, the estimate)."""
+    xs = [float(x) for x in step_seconds if x]
+    xs = xs[1:] if len(xs) > 1 else xs
+    return sorted(xs)[len(xs) // 2] if xs else None
+
+
+def seconds_left(step_seconds, steps_left: int) -> float | None:
+    per_step = seconds_per_step(step_seconds)
+    return None if per_step is None else per_step * max(0, steps_left)
+
+
 def estimate_run(store: Store, profile: str, cfg: TrainConfig) -> dict:
     """Before starting: how many steps the run will take on the profile's data now, and its time and peak memory
     as measured on this machine by the latest earlier run on the same base model (any profile), its seconds per
@@ -67,9 +80,7 @@ def estimate_run(store: Store, profile: str, cfg: TrainConfig) -> dict:
         metrics = [m for m in store.run_metrics(run["id"]) if m.get("seconds")]
         if len(metrics) < 2:
             continue
-        per_step = sorted(m["seconds"] for m in metrics[1:])[
-            len(metrics[1:]) // 2
-        ]  # median, first step left out
+        per_step = seconds_per_step(m["seconds"] for m in metrics)
         then = TrainConfig.from_dict({**run["config"], "model": run["model"]})
         scale = (cfg.batch_size * cfg.grad_accum * cfg.max_length) / (
             then.batch_size * then.grad_accum * then.max_length

@@ -11,7 +11,6 @@ at the same total number of steps.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import shutil
 import signal
 import subprocess
@@ -22,7 +21,7 @@ from idiolect.core.base.paths import PACKAGE_ROOT
 from idiolect.core.base.process import process_alive
 from idiolect.core.store import Store, utcnow
 from idiolect.core.training.config import TrainConfig
-from idiolect.core.training.runs import check_trainable, create_run, latest_checkpoint, run_dir
+from idiolect.core.training.runs import check_trainable, create_run, latest_checkpoint, run_dir, seconds_left
 from idiolect.core.training.trainer import Trainer
 
 ACTIVE = ("queued", "running")
@@ -124,14 +123,7 @@ def _eta(store: Store, run: dict) -> float | None:
     total, step = run.get("total_steps"), run.get("step") or 0
     if run["status"] != "running" or not total or step < 1:
         return None
-    rows = store.conn.execute(
-        "SELECT min(created_at), max(created_at), count(*) FROM run_metrics WHERE run_id = ?", [run["id"]]
-    ).fetchone()
-    if not rows or rows[2] < 2:
-        return None
-    first, last = (_dt.datetime.fromisoformat(t.replace("Z", "+00:00")) for t in rows[:2])
-    per_step = (last - first).total_seconds() / (rows[2] - 1)
-    return per_step * (total - step)
+    return seconds_left([m.get("seconds") for m in store.run_metrics(run["id"])[-20:]], total - step)
 
 
 def main(argv: list[str] | None = None) -> int:
