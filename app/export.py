@@ -12,7 +12,7 @@ import gradio as gr
 
 from idiolect.app.common import Ctx, need, on, status
 from idiolect.core.base.errors import IdiolectError
-from idiolect.core.base.paths import data_dir
+from idiolect.core.base.paths import EXPORTS, data_subdir
 from idiolect.core.export.bundle import DEFAULT_FORMATS, FORMATS, export
 from idiolect.core.export.formats import safe_name
 from idiolect.core.export.tryout import try_export
@@ -39,7 +39,7 @@ def download_copy(folder: Path, files: list[Path], slug: str) -> list[str]:
 
 def do_export(ctx: Ctx, profile, formats, folder):
     need(ctx, profile)
-    folder = (folder or "").strip() or str(data_dir() / "exports" / profile)
+    folder = (folder or "").strip() or str(data_subdir(EXPORTS) / profile)
     result = export(ctx.store, profile, folder, formats=formats or None)
     files = "\n".join(f"- `{p.relative_to(result.folder)}`" for p in result.files)
     skipped = "".join(f"\n- skipped {k}: {v}" for k, v in result.skipped.items())
@@ -54,7 +54,7 @@ def test_export(ctx: Ctx, profile, folder, prompt, strength: float = 1.0) -> str
     """The exported GGUF LoRA answers a prompt in llama.cpp, as it will for the user, at a persona strength
     (the LoRA's scale: 0 the base alone, 1 as trained)."""
     need(ctx, profile)
-    folder = (folder or "").strip() or str(data_dir() / "exports" / profile)
+    folder = (folder or "").strip() or str(data_subdir(EXPORTS) / profile)
     if not (prompt or "").strip():
         raise IdiolectError("Type a prompt for the test.")
     return try_export(folder, prompt.strip(), max_new_tokens=120, scale=float(strength))

@@ -63,11 +63,11 @@ def file_sha256(path: str | os.PathLike, *, progress: Counted | None = None) -> 
     """:func:`sha256_file`, remembered per (path, inode, size, modification and change times) in the data folder,
     so a multi-GB GGUF is hashed once and not at every start. The change time (ctime) moves on every write and
     cannot be set back by a tool that restores the modification time, so rewritten content is hashed anew."""
-    from idiolect.core.base.paths import data_dir
+    from idiolect.core.base.paths import DEQUANTIZED, data_subdir
 
     path = Path(path).resolve()
     st = path.stat()
-    memo_path = data_dir() / "dequantized" / "hashes.json"
+    memo_path = data_subdir(DEQUANTIZED) / "hashes.json"
     key = f"{path}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
     try:
         memo = json.loads(memo_path.read_text())

@@ -23,3 +23,15 @@ def data_dir() -> Path:
 
 def default_db_path() -> Path:
     return data_dir() / "idiolect.db"
+
+
+# Every folder Idiolect keeps inside the data folder (a run's own files are beside its database: runs/ID).
+DEQUANTIZED = "dequantized"  # GGUF files dequantized for transformers, one folder per file content
+GGUF = "gguf"  # GGUF conversions of HF folders and PEFT adapters for llama.cpp, keyed by content
+MODELS = "models"  # model files Idiolect assembled (the offline model)
+EXPORTS = "exports"  # the app's default export folder, one per profile
+
+
+def data_subdir(name: str) -> Path:
+    """A folder inside the data folder (one of the names above); not created here."""
+    return data_dir() / name

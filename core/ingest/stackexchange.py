@@ -80,6 +80,96 @@ def _se_license(creation_date: str | None) -> str:
     return "CC BY-SA 3.0" if (creation_date or "9999") < "2018-05-02" else "CC BY-SA 4.0"
 
 
+@dataclass
+class _Reading:
+    """Where a read of a dump stands (what the checks at the end need)."""
+
+    lineno: int = 0
+    saw_posts_end: bool = False
+    error: str | None = None
+    cut_off_line: int | None = None  # a row still open when the file ended
+
+
+def _xml_rows(path: Path, skipped: list[Skipped], state: _Reading, progress: Progress | None, answers: list):
+    """The text of each ``<row .../>`` of the dump and its line: a line that is too long or not UTF-8 costs
+    its row alone (in ``skipped``); a damaged or truncated file ends the rows (in ``state.error``)."""
+    buffer, buffer_line, scan = "", 0, _RowScan()
+    last_report = time.monotonic()
+    try:
+        with open_maybe_gzip(path) as fh:
+            for raw, too_long in bounded_lines(fh, limits.MAX_XML_LINE_BYTES, limits.MAX_DECOMPRESSED_BYTES):
+                state.lineno += 1
+                if too_long:
+                    skipped.append(Skipped(f"line {state.lineno}", too_long))
+                    buffer = ""
+                    continue
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    why = f"invalid UTF-8 (byte 0x{raw[exc.start]:02x}); row dropped"
+                    skipped.append(Skipped(f"line {state.lineno}", why))
+                    buffer = ""
+                    continue
+                if state.lineno == 1:
+                    line = line.lstrip("\ufeff")
+                    if not line.lstrip().startswith("<"):
+                        raise ImportFailed(f"{path.name}: not XML (is this a Stack Exchange Posts.xml?)")
+                state.saw_posts_end = state.saw_posts_end or "</posts>" in line
+                if not buffer:
+                    m = _ROW_START.search(line)
+                    if not m:
+                        continue
+                    buffer, buffer_line, scan = line[m.start() :], state.lineno, _RowScan()
+                else:
+                    buffer += line
+                while buffer:
+                    end = _row_end(buffer, scan)
+                    if end is None:
+                        if len(buffer) > 4 * limits.MAX_TEXT_CHARS * 8:
+                            skipped.append(Skipped(f"line {buffer_line}", "row never closes; dropped"))
+                            buffer = ""
+                        break
+                    yield buffer[:end], buffer_line
+                    rest = buffer[end:]
+                    m = _ROW_START.search(rest)
+                    buffer = rest[m.start() :] if m else ""
+                    scan = _RowScan()
+                if progress and time.monotonic() - last_report > 1.0:
+                    progress(f"read {state.lineno:,} lines, {len(answers):,} answers")
+                    last_report = time.monotonic()
+    except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as exc:
+        if state.lineno == 0:
+            raise ImportFailed(f"{path.name}: cannot read it: {exc}") from exc
+        state.error = (
+            f"the file is damaged or cut short after line {state.lineno} ({exc}); rows before it were kept"
+        )
+    if buffer.strip():
+        state.cut_off_line = buffer_line
+
+
+def _answer_row(site: str, path: Path, a: dict, question: tuple[str, str]) -> dict | str:
+    """One answer as a peer row, or why it is skipped."""
+    text = scrub(normalize(html_to_text(a.get("Body", ""))))
+    problem = check_text(text)
+    if problem:
+        return problem
+    title, qbody = question
+    context = scrub(normalize(title.strip() + "\n\n" + html_to_text(qbody)))
+    post_id, owner = a.get("Id"), a.get("OwnerUserId")
+    attribution = {
+        "post": f"https://{site}/a/{post_id}" if site else f"post {post_id}",
+        "author": f"https://{site}/users/{owner}" if site else f"user {owner}",
+    }
+    return {
+        "original_writer": f"{site}:{owner}",
+        "context": context[: limits.MAX_TEXT_CHARS],
+        "text": text,
+        "source": f"{site or path.name} answer {post_id}",
+        "attribution": json.dumps(attribution),
+        "license": _se_license(a.get("CreationDate")),
+    }
+
+
 def read_stackexchange(
     path: str | Path, *, site: str | None = None, progress: Progress | None = None
 ) -> tuple[list[dict], list[Skipped], str | None]:
@@ -98,115 +188,44 @@ def read_stackexchange(
     questions: dict[str, tuple[str, str]] = {}
     answers: list[tuple[str, dict]] = []
     skipped: list[Skipped] = []
-    error: str | None = None
-    buffer, buffer_line, lineno, saw_posts_end, saw_rows = "", 0, 0, False, False
-    scan = _RowScan()
-    last_report = time.monotonic()
-
-    def handle(element_text: str, line: int) -> None:
-        nonlocal saw_rows
+    state = _Reading()
+    saw_rows = False
+    for element_text, line in _xml_rows(path, skipped, state, progress, answers):
         where = f"line {line}"
         try:
             el = ET.fromstring(element_text)
         except ET.ParseError as exc:
             skipped.append(Skipped(where, f"malformed XML row ({exc})"))
-            return
+            continue
         saw_rows = True
         a = el.attrib
         kind = a.get("PostTypeId")
-        post = a.get("Id")
         if kind == "1":
-            questions[post] = (a.get("Title", ""), a.get("Body", ""))
+            questions[a.get("Id")] = (a.get("Title", ""), a.get("Body", ""))
         elif kind == "2":
-            answers.append((f"post {post} ({where})", a))
+            answers.append((f"post {a.get('Id')} ({where})", a))
         elif kind is None:
             skipped.append(Skipped(where, "row without PostTypeId (is this a Posts.xml?)"))
-
-    try:
-        with open_maybe_gzip(path) as fh:
-            for raw, too_long in bounded_lines(fh, limits.MAX_XML_LINE_BYTES, limits.MAX_DECOMPRESSED_BYTES):
-                lineno += 1
-                if too_long:
-                    skipped.append(Skipped(f"line {lineno}", too_long))
-                    buffer = ""
-                    continue
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    skipped.append(
-                        Skipped(f"line {lineno}", f"invalid UTF-8 (byte 0x{raw[exc.start]:02x}); row dropped")
-                    )
-                    buffer = ""
-                    continue
-                if lineno == 1:
-                    line = line.lstrip("\ufeff")
-                    if not line.lstrip().startswith("<"):
-                        raise ImportFailed(f"{path.name}: not XML (is this a Stack Exchange Posts.xml?)")
-                if "</posts>" in line:
-                    saw_posts_end = True
-                if not buffer:
-                    m = _ROW_START.search(line)
-                    if not m:
-                        continue
-                    buffer, buffer_line, scan = line[m.start() :], lineno, _RowScan()
-                else:
-                    buffer += line
-                while buffer:
-                    end = _row_end(buffer, scan)
-                    if end is None:
-                        if len(buffer) > 4 * limits.MAX_TEXT_CHARS * 8:
-                            skipped.append(Skipped(f"line {buffer_line}", "row never closes; dropped"))
-                            buffer = ""
-                        break
-                    handle(buffer[:end], buffer_line)
-                    rest = buffer[end:]
-                    m = _ROW_START.search(rest)
-                    buffer = rest[m.start() :] if m else ""
-                    scan = _RowScan()
-                if progress and time.monotonic() - last_report > 1.0:
-                    progress(f"read {lineno:,} lines, {len(answers):,} answers")
-                    last_report = time.monotonic()
-    except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as exc:
-        if lineno == 0:
-            raise ImportFailed(f"{path.name}: cannot read it: {exc}") from exc
-        error = f"the file is damaged or cut short after line {lineno} ({exc}); rows before it were kept"
-    if buffer.strip():
-        skipped.append(Skipped(f"line {buffer_line}", "row cut off at the end of the file"))
+    if state.cut_off_line is not None:
+        skipped.append(Skipped(f"line {state.cut_off_line}", "row cut off at the end of the file"))
     if not saw_rows and not skipped:
         raise ImportFailed(f"{path.name}: no <row> elements found (is this a Stack Exchange Posts.xml?)")
-    if error is None and not saw_posts_end:
-        error = f"the file ends at line {lineno} without </posts> (cut short?); rows before it were kept"
-
+    error = state.error
+    if error is None and not state.saw_posts_end:
+        error = (
+            f"the file ends at line {state.lineno} without </posts> (cut short?); rows before it were kept"
+        )
     rows = []
     for where, a in answers:
-        owner = a.get("OwnerUserId")
-        if not owner:
-            skipped.append(Skipped(where, "no author (deleted account or community post)"))
-            continue
         parent = questions.get(a.get("ParentId", ""))
-        if parent is None:
-            skipped.append(Skipped(where, f"its question {a.get('ParentId')} is not in the file"))
-            continue
-        text = scrub(normalize(html_to_text(a.get("Body", ""))))
-        problem = check_text(text)
-        if problem:
-            skipped.append(Skipped(where, problem))
-            continue
-        title, qbody = parent
-        context = scrub(normalize(title.strip() + "\n\n" + html_to_text(qbody)))
-        post_id = a.get("Id")
-        attribution = {
-            "post": f"https://{site}/a/{post_id}" if site else f"post {post_id}",
-            "author": f"https://{site}/users/{owner}" if site else f"user {owner}",
-        }
-        rows.append(
-            {
-                "original_writer": f"{site}:{owner}",
-                "context": context[: limits.MAX_TEXT_CHARS],
-                "text": text,
-                "source": f"{site or path.name} answer {post_id}",
-                "attribution": json.dumps(attribution),
-                "license": _se_license(a.get("CreationDate")),
-            }
-        )
+        if not a.get("OwnerUserId"):
+            row = "no author (deleted account or community post)"
+        elif parent is None:
+            row = f"its question {a.get('ParentId')} is not in the file"
+        else:
+            row = _answer_row(site, path, a, parent)
+        if isinstance(row, str):
+            skipped.append(Skipped(where, row))
+        else:
+            rows.append(row)
     return rows, skipped, error

@@ -20,7 +20,7 @@ def models_on_disk() -> list[dict]:
     """Models this machine already has: Hugging Face repositories in the hub cache, GGUF files in the data
     folder (the offline model among them, assembled or not), and dequantized copies of GGUF files. Each as
     ``{"kind", "name", "path", "bytes"}`` (``path`` is what ``--model`` takes)."""
-    from idiolect.core.base.paths import data_dir
+    from idiolect.core.base.paths import DEQUANTIZED, MODELS, data_subdir
 
     found: list[dict] = []
     try:
@@ -34,14 +34,14 @@ def models_on_disk() -> list[dict]:
                 )  # fmt: skip
     except Exception:  # noqa: BLE001 - no cache yet, or one this version cannot read
         pass
-    for gguf_file in sorted((data_dir() / "models").glob("*.gguf")):
+    for gguf_file in sorted(data_subdir(MODELS).glob("*.gguf")):
         found.append(
             {"kind": "gguf", "name": gguf_file.name, "path": str(gguf_file), "bytes": _size(gguf_file)}
         )
     offline = offline_model(assemble=False)
     if offline is None and offline_installed():
         found.append({"kind": "offline", "name": OFFLINE_LABEL, "path": "offline", "bytes": 0})
-    for folder in sorted((data_dir() / "dequantized").glob("*/")):
+    for folder in sorted(data_subdir(DEQUANTIZED).glob("*/")):
         source = gguf_source(folder)
         if source:
             found.append(

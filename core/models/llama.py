@@ -143,13 +143,13 @@ def gguf_lora_for(adapter_dir: Path, model: str, cache: Path | None = None) -> P
     adapter's identity (folder + content hash), so a retrained adapter in the same folder gets a new file."""
     import hashlib
 
-    from idiolect.core.base.paths import data_dir
+    from idiolect.core.base.paths import GGUF, data_subdir
     from idiolect.core.models.gguf.writer import convert_lora_to_gguf
     from idiolect.core.models.resolve import local_model_dir
 
     if not (adapter_dir / "adapter_config.json").exists():
         raise IdiolectError(f"{adapter_dir}: give a PEFT adapter folder or a GGUF LoRA file as --adapter")
-    cache = cache or data_dir() / "gguf"
+    cache = cache or data_subdir(GGUF)
     key = hashlib.sha256(adapter_identity(adapter_dir).encode()).hexdigest()[:16]
     out = cache / f"lora-{key}.gguf"
     if not out.exists():
@@ -167,10 +167,10 @@ def gguf_for(model_dir: Path, cache: Path | None = None) -> Path:
     import hashlib
 
     from idiolect.core.base.identity import file_sha256
-    from idiolect.core.base.paths import data_dir
+    from idiolect.core.base.paths import GGUF, data_subdir
     from idiolect.core.models.gguf.writer import convert_hf_to_gguf
 
-    cache = cache or data_dir() / "gguf"
+    cache = cache or data_subdir(GGUF)
     parts = [str(model_dir.resolve())]
     for f in sorted(model_dir.iterdir()):
         if f.is_file() and (f.suffix == ".safetensors" or f.name in ("config.json", "tokenizer.json")):

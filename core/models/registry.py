@@ -94,13 +94,13 @@ def offline_model(*, assemble: bool = True) -> Path | None:
     package is not installed (or, with ``assemble=False``, not assembled yet)."""
     import importlib
 
-    from idiolect.core.base.paths import data_dir
+    from idiolect.core.base.paths import MODELS, data_subdir
 
     try:
         package = importlib.import_module(OFFLINE_PACKAGE)
     except ImportError:
         return None
-    target = data_dir() / "models" / package.MODEL_NAME
+    target = data_subdir(MODELS) / package.MODEL_NAME
     if not assemble:
         return target if target.exists() else None
     # The file's hash is remembered (file_sha256), so using the model again does not re-read 250 MB; the

@@ -18,9 +18,7 @@ Facts this relies on (checked by tests/test_gguf.py against llama-cpp-python):
 from __future__ import annotations
 
 import json
-import logging
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ import torch
 from safetensors import safe_open
 
 from idiolect.core.base.errors import IdiolectError
+from idiolect.core.models.gguf.tokenizer import add_tokenizer, tokenizer_spec
 
 
 @dataclass(frozen=True)
@@ -54,11 +53,6 @@ SUPPORT: dict[str, ArchSupport] = {
     "Gemma3ForCausalLM": ArchSupport(gguf.MODEL_ARCH.GEMMA3, permute_qk=False, base=True, lora=True),
 }
 ARCHS = {cls: support.name for cls, support in SUPPORT.items()}
-
-# Pre-tokenizer split regexes of known families -> llama.cpp's name for them.
-_QWEN2_RE = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-_LLAMA3_RE = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-_KNOWN_SPLITS = {_QWEN2_RE: "qwen2", _LLAMA3_RE: "llama-bpe"}
 
 
 def permute_qk(weight: np.ndarray, n_head: int) -> np.ndarray:
@@ -105,133 +99,10 @@ def export_problem(model_dir: Path, purpose: str) -> str | None:
     try:
         read_config(model_dir, purpose)
         if purpose == "base":
-            _tokenizer_spec(Path(model_dir))
+            tokenizer_spec(Path(model_dir))
     except IdiolectError as exc:
         return str(exc)
     return None
-
-
-def _sequence_parts(node: dict | None, key: str) -> list[dict]:
-    """The steps of a tokenizer.json normalizer / pre-tokenizer: the list of a ``Sequence``, else the node."""
-    node = node or {}
-    return node.get(key, [node]) if node.get("type") == "Sequence" else [node]
-
-
-def _pre_tokenizer_name(tokenizer_json: dict) -> str:
-    parts = _sequence_parts(tokenizer_json.get("pre_tokenizer"), "pretokenizers")
-    kinds = [p.get("type") for p in parts]
-    if kinds == ["ByteLevel"] and parts[0].get("use_regex", True):
-        return "gpt-2"
-    if kinds == ["Split", "ByteLevel"] and not parts[1].get("use_regex", True):
-        pattern = parts[0].get("pattern", {}).get("Regex")
-        if pattern in _KNOWN_SPLITS:
-            return _KNOWN_SPLITS[pattern]
-    raise IdiolectError(
-        "this tokenizer's pre-tokenizer is not one Idiolect can map to llama.cpp (plain byte-level BPE, Qwen2 "
-        "and Llama 3 are supported); use the model's published GGUF instead"
-    )
-
-
-@dataclass(frozen=True)
-class TokenizerSpec:
-    """How llama.cpp is to tokenize: ``gpt2`` (byte-level BPE with a named pre-tokenizer) or ``llama``
-    (SentencePiece-style BPE over characters with byte fallback, as Gemma, Llama 2 and Mistral use)."""
-
-    json: dict
-    model: str  # tokenizer.ggml.model
-    pre: str  # tokenizer.ggml.pre
-    add_space_prefix: bool = False  # SentencePiece: a "▁" is put before the text
-
-
-def _spm_space_prefix(tokenizer_json: dict) -> bool:
-    """Whether a SentencePiece-style tokenizer puts "▁" before the text (Llama 2, Mistral) or not (Gemma)."""
-    for part in _sequence_parts(tokenizer_json.get("normalizer"), "normalizers"):
-        if part.get("type") == "Prepend" and part.get("prepend") == "\u2581":
-            return True
-    for part in _sequence_parts(tokenizer_json.get("pre_tokenizer"), "pretokenizers"):
-        if part.get("type") == "Metaspace":
-            return (
-                part.get("prepend_scheme", "always" if part.get("add_prefix_space", True) else "never")
-                != "never"
-            )
-    return False
-
-
-def _tokenizer_spec(model_dir: Path) -> TokenizerSpec:
-    """The tokenizer as transformers loads it (not as the file says: transformers 5 rebuilds some families'
-    pipelines from their class, and llama.cpp must tokenize the way the model is actually used), with
-    llama.cpp's names for it. Refuses what the writer cannot map."""
-    if not (model_dir / "tokenizer.json").exists():
-        raise IdiolectError(
-            f"{model_dir}: no tokenizer.json (a fast tokenizer is needed to write a GGUF base)"
-        )
-    from transformers import AutoTokenizer
-
-    tokenizer_json = json.loads(AutoTokenizer.from_pretrained(model_dir).backend_tokenizer.to_str())
-    model = tokenizer_json.get("model", {})
-    if model.get("type") != "BPE":
-        raise IdiolectError(
-            f"{model_dir.name}: a {model.get('type')} tokenizer cannot be written to a GGUF base here (BPE, "
-            "byte-level or SentencePiece-style, is supported); use the model's published GGUF as the base instead"
-        )
-    if model.get("byte_fallback"):
-        return TokenizerSpec(tokenizer_json, "llama", "default", _spm_space_prefix(tokenizer_json))
-    return TokenizerSpec(tokenizer_json, "gpt2", _pre_tokenizer_name(tokenizer_json))
-
-
-_BYTE_TOKEN = re.compile(r"<0x[0-9A-F]{2}>")
-
-
-def _add_tokenizer(writer: gguf.GGUFWriter, model_dir: Path, vocab_size: int) -> None:
-    spec = _tokenizer_spec(model_dir)
-    model = spec.json["model"]
-    vocab: dict[str, int] = dict(model["vocab"])
-    special_ids, user_ids = set(), set()
-    for added in spec.json.get("added_tokens", []):
-        vocab[added["content"]] = added["id"]
-        (special_ids if added.get("special", False) else user_ids).add(added["id"])
-    if max(vocab.values()) >= vocab_size:
-        raise IdiolectError(f"{model_dir}: the tokenizer has ids beyond the model's vocab_size {vocab_size}")
-    by_id = {i: t for t, i in vocab.items()}
-    # SentencePiece merges by score (highest first) where BPE merges by rank: a token's score is minus the rank
-    # of the first merge that makes it, so llama.cpp merges in the order transformers does.
-    rank: dict[str, int] = {}
-    for r, merge in enumerate(model.get("merges", [])):
-        left, right = merge if isinstance(merge, list) else merge.split(" ", 1)
-        rank.setdefault(left + right, r)
-    tokens, types, scores = [], [], []
-    for i in range(vocab_size):
-        token = by_id.get(i)
-        score = 0.0
-        if token is None:  # padded embedding rows with no token
-            token, kind, score = f"[PAD{i}]", gguf.TokenType.UNUSED, -1000.0
-        elif i in special_ids:
-            kind, score = gguf.TokenType.CONTROL, -1000.0
-        elif i in user_ids:
-            kind, score = gguf.TokenType.USER_DEFINED, -1000.0
-        elif spec.model == "llama" and _BYTE_TOKEN.fullmatch(token):
-            kind = gguf.TokenType.BYTE
-        else:
-            kind = gguf.TokenType.NORMAL
-            score = -float(rank.get(token, len(rank) + i))
-        tokens.append(token)
-        types.append(kind)
-        scores.append(score)
-    writer.add_tokenizer_model(spec.model)
-    writer.add_tokenizer_pre(spec.pre)
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    if spec.model == "llama":
-        writer.add_token_scores(scores)
-        writer.add_add_space_prefix(spec.add_space_prefix)
-    vocab_log = logging.getLogger("gguf.vocab")  # it warns of template details llama.cpp does not use
-    level = vocab_log.level
-    vocab_log.setLevel(logging.ERROR)
-    try:
-        special = gguf.SpecialVocab(model_dir, load_merges=spec.model == "gpt2", n_vocab=len(tokens))
-    finally:
-        vocab_log.setLevel(level)
-    special.add_to_gguf(writer, quiet=True)
 
 
 def rope_parameters(config: dict, layer_type: str | None = None) -> dict:
@@ -327,35 +198,18 @@ def _load_tensor(path: Path, name: str) -> np.ndarray:
         return st.get_tensor(name).to(torch.float32).numpy()
 
 
-def convert_hf_to_gguf(
-    model_dir: str | Path,
-    out_path: str | Path,
-    *,
-    dtype: str = "f16",
-    progress: Callable[[str], None] | None = None,
-) -> Path:
-    """Write ``out_path`` (a GGUF base model) from a Hugging Face folder of a model in :data:`SUPPORT` with a
-    byte-level BPE or SentencePiece-style tokenizer. ``dtype``: ``f32`` (exact; what the tests use) or ``f16``
-    (half the size); 1-D tensors stay f32. Tensors are streamed: one is in memory at a time, never the model."""
-    model_dir, out_path = Path(model_dir), Path(out_path)
-    if dtype not in ("f32", "f16"):
-        raise IdiolectError(f"dtype must be f32 or f16, not {dtype!r}")
-    config, support = read_config(model_dir, "base")
-    arch = support.name
+def _plan_base_tensors(model_dir: Path, config: dict, support: ArchSupport, dtype: str):
+    """Every tensor of the GGUF base (name, shape, dtype, transform) from the safetensors headers, so the
+    writer can stream them; and the file each comes from."""
     gemma = support.arch == gguf.MODEL_ARCH.GEMMA3
-    n_layers = config["num_hidden_layers"]
     n_head = config["num_attention_heads"]
     n_kv = config.get("num_key_value_heads", n_head)
-    hidden = config["hidden_size"]
-    head_dim = config.get("head_dim") or hidden // n_head
-    vocab_size = config["vocab_size"]
-    name_map = gguf.get_tensor_name_map(support.arch, n_layers)
-
-    # Plan every tensor (name, shape, dtype, transform) from the headers, so the writer can stream them.
+    head_dim = config.get("head_dim") or config["hidden_size"] // n_head
+    name_map = gguf.get_tensor_name_map(support.arch, config["num_hidden_layers"])
     plan: list[_PlannedTensor] = []
     rope = _llama3_rope_factors(config, head_dim) if support.permute_qk else None
     if not support.permute_qk and not gemma and rope_parameters(config)["rope_type"] != "default":
-        raise IdiolectError(f"{arch} models with RoPE scaling are not supported by the GGUF writer")
+        raise IdiolectError(f"{support.name} models with RoPE scaling are not supported by the GGUF writer")
     if rope is not None:
         name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
         plan.append(_PlannedTensor(name, None, rope.shape, np.float32, lambda _x, r=rope: r))
@@ -367,7 +221,9 @@ def convert_hf_to_gguf(
             continue  # Gemma ties the head to the embedding; llama.cpp reads it from there
         new_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if new_name is None:
-            raise IdiolectError(f"{model_dir}: tensor {hf_name} has no GGUF name for the {arch} architecture")
+            raise IdiolectError(
+                f"{model_dir}: tensor {hf_name} has no GGUF name for the {support.name} architecture"
+            )
         steps: list[Callable[[np.ndarray], np.ndarray]] = []
         if support.permute_qk and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
             steps.append(lambda x: permute_qk(x, n_head))
@@ -384,16 +240,22 @@ def convert_hf_to_gguf(
 
         sources[hf_name] = path
         plan.append(_PlannedTensor(new_name, hf_name, shape, out_dtype, transform))
+    return plan, sources
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(str(out_path), arch)
+
+def _add_base_hparams(
+    writer: gguf.GGUFWriter, model_dir: Path, config: dict, support: ArchSupport, dtype: str
+):
+    gemma = support.arch == gguf.MODEL_ARCH.GEMMA3
+    hidden, n_head = config["hidden_size"], config["num_attention_heads"]
+    head_dim = config.get("head_dim") or hidden // n_head
     writer.add_name(model_dir.name)
     writer.add_context_length(config.get("max_position_embeddings", 4096))
     writer.add_embedding_length(hidden)
-    writer.add_block_count(n_layers)
+    writer.add_block_count(config["num_hidden_layers"])
     writer.add_feed_forward_length(config["intermediate_size"])
     writer.add_head_count(n_head)
-    writer.add_head_count_kv(n_kv)
+    writer.add_head_count_kv(config.get("num_key_value_heads", n_head))
     writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
     if gemma:
         _add_gemma3_hparams(writer, config, head_dim)
@@ -404,7 +266,27 @@ def convert_hf_to_gguf(
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
-    _add_tokenizer(writer, model_dir, vocab_size)
+    add_tokenizer(writer, model_dir, config["vocab_size"])
+
+
+def convert_hf_to_gguf(
+    model_dir: str | Path,
+    out_path: str | Path,
+    *,
+    dtype: str = "f16",
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """Write ``out_path`` (a GGUF base model) from a Hugging Face folder of a model in :data:`SUPPORT` with a
+    byte-level BPE or SentencePiece-style tokenizer. ``dtype``: ``f32`` (exact; what the tests use) or ``f16``
+    (half the size); 1-D tensors stay f32. Tensors are streamed: one is in memory at a time, never the model."""
+    model_dir, out_path = Path(model_dir), Path(out_path)
+    if dtype not in ("f32", "f16"):
+        raise IdiolectError(f"dtype must be f32 or f16, not {dtype!r}")
+    config, support = read_config(model_dir, "base")
+    plan, sources = _plan_base_tensors(model_dir, config, support, dtype)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(out_path), support.name)
+    _add_base_hparams(writer, model_dir, config, support, dtype)
     for t in plan:
         nbytes = int(np.prod(t.shape)) * np.dtype(t.dtype).itemsize
         writer.add_tensor_info(t.gguf_name, t.shape, np.dtype(t.dtype), nbytes)
