@@ -11,7 +11,7 @@ import sys
 import pytest
 from conftest import ROOT
 
-from idiolect.core.ingest.chat_exports import own_words
+from idiolect.core.ingest.chat_text import own_words
 from idiolect.core.ingest.samples import import_samples
 
 MINE_1 = "I would rather walk to the market on Saturday mornings, because the light is better then."

@@ -39,18 +39,15 @@ rest of the file still lands.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from idiolect.core.base.identity import same_text_key
+from idiolect.core.ingest.chat_text import MIN_WORDS, content_text, own_words, role_of
+from idiolect.core.ingest.feedback_datasets import dataset_rows
 
-MIN_WORDS = 4  # a turn shorter than this ("ok", "thanks!") shows too little of anyone's style
 MAX_PROMPT_CHARS = 4000  # the answered assistant message is cut to its last this-many characters
-QUOTE_MIN_CHARS = 60
 
 CHAT_FORMATS = ("chatgpt", "claude", "openwebui", "openwebui-feedback", "openai-chat")
-DATASET_FORMATS = ("trl-unpaired", "trl-paired", "llamafactory-kto", "llamafactory-ranking")
 
 
 @dataclass
@@ -116,125 +113,9 @@ def detect(item) -> str | None:
 # -------------------------------------------------------------------------------------------------------
 # The rule for what of a turn is the person's own writing.
 
-_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
-_LOG_LINE = re.compile(
-    r"""^\s*(?:
-        \[?\d{4}-\d{2}-\d{2}[ T]\d{1,2}:\d{2}            # 2024-05-01 12:00 / [2024-05-01T12:00
-      | \[?\d{1,2}:\d{2}:\d{2}\b                          # 12:00:01
-      | \[?(?:ERROR|WARN|WARNING|INFO|DEBUG|TRACE|FATAL|CRITICAL)\b[\]:\s]
-      | Traceback\ \(most\ recent\ call\ last\)
-      | File\ "[^"]*",\ line\ \d+
-      | at\ [\w.$<>]+\(.*\)\s*$
-      | (?:\$|>>>|PS\ [A-Z]:\\[^>]*>)[ ]
-      | [\w.]*(?:Error|Exception)(?::|\s*$)
-    )""",
-    re.VERBOSE,
-)
-
-
-def _mostly_symbols(line: str) -> bool:
-    s = line.strip()
-    if len(s) < 12:
-        return False
-    letters = sum(c.isalpha() or c.isspace() for c in s)
-    return letters / len(s) < 0.5
-
-
-def own_words(text: str, answered: str | None = None) -> tuple[str, dict[str, int]]:
-    """The person's own words in one chat turn, and how many lines of each kind were left out.
-
-    Linear in the text: one pass over its lines, then one over its paragraphs."""
-    removed = {"code": 0, "log": 0, "quoted": 0}
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    kept: list[str] = []
-    fence: str | None = None
-    indented: list[str] = []
-
-    def flush_indented() -> None:
-        if len(indented) >= 2:
-            removed["code"] += len(indented)
-        else:
-            kept.extend(indented)
-        indented.clear()
-
-    for line in lines:
-        m = _FENCE.match(line)
-        if fence is not None:
-            removed["code"] += 1
-            if m and m.group(1)[0] == fence[0] and len(m.group(1)) >= len(fence) and not line.strip(" `~"):
-                fence = None
-            continue
-        if m:
-            flush_indented()
-            fence = m.group(1)
-            removed["code"] += 1
-            continue
-        if line.strip() and (line.startswith("\t") or line.startswith("    ")):
-            indented.append(line)
-            continue
-        flush_indented()
-        if line.lstrip().startswith(">"):
-            removed["quoted"] += 1
-            continue
-        if line.strip() and (_LOG_LINE.match(line) or _mostly_symbols(line)):
-            removed["log"] += 1
-            continue
-        kept.append(line)
-    flush_indented()
-    out = "\n".join(kept)
-    if answered and len(answered) >= QUOTE_MIN_CHARS:
-        source = same_text_key(answered)
-        paragraphs = re.split(r"\n[ \t]*\n", out)
-        mine = []
-        for para in paragraphs:
-            flat = same_text_key(para)
-            if len(flat) >= QUOTE_MIN_CHARS and flat in source:
-                removed["quoted"] += para.count("\n") + 1
-            else:
-                mine.append(para)
-        out = "\n\n".join(mine)
-    out = re.sub(r"\n{3,}", "\n\n", out).strip()
-    return out, {k: v for k, v in removed.items() if v}
-
 
 # -------------------------------------------------------------------------------------------------------
 # Message contents in the shapes the tools write.
-
-
-def _content_text(content) -> tuple[str, int]:
-    """Text of a message's content (a string, a list of parts, or a ChatGPT content object) and the number of
-    non-text parts (images, files) it carried."""
-    if content is None:
-        return "", 0
-    if isinstance(content, str):
-        return content, 0
-    if isinstance(content, dict):
-        ctype = content.get("content_type")
-        if ctype in ("text", "multimodal_text") or "parts" in content:
-            return _content_text(content.get("parts") or [])
-        if isinstance(content.get("text"), str) and content.get("type", "text") == "text":
-            return content["text"], 0
-        return "", 1
-    if isinstance(content, list):
-        texts, other = [], 0
-        for part in content:
-            if isinstance(part, str):
-                texts.append(part)
-            elif (
-                isinstance(part, dict)
-                and part.get("type") in ("text", "input_text", "output_text", None)
-                and (isinstance(part.get("text"), str))
-            ):
-                texts.append(part["text"])
-            else:
-                other += 1
-        return "\n\n".join(t for t in texts if t), other
-    return "", 1
-
-
-def _role(value) -> str:
-    value = str(value or "").lower()
-    return {"human": "user", "gpt": "assistant", "bot": "assistant", "model": "assistant"}.get(value, value)
 
 
 def _chatgpt(item: dict, where: str) -> Conversation:
@@ -257,14 +138,14 @@ def _chatgpt(item: dict, where: str) -> Conversation:
         node_id = node.get("parent")
     turns = []
     for msg in reversed(chain):
-        role = _role((msg.get("author") or {}).get("role"))
+        role = role_of((msg.get("author") or {}).get("role"))
         meta = msg.get("metadata") or {}
         content = msg.get("content") or {}
         if meta.get("is_visually_hidden_from_conversation") or (
             isinstance(content, dict) and content.get("content_type") not in ("text", "multimodal_text")
         ):
             role = "system" if role == "user" else role  # custom instructions, tool calls, browsing, thoughts
-        text, other = _content_text(content)
+        text, other = content_text(content)
         turns.append(
             Turn(
                 role,
@@ -290,24 +171,28 @@ def _claude(item: dict, where: str) -> Conversation:
         messages = list(reversed(chain))
     turns = []
     for m in messages:
-        text, other = _content_text(m.get("content")) if m.get("content") else (m.get("text") or "", 0)
+        text, other = content_text(m.get("content")) if m.get("content") else (m.get("text") or "", 0)
         if not text and isinstance(m.get("text"), str):
             text = m["text"]
         turns.append(
-            Turn(_role(m.get("sender")), text, attachments=other + len(m.get("attachments") or []) + len(
+            Turn(role_of(m.get("sender")), text, attachments=other + len(m.get("attachments") or []) + len(
                 m.get("files") or []))
         )  # fmt: skip
     return Conversation(where, item.get("name"), turns)
 
 
 def _owui_turn(m: dict) -> Turn:
-    text, other = _content_text(m.get("content"))
+    text, other = content_text(m.get("content"))
     rating = (m.get("annotation") or {}).get("rating") if isinstance(m.get("annotation"), dict) else None
     rating = 1 if isinstance(rating, (int, float)) and rating > 0 else -1 if isinstance(rating, (int, float)) and (
         rating < 0) else None  # fmt: skip
     model = m.get("model") or (m.get("models") or [None])[0]
     return Turn(
-        _role(m.get("role")), text, model=model, rating=rating, attachments=other + len(m.get("files") or [])
+        role_of(m.get("role")),
+        text,
+        model=model,
+        rating=rating,
+        attachments=other + len(m.get("files") or []),
     )
 
 
@@ -329,7 +214,7 @@ def _openwebui_chat(chat: dict, where: str, title: str | None) -> Conversation:
         turn = _owui_turn(m)
         if turn.role == "assistant" and turn.rating is not None:
             parent = messages.get(m.get("parentId")) if m.get("parentId") is not None else None
-            prompt = _content_text(parent.get("content"))[0] if parent else ""
+            prompt = content_text(parent.get("content"))[0] if parent else ""
             conv.rated.append((prompt, turn))
     return conv
 
@@ -354,7 +239,7 @@ def _openwebui_feedback(item: dict, where: str) -> Conversation:
     turn.rating = 1 if rating > 0 else -1
     turn.model = data.get("model_id") or turn.model
     parent = messages.get(msg.get("parentId"))
-    prompt = _content_text(parent.get("content"))[0] if parent else ""
+    prompt = content_text(parent.get("content"))[0] if parent else ""
     return Conversation(where, chat.get("title"), [], rated=[(prompt, turn)])
 
 
@@ -363,8 +248,8 @@ def _openai_chat(item: dict, where: str) -> Conversation:
     for m in item.get("messages") or []:
         if not isinstance(m, dict):
             raise ValueError("a message is not an object")
-        text, other = _content_text(m.get("content"))
-        turns.append(Turn(_role(m.get("role")), text, attachments=other))
+        text, other = content_text(m.get("content"))
+        turns.append(Turn(role_of(m.get("role")), text, attachments=other))
     return Conversation(where, item.get("title"), turns)
 
 
@@ -430,100 +315,6 @@ def _conversation_samples(conv: Conversation, out: Parsed) -> None:
 # Feedback datasets (TRL, LLaMA-Factory).
 
 
-def _last_user(messages: list) -> str:
-    users = [_content_text(m.get("content", m.get("value")))[0] for m in messages
-             if isinstance(m, dict) and _role(m.get("role", m.get("from"))) == "user"]  # fmt: skip
-    return users[-1] if users else ""
-
-
-def _messages(value) -> list[dict]:
-    if not isinstance(value, list) or not all(isinstance(m, dict) for m in value):
-        raise ValueError("expected a list of messages")
-    return [
-        {
-            "role": _role(m.get("role", m.get("from"))),
-            "content": _content_text(m.get("content", m.get("value")))[0],
-        }
-        for m in value
-    ]
-
-
-def _text_or_last(value, what: str) -> str:
-    """A completion as a string, or the last assistant message of a conversational one."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict):  # LLaMA-Factory's {"from": "gpt", "value": ...}
-        return _content_text(value.get("content", value.get("value")))[0]
-    msgs = _messages(value)
-    answers = [m["content"] for m in msgs if m["role"] == "assistant"]
-    if not answers:
-        raise ValueError(f"'{what}' has no assistant message")
-    return answers[-1]
-
-
-def _prompt_of(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    return _last_user(_messages(value))
-
-
-def _label(value) -> int:
-    if isinstance(value, bool):
-        return 1 if value else -1
-    if isinstance(value, (int, float)) and value in (0, 1, -1):
-        return 1 if value > 0 else -1
-    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
-        return 1 if value.strip().lower() in ("true", "1") else -1
-    raise ValueError(f"the label is {value!r}, not true or false")
-
-
-def _dataset_rows(fmt: str, item: dict, where: str, source: str) -> list[dict]:
-    model = f"imported ({source})"
-    if fmt == "trl-unpaired":
-        return [{"where": where, "prompt": _prompt_of(item.get("prompt")),
-                 "text": _text_or_last(item["completion"], "completion"), "rating": _label(item["label"]),
-                 "model": model}]  # fmt: skip
-    if fmt == "trl-paired":
-        prompt = item.get("prompt")
-        prompt = _prompt_of(prompt) if prompt is not None else _last_user(_messages(item["chosen"]))
-        return [
-            {"where": where, "prompt": prompt, "text": _text_or_last(item[k], k), "rating": r, "model": model}
-            for k, r in (("chosen", 1), ("rejected", -1))
-        ]
-    if fmt == "llamafactory-kto":
-        if "instruction" in item:
-            prompt = "\n\n".join(p for p in (item.get("instruction"), item.get("input")) if p)
-            text = item.get("output")
-        else:
-            msgs = _messages(item.get("messages", item.get("conversations")))
-            if not msgs or msgs[-1]["role"] != "assistant":
-                raise ValueError("the conversation does not end with the rated assistant message")
-            prompt, text = _last_user(msgs[:-1]), msgs[-1]["content"]
-        if not isinstance(text, str):
-            raise ValueError("no output text")
-        return [
-            {
-                "where": where,
-                "prompt": prompt,
-                "text": text,
-                "rating": _label(item["kto_tag"]),
-                "model": model,
-            }
-        ]
-    if fmt == "llamafactory-ranking":
-        if "instruction" in item:
-            prompt = "\n\n".join(p for p in (item.get("instruction"), item.get("input")) if p)
-        else:
-            prompt = _last_user(_messages(item.get("conversations", item.get("messages"))))
-        return [
-            {"where": where, "prompt": prompt, "text": _text_or_last(item[k], k), "rating": r, "model": model}
-            for k, r in (("chosen", 1), ("rejected", -1))
-        ]
-    raise ValueError(fmt)
-
-
 # -------------------------------------------------------------------------------------------------------
 
 
@@ -546,7 +337,7 @@ def parse(items: Iterable[tuple[str, object | None, str | None]], fmt: str, sour
             if fmt in CONVERSATION_PARSERS:
                 _conversation_samples(CONVERSATION_PARSERS[fmt](item, label), out)
             else:
-                out.rated.extend(_dataset_rows(row_fmt, item, label, source))
+                out.rated.extend(dataset_rows(row_fmt, item, label, source))
         except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
             reason = (
                 str(exc)
