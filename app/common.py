@@ -29,7 +29,7 @@ log = logging.getLogger("idiolect.app")
 
 
 class Generators:
-    """One loaded base per model, adapters switched onto it (core.generation does the work)."""
+    """One loaded base per model, adapters switched onto it (core.models does the work)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()

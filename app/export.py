@@ -50,7 +50,7 @@ def do_export(ctx: Ctx, profile, formats, folder):
     return f"Exported to `{result.folder}`:\n{files}{skipped}", summary, snippet, commands, downloads
 
 
-def test_export(ctx: Ctx, profile, folder, prompt, strength: float = 1.0) -> str:
+def try_it(ctx: Ctx, profile, folder, prompt, strength: float = 1.0) -> str:
     """The exported GGUF LoRA answers a prompt in llama.cpp, as it will for the user, at a persona strength
     (the LoRA's scale: 0 the base alone, 1 as trained)."""
     need(ctx, profile)
@@ -94,7 +94,7 @@ class ExportTab:
            [report, summary, snippet, commands, downloads, status_md])  # fmt: skip
         on(
             test_btn.click,
-            lambda p, d, q, k: test_export(ctx, p, d, q, k),
+            lambda p, d, q, k: try_it(ctx, p, d, q, k),
             [profile, folder, test_prompt, strength],
             [test_out],
         )

@@ -21,7 +21,7 @@ and reports per objective, as means with 95% confidence intervals over targets:
   GGUF LoRA on the original file when the base is a GGUF (what a user runs), else through transformers;
 - authorship: share of generations a stylometric classifier (character n-gram TF-IDF + logistic regression,
   target's training texts vs peers' training texts) attributes to the target;
-- popi: the POPI summary, chosen on the target's training texts (core.profile.build_summary), scored on the
+- popi: the POPI summary, chosen on the target's training texts (core.persona.summary.build_summary), scored on the
   held-out texts it was not chosen on, against the generic summary and against another target's summary.
 
 No leaks: a held-out text (the target's, a peer's, a pair's "other" answer) is never a text any objective
@@ -34,6 +34,7 @@ settings tuned on one dump are passed unchanged to the report on another.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import random
@@ -45,6 +46,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from idiolect.core.base.identity import same_text_key, text_fraction
+from idiolect.core.models.loading import pad_id
 from idiolect.core.models.prompt import DEFAULT_PROMPT
 from idiolect.core.training.runs import adapter_dir as run_adapter_dir
 
@@ -240,11 +242,11 @@ class Generations:
             ctx = (
                 model.disable_adapter()
                 if (not adapter_dir and hasattr(model, "disable_adapter"))
-                else _null()
+                else contextlib.nullcontext()
             )
             with torch.no_grad(), ctx:
                 gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=self.gen_tokens,
-                                     do_sample=False, pad_token_id=self.tokenizer.pad_token_id or 0,
+                                     do_sample=False, pad_token_id=pad_id(self.tokenizer),
                                      repetition_penalty=1.1)  # fmt: skip
             out.append(self.tokenizer.decode(gen[0, ids.shape[1] :], skip_special_tokens=True))
         return out
@@ -258,7 +260,7 @@ def evaluate(model, tokenizer, adapter_dir, target, peer_held, pairs, authorship
 
     adapter = adapter_dir is not None
     held = target["heldout"]
-    pad = tokenizer.pad_token_id or 0
+    pad = pad_id(tokenizer)
 
     def logps(rows):
         return logps_of(model, _examples(rows, tokenizer, max_length), device, pad, adapter=adapter,
@@ -282,14 +284,6 @@ def evaluate(model, tokenizer, adapter_dir, target, peer_held, pairs, authorship
         out["pair_accuracy_ll"] = float((sa / ca.clamp(min=1) > sb / cb.clamp(min=1)).float().mean())
         out["pairs"] = len(pairs)
     return out
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def authorship_classifier(target_texts, peer_texts, seed=0):

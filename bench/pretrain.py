@@ -1,7 +1,7 @@
 """Pretraining a small causal LM from scratch on given texts, within a step or time budget.
 
 No model can be downloaded on the build machines, so the quality tests and benchmarks need a base that has
-learned *some* language: this trains one of core.tinymodels' Llama/Qwen2 models (own BPE tokenizer) on a
+learned *some* language: this trains one of bench.tinymodels' Llama/Qwen2 models (own BPE tokenizer) on a
 corpus, packed into fixed-length blocks, full-parameter, AdamW with warmup and cosine decay. The result is an
 ordinary Hugging Face folder.
 """

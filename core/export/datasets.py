@@ -20,7 +20,7 @@ def _write_jsonl(path: Path, rows) -> Path:
 
 
 def dataset_files(folder: Path, slug: str, data, wanted) -> tuple[list[Path], dict[str, str]]:
-    """The profile's data (:func:`core.training_data.preference_data`) as datasets for other trainers:
+    """The profile's data (:func:`idiolect.core.training.labels.preference_data`) as datasets for other trainers:
 
     - ``kto-jsonl``: TRL's unpaired preference format, conversational (``prompt`` / ``completion`` as messages,
       ``label`` true for your writing, thumbs-up and edits, false for thumbs-down), for ``KTOTrainer`` /

@@ -31,7 +31,7 @@ What becomes what:
   :data:`MIN_WORDS` words of its own left is skipped with the reason.
 - **Thumbs are ratings.** A rated assistant message (Open WebUI) or a labelled row (TRL, LLaMA-Factory) becomes a
   generation with a rating, exactly as if it had been rated in the app: thumbs-up rows are positives, thumbs-down
-  rows negatives (:func:`core.training_data.feedback_examples` is the one rule).
+  rows negatives (:func:`idiolect.core.training.labels.feedback_examples` is the one rule).
 
 Every parser is per row: a conversation or row that cannot be read is one skipped row with its reason, and the
 rest of the file still lands.

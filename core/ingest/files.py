@@ -64,7 +64,7 @@ def human_size(n: int) -> str:
 
 
 def decoded_chunks(path: Path, encoding: str, limit: int, size: int = 1 << 20) -> Iterable[str]:
-    """The file's text in pieces, decoded as :func:`core.text.decode` does (invalid bytes kept as lone
+    """The file's text in pieces, decoded as :func:`idiolect.core.base.text.decode` does (invalid bytes kept as lone
     surrogates for the per-row check; a UTF-8 BOM dropped), with the same refusals as :func:`read_bytes`."""
     import codecs
 

@@ -26,7 +26,9 @@ class ImportReport:
     own_added: int = 0  # the user's own texts found in a peer file, added to their profile
     own_removed: int = 0  # ... and removed from the pool where an earlier import had put them
     import_id: int | None = None  # the profile's import-history entry (undo it as a whole)
-    format: str | None = None  # a chat export or feedback dataset: which (core.chat_exports.detect)
+    format: str | None = (
+        None  # a chat export or feedback dataset: which (idiolect.core.ingest.chat_exports.detect)
+    )
     ratings: int = 0  # rated generations imported (Open WebUI thumbs, TRL / LLaMA-Factory rows)
     rating_duplicates: int = 0
     left_out: dict[str, int] = field(

@@ -1,6 +1,6 @@
 """Importers: the user's own writing (.txt/.md/.jsonl/.json/.csv, and chat histories exported from ChatGPT,
 Claude, Open WebUI or as OpenAI-style chat JSONL, with ratings from Open WebUI, TRL and LLaMA-Factory datasets:
-see :mod:`core.chat_exports`) and peer pools (Stack Exchange Posts.xml or Posts.xml.gz, JSONL/CSV
+see :mod:`idiolect.core.ingest.chat_exports`) and peer pools (Stack Exchange Posts.xml or Posts.xml.gz, JSONL/CSV
 ``{writer, prompt, text}``).
 
 Every importer follows the same contract: read the whole file, keep each good row, and report each bad
@@ -128,7 +128,7 @@ def read_samples(path: str | Path, *, split: str = "blocks", encoding: str = "ut
     """The rows ``{prompt, context, text, source}`` of one file of the user's own writing, and what was
     skipped. ``split``: for .txt/.md, ``blocks`` makes one sample per blank-line-separated block, ``file``
     one sample per file. A .json/.jsonl file that is a chat export or a feedback dataset (see
-    :mod:`core.chat_exports`) gives the user's own turns as rows and its ratings as ``rated``."""
+    :mod:`idiolect.core.ingest.chat_exports`) gives the user's own turns as rows and its ratings as ``rated``."""
     path = Path(path)
     if split not in SPLITS:
         raise IdiolectError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")

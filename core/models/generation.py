@@ -5,7 +5,7 @@
 - :class:`LlamaCppGenerator` -- llama-cpp-python over a GGUF base, optionally with a GGUF LoRA.
 
 Both take the same :class:`SamplingParams`, format the prompt the same way (the model's chat template, else
-the plain format of :func:`core.models.render_prompt`), stream text pieces as they are produced, stop at stop
+the plain format of :func:`idiolect.core.models.prompt.render_prompt`), stream text pieces as they are produced, stop at stop
 strings, and stop early when their :class:`Cancel` is set (or when the consumer stops iterating).
 """
 
@@ -29,7 +29,7 @@ def open_generator(
     gguf_cache: Path | None = None,
 ) -> Generator:
     """A generator for what the user named. With the llama backend an HF model is converted to GGUF first
-    (cached by folder and modification time), and ``adapter`` may be a GGUF LoRA or a PEFT folder; with the hf
+    (cached by the folder and its files' content hashes), and ``adapter`` may be a GGUF LoRA or a PEFT folder; with the hf
     backend a GGUF model is dequantized (once) and ``adapter`` is a PEFT folder."""
     from idiolect.core.models.resolve import local_model_dir, resolve
 

@@ -52,6 +52,15 @@ def pick_device(device: str = "auto") -> str:
     return device
 
 
+def pad_id(tokenizer) -> int:
+    """The token id batches are padded with: the tokenizer's pad token, else its end-of-text token (padding is
+    masked out, so any id works; this is the one choice)."""
+    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return int(tid)
+    return 0
+
+
 def load_tokenizer(model_dir: str | Path):
     from transformers import AutoTokenizer
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from idiolect.core.base.errors import IdiolectError
 from idiolect.core.base.identity import text_digest
+from idiolect.core.training.data import MIN_TARGETS
 from idiolect.core.training.labels import TAR, feedback_examples, without_own_texts
 
 WORD_RE = re.compile(r"[A-Za-z][A-Za-z'’]*")
@@ -399,9 +400,9 @@ def profile_data(store, profile: str, pool: str = "default", *, max_writers: int
     for f in store.list_feedback(prof["id"]):
         for kind, text in feedback_examples(f["rating"], f["text"], f["edited_text"]):
             (liked if kind == TAR else disliked).append(text)
-    if len(user) < 4:
+    if len(user) < MIN_TARGETS:
         raise IdiolectError(
-            f"profile {profile!r} has {len(user)} samples; add at least 4 to compare with others"
+            f"profile {profile!r} has {len(user)} samples; add at least {MIN_TARGETS} to compare with others"
         )
     by_writer: dict[str, list[tuple[str | None, str]]] = {}
     for p in without_own_texts(store.peer_texts(store.get_pool(pool)["id"]), [t for _, t in user]):

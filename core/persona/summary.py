@@ -6,6 +6,7 @@ import re
 from collections.abc import Sequence
 
 from idiolect.core.base.identity import text_digest
+from idiolect.core.models.loading import pad_id
 from idiolect.core.persona.style import SENT_SPLIT_RE, difference_report, profile_data, report_text
 
 GENERIC_SUMMARY = "Write clearly and helpfully."
@@ -89,7 +90,7 @@ def _summary_logps(model, tokenizer, pairs, system, device, max_length, response
     tokenize(ex, tokenizer, max_length, system=system)
     for e in ex:
         e.response_ids = e.response_ids[:response_tokens]
-    return logps_of(model, ex, device, tokenizer.pad_token_id or 0, adapter=False)
+    return logps_of(model, ex, device, pad_id(tokenizer), adapter=False)
 
 
 def summary_baseline(
@@ -140,9 +141,9 @@ def summary_lift(
 
 
 def _split_user(texts: list[tuple[str | None, str]], max_heldout: int = 16):
-    from idiolect.core.training.data import _heldout
+    from idiolect.core.training.data import is_heldout
 
-    held = [pt for pt in texts if _heldout(pt[1], 0.25)][:max_heldout]
+    held = [pt for pt in texts if is_heldout(pt[1], 0.25)][:max_heldout]
     if len(held) < 2:
         held = texts[-max(2, len(texts) // 4) :]
     keep = [pt for pt in texts if pt not in held]

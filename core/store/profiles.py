@@ -78,7 +78,7 @@ class ProfileTables:
 
     def delete_profile(self, name: str) -> None:
         """Delete the profile and every row that is its own (cascades). Files of its runs are the caller's:
-        ``core.train.delete_profile`` removes both."""
+        ``idiolect.core.training.worker.delete_profile`` removes both."""
         profile = self.get_profile(name)
         with self.write() as db:
             db.execute("DELETE FROM profiles WHERE id = ?", [profile["id"]])

@@ -37,7 +37,6 @@ class RunTables:
         for key in ("config", "result"):
             if key in fields:
                 fields[key] = json.dumps(fields[key])
-        fields["heartbeat_at"] = utcnow()
         with self.write() as db:
             db["runs"].update(run_id, fields)
 
@@ -68,7 +67,6 @@ class RunTables:
                 "INSERT OR REPLACE INTO run_metrics (run_id, step, metrics, created_at) VALUES (?, ?, ?, ?)",
                 [run_id, step, json.dumps(metrics), now],
             )
-            db.execute("UPDATE runs SET heartbeat_at = ? WHERE id = ?", [now, run_id])
 
     def run_metrics(self, run_id: int) -> list[dict]:
         return [

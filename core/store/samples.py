@@ -99,7 +99,10 @@ class SampleTables:
     def _generation_keys(self, db, profile_id: int) -> set[str]:
         columns = ", ".join(GENERATION_KEY)
         query = f"SELECT {columns} FROM generations WHERE profile_id = ?"
-        return {content_hash(*r) for r in db.execute(query, [profile_id])}
+        return {
+            row_key(dict(zip(GENERATION_KEY, r, strict=True)), GENERATION_KEY)
+            for r in db.execute(query, [profile_id])
+        }
 
     def _add_rated(
         self, db, profile_id: int, import_id: int, source: str, rated, result: InsertResult
@@ -266,7 +269,12 @@ class SampleTables:
                 prompt = old_prompt
             db.execute(
                 "UPDATE samples SET text = ?, prompt = ?, content_hash = ? WHERE id = ?",
-                [text, prompt, content_hash(prompt, context, text), sample_id],
+                [
+                    text,
+                    prompt,
+                    row_key({"prompt": prompt, "context": context, "text": text}, SAMPLE_KEY),
+                    sample_id,
+                ],
             )
 
     def delete_sample(self, profile_id: int, sample_id: int) -> None:

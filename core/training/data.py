@@ -54,12 +54,13 @@ class TrainingSets:
         }
 
 
-def _heldout(text: str, fraction: float) -> bool:
+def is_heldout(text: str, fraction: float) -> bool:
+    """Whether a text is in the held-out share ``fraction`` (stable: decided by the text alone)."""
     return text_fraction(text) < fraction
 
 
 def _split(examples: list[Example], fraction: float) -> tuple[list[Example], list[Example]]:
-    held = [e for e in examples if _heldout(e.text, fraction)]
+    held = [e for e in examples if is_heldout(e.text, fraction)]
     if not held and len(examples) >= 5:
         held = [min(examples, key=lambda e: text_digest(e.text))]
     if len(held) >= len(examples):

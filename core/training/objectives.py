@@ -1,6 +1,6 @@
 """Training objectives on one code path: C-BPO and its baselines (BCO with peers as plain negatives, SFT).
 
-Notation (DESIGN.md; C-BPO, Ma et al., arXiv 2605.10043). For a prompt x and response y, with the frozen base
+Notation (the project's design brief; C-BPO, Ma et al., arXiv 2605.10043). For a prompt x and response y, with the frozen base
 model as reference, the implicit reward is ``r = beta * (log pi(y|x) - log pi_ref(y|x))`` (sums over response
 tokens). With a reference point delta, the binary per-sample losses are::
 
@@ -20,11 +20,11 @@ over peer samples, ``delta = (m_T + m_A) / 2`` -- unlike BCO's single pooled mea
 dominates.
 
 Departures and choices (the paper's method text could not be read here; this follows the detailed note in
-DESIGN.md):
+the design brief):
 - delta's moving averages are exponential with decay ``delta_decay = 0.95`` per step (a ~20-step window): the
   rewards drift as the adapter learns, and a cumulative mean (BCO's) lags further behind the longer a run is.
   Both start at 0, the reward of every sample before training.
-- the clamp is a plain ``max(0, .)`` (no gradient through a negative PU term), as DESIGN.md states, not
+- the clamp is a plain ``max(0, .)`` (no gradient through a negative PU term), as the design brief states, not
   Kiryo's gradient-ascent step.
 - ``reward_norm``: ``sum`` (the default, as in DPO/BCO) or ``mean`` -- the log-ratio averaged over the
   response's tokens (SimPO's length normalization), so a 300-token answer does not get a reward 10x a 30-token

@@ -7,9 +7,8 @@ import os
 from pathlib import Path
 
 from idiolect.core.base.errors import IdiolectError
-from idiolect.core.base.identity import content_hash
 from idiolect.core.models.resolve import model_identity
-from idiolect.core.store import Store
+from idiolect.core.store import SAMPLE_KEY, Store, row_key
 from idiolect.core.training.config import TrainConfig
 from idiolect.core.training.data import Example, TrainingSets, load_sets, total_steps
 from idiolect.core.training.labels import TAR
@@ -115,7 +114,7 @@ def _record_examples(examples: list[Example]) -> list[dict]:
     return [
         {
             "source": e.source,
-            "hash": content_hash(e.prompt, e.context, e.text),
+            "hash": row_key({"prompt": e.prompt, "context": e.context, "text": e.text}, SAMPLE_KEY),
             "prompt": e.prompt,
             "context": e.context,
             "text": e.text,

@@ -1,7 +1,7 @@
 """Training a profile's LoRA adapter (QLoRA on CUDA) with C-BPO or a baseline, for one run of the runs table.
 
 The loop: load the base (4-bit NF4 on CUDA, fp32 on CPU) and wrap it with LoRA; assemble and tokenize the three
-sets (core.training_data); estimate pi (core.pu_prior) unless given; compute every training sample's reference
+sets (training.data); estimate pi (training.pu_prior) unless given; compute every training sample's reference
 log-probability once with the adapter disabled (the base is frozen, so it never changes); then take optimizer
 steps on batches that each hold target and peer samples (and thumbs-down ones when there are any), logging the
 loss, the risk terms, reward means and margin, tokens/s and memory to ``run_metrics`` at every step.
@@ -268,7 +268,7 @@ class Trainer:
 
     def _load(self) -> _Live:
         """The base model with its LoRA adapter, the tokenizer, and where they compute."""
-        from idiolect.core.models.loading import load_hf_model
+        from idiolect.core.models.loading import load_hf_model, pad_id
         from idiolect.core.models.resolve import local_model_dir
 
         self._set_stage("loading the model")
@@ -277,8 +277,7 @@ class Trainer:
         device = desc["device"]
         self._autocast = autocast_dtype(self.cfg.precision, device, desc["params"])
         model = self._model = build_peft_model(self.cfg, base, device)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        return _Live(model, tokenizer, model_dir, device, pad_id, self._install_stop_hooks(model))
+        return _Live(model, tokenizer, model_dir, device, pad_id(tokenizer), self._install_stop_hooks(model))
 
     def _data(self, tokenizer) -> tuple[dict, TrainingSets, int]:
         """The run's data record, its sets (tokenized) and its step count: read from the database once for a

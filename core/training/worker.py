@@ -1,6 +1,6 @@
 """Training runs in their own process: start, watch, cancel, resume.
 
-The UI never trains in its own threads: :func:`start` spawns ``python -m core.worker RUN_ID --db PATH`` in a new
+The UI never trains in its own threads: :func:`start` spawns ``python -m idiolect.core.training.worker RUN_ID --db PATH`` in a new
 session (so closing the browser tab or a Ctrl-C in the app's terminal does not kill it); the worker reports
 through the runs and run_metrics tables; :func:`cancel` asks it to stop (it checkpoints first), and
 :func:`status` notices a worker that died (killed, crashed, machine rebooted) and marks the run failed but
