@@ -112,3 +112,24 @@ def test_a_data_folder_that_moved_still_finds_its_adapters(tmp_path):
         assert adapter_dir(again, latest) == tmp_path / "moved" / "runs" / str(run) / "adapter"
     finally:
         again.close()
+
+
+def test_a_foreground_run_is_refused_while_another_run_of_the_profile_trains(store):
+    """Background and foreground training start runs through one function, so two terminals cannot train one
+    profile at once (the foreground `train` skipped the check)."""
+    import os
+
+    from idiolect.core.base.errors import IdiolectError
+    from idiolect.core.ingest.pool import ensure_defaults
+    from idiolect.core.training import worker
+
+    ensure_defaults(store)
+    pid = _profile_with_texts(store)
+    busy = store.create_run(pid, "kto", "m", {"model": "m"})
+    store.update_run(busy, status="running", pid=os.getpid())  # a live process trains it
+    with pytest.raises(IdiolectError, match=f"run {busy} is still training"):
+        worker.new_run(store, "ana", TrainConfig(model="m"))
+    with pytest.raises(IdiolectError, match=f"run {busy} is already training"):
+        worker.reopen_run(store, busy)
+    store.update_run(busy, status="cancelled")
+    assert worker.reopen_run(store, busy)["status"] == "queued"

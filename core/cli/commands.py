@@ -10,7 +10,7 @@ from idiolect.core.base.errors import IdiolectError
 from idiolect.core.ingest.peers import import_peers
 from idiolect.core.ingest.pool import open_store
 from idiolect.core.ingest.samples import import_samples
-from idiolect.core.training.runs import adapter_dir, seconds_left
+from idiolect.core.training.runs import adapter_dir, latest_completed_run, seconds_left
 
 
 def _progress(message: str) -> None:
@@ -193,14 +193,10 @@ def cmd_summary(args) -> int:
     with open_store(args.db) as store:
         model = args.model
         if not model:
-            runs = [
-                r
-                for r in store.list_runs(store.get_profile(args.profile)["id"])
-                if r["status"] == "completed"
-            ]
-            if not runs:
+            run = latest_completed_run(store, store.get_profile(args.profile)["id"])
+            if run is None:
                 raise IdiolectError("name a model to score summaries with: --model HF_ID_OR_FOLDER")
-            model = runs[0]["config"]["model"]
+            model = run["config"]["model"]
         writer = None
         if args.llm_url:
             # The key comes from the environment only, so it never lands in shell history or logs.

@@ -38,9 +38,12 @@ def adapter_base(path: str | Path) -> str | None:
 
 
 def same_model(a: str | Path, b: str | Path) -> bool:
-    """Whether two model references (folders or hub ids) name the same model."""
+    """Whether two model references (folders, .gguf files, hub ids, ``offline``) name the same model: the one
+    comparison, by :func:`idiolect.core.models.resolve.model_identity` (or the same resolved path)."""
+    from idiolect.core.models.resolve import model_identity
+
     a, b = str(a), str(b)
-    if a == b:
+    if a == b or model_identity(a) == model_identity(b):
         return True
     pa, pb = Path(a).expanduser(), Path(b).expanduser()
     return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()

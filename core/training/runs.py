@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from idiolect.core.base.errors import IdiolectError
-from idiolect.core.models.resolve import model_identity
+from idiolect.core.models.adapters import same_model
 from idiolect.core.store import SAMPLE_KEY, Store, row_key
 from idiolect.core.training.config import TrainConfig
 from idiolect.core.training.data import Example, TrainingSets, load_sets, total_steps
@@ -30,8 +30,6 @@ def latest_completed_run(
 ) -> dict | None:
     """The one definition of "the profile's latest adapter": its newest completed run whose adapter folder is
     still on disk; with ``model_dir``, only runs trained on that base model (an adapter fits its own base only)."""
-    from idiolect.core.models.adapters import same_model
-
     for run in store.list_runs(profile_id):
         adapter = adapter_dir(store, run)
         if adapter is None or not adapter.exists():
@@ -65,16 +63,15 @@ def estimate_run(store: Store, profile: str, cfg: TrainConfig) -> dict:
     n = len(sets.train[TAR])
     steps = total_steps(cfg, n)
     out = {"steps": steps, "target_texts": n, "seconds": None, "peak_memory_mb": None, "based_on_run": None}
-    want = model_identity(cfg.model)
-    if want is None:
+    if not (cfg.model or "").strip():
         return out
-    seen: dict[str, str | None] = {}
+    seen: dict[str, bool] = {}
     runs = [r for p in store.list_profiles() for r in store.list_runs(p["id"])]
     for run in sorted(runs, key=lambda r: -r["id"]):
         spec = run["config"].get("model") or run["model"]  # the spec as given; runs.model is the folder used
         if spec not in seen:
-            seen[spec] = model_identity(spec)
-        if seen[spec] != want:
+            seen[spec] = same_model(spec, cfg.model)
+        if not seen[spec]:
             continue
         metrics = [m for m in store.run_metrics(run["id"]) if m.get("seconds")]
         if len(metrics) < 2:
