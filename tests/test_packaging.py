@@ -37,8 +37,10 @@ def test_the_wheel_claims_one_name_and_ships_its_assets(wheel):
     names = wheel.namelist()
     tops = {n.split("/")[0] for n in names if ".dist-info/" not in n}
     assert tops == {"idiolect"}, tops  # no top-level core/, app/, bench/, launch.py in site-packages
-    for package in ("core", "app", "bench"):
-        assert f"idiolect/{package}/__init__.py" in names
+    packages = sorted(str(i.parent.relative_to(ROOT)) for i in ROOT.glob("[abc]*/**/__init__.py"))
+    assert {"core", "app", "bench", "core/cli", "core/models/gguf"} <= set(packages)
+    for package in packages:  # every subpackage ships (pyproject lists them by name)
+        assert f"idiolect/{package}/__init__.py" in names, package
     assert "idiolect/launch.py" in names and "idiolect/assets/app.css" in names
     tracked_pool = sorted(p.name for p in (ROOT / "assets" / "peers" / "default").glob("*.jsonl"))
     shipped_pool = sorted(
