@@ -108,6 +108,7 @@ class _Live:
     optimizer: object = None
     scheduler: object = None
     shift: RewardShift | None = None
+    ocfg: object = None  # the run's ObjectiveConfig, built once
 
 
 class Trainer:
@@ -306,6 +307,7 @@ class Trainer:
             live.optimizer, lambda s: _lr_factor(s, total, warmup)
         )
         live.shift = RewardShift("pooled" if cfg.objective == "bco" else "separate", cfg.delta_decay)
+        live.ocfg = cfg.objective_config()
         if not state:
             return 0
         checkpoints.restore(ckpt, state, live.model, live.optimizer, live.scheduler, live.shift)
@@ -319,7 +321,7 @@ class Trainer:
         try:
             self._check_stop()
             metrics = self._step(live.model, live.optimizer, live.params, sets, plan, step, ref,
-                                 cfg.objective_config(), live.pi_info["pi"], live.shift, live.device,
+                                 live.ocfg, live.pi_info["pi"], live.shift, live.device,
                                  live.pad_id)  # fmt: skip
         except StopRequested:
             live.optimizer.zero_grad(set_to_none=True)
