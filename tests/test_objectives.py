@@ -88,16 +88,32 @@ def test_a_cbpo_step_raises_target_rewards_and_lowers_peer_rewards():
 def test_reward_shift_separate_and_pooled():
     sep = RewardShift("separate", decay=0.5)
     sep.update(torch.tensor([2.0, 4.0]), torch.tensor([0.0, -2.0, -4.0]))
-    assert (sep.mean_tar, sep.mean_aux) == (1.5, -1.0)
-    assert sep.value == pytest.approx(0.25)
+    assert (sep.mean_tar, sep.mean_aux) == (1.5, -1.0)  # the EMAs; delta uses them bias-corrected
+    assert sep.value == pytest.approx((3.0 - 2.0) / 2)
     sep.update(torch.tensor([1.0]), torch.tensor([1.0]))
     assert sep.mean_tar == pytest.approx(1.25) and sep.mean_aux == pytest.approx(0.0)
+    assert sep.value == pytest.approx((1.25 / 0.75 + 0.0) / 2)
     pooled = RewardShift("pooled")
     pooled.update(torch.tensor([2.0, 4.0]), torch.tensor([0.0, -2.0, -4.0]), torch.tensor([6.0]))
     assert pooled.value == pytest.approx(1.0)  # (2 + 4 + 0 - 2 - 4 + 6) / 6: the bigger set dominates
     clone = RewardShift()
     clone.load_state_dict(sep.state_dict())
     assert clone.value == sep.value
+
+
+def test_protocol_delta_is_active_from_the_first_step():
+    """The reference point follows the rewards from step one (bias-corrected EMAs), not 5% of them: with the
+    uncorrected EMA at decay 0.95, 46% of delta's weight was still on the starting 0 after 15 steps."""
+    shift = RewardShift("separate", decay=0.95)
+    shift.update(torch.tensor([4.0, 4.0]), torch.tensor([-2.0]))
+    assert shift.value == pytest.approx(1.0)  # (4 + -2) / 2, not 0.05 of it
+    for _ in range(14):
+        shift.update(torch.tensor([4.0]), torch.tensor([-2.0]))
+    assert shift.value == pytest.approx(1.0)  # constant rewards: delta is their midpoint at every step
+    old = RewardShift("separate", decay=0.95)  # a checkpoint written before the correction resumes unchanged
+    old.load_state_dict({"mode": "separate", "decay": 0.95, "mean_tar": 0.4, "mean_aux": -0.2, "total": 0.0,
+                         "count": 0})  # fmt: skip
+    assert old.value == pytest.approx(0.1)
 
 
 def test_invalid_settings_are_refused():

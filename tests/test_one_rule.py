@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from idiolect.core.training.config import TrainConfig
-from idiolect.core.training.data import load_sets, total_steps
+from idiolect.core.training.data import sets_for, total_steps
 from idiolect.core.training.labels import TAR, preference_data
 from idiolect.core.training.runs import estimate_run
 
@@ -55,7 +55,7 @@ def test_the_estimate_counts_steps_as_the_run_does(store):
     ensure_defaults(store)
     _profile_with_texts(store)
     cfg = TrainConfig(model="m", epochs=2, batch_size=2, grad_accum=2)
-    sets = load_sets(store, "ana", pool=cfg.pool, heldout_fraction=cfg.heldout_fraction, seed=cfg.seed)
+    sets = sets_for(store, "ana", cfg)
     n = len(sets.train[TAR])
     assert estimate_run(store, "ana", cfg)["steps"] == total_steps(cfg, n) == 2 * -(-n // 4)
 

@@ -20,7 +20,8 @@ from idiolect.core.training.trainer import Trainer
 
 def config(base, **kw) -> TrainConfig:
     defaults = dict(
-        model=str(base), pool="others", steps=40, batch_size=4, lr=1e-3, heldout_fraction=0.3, save_every=1000
+        model=str(base), pool="others", steps=40, batch_size=4, lr=1e-3, heldout_fraction=0.3, save_every=1000,
+        validation_fraction=0.0,
     )
     return TrainConfig(**{**defaults, **kw})
 
@@ -86,6 +87,7 @@ def test_cancel_checkpoints_and_resume_finishes(pretrained_base, target_store):
 
 
 def test_out_of_memory_is_one_clear_error(pretrained_base, target_store, monkeypatch):
+    import idiolect.core.training.reference as reference
     import idiolect.core.training.trainer as train
 
     def boom(*args, **kwargs):
@@ -93,7 +95,7 @@ def test_out_of_memory_is_one_clear_error(pretrained_base, target_store, monkeyp
 
     monkeypatch.setattr(train, "response_logps", boom)
     monkeypatch.setattr(
-        train, "logps_of", lambda model, ex, *a, **k: (torch.zeros(len(ex)), torch.ones(len(ex)))
+        reference, "logps_of", lambda model, ex, *a, **k: (torch.zeros(len(ex)), torch.ones(len(ex)))
     )
     run = create_run(target_store, "me", config(pretrained_base, steps=3))
     with pytest.raises(
@@ -197,3 +199,48 @@ def test_response_logps_equal_the_models_own_log_softmax(arch, tiny_models):
             assert abs(float(sums[i]) - want) < 1e-3 * max(1.0, abs(want)), (arch, float(sums[i]), want)
     if arch == "gemma3":
         assert model.config.final_logit_softcapping == 5.0  # the case a plain head gets wrong
+
+
+def test_protocol_early_stopping_keeps_the_best_step(pretrained_base, target_store):
+    """A run that overfits (a high learning rate, many passes) keeps the step at which its validation texts were
+    most likely, saves that adapter (its validation score is the best one, not the last), stops once patience
+    ran out, and says so; the validation texts are neither trained on nor the held-out ones."""
+    from peft import PeftModel
+
+    from idiolect.core.models.loading import load_hf_model, pad_id
+    from idiolect.core.training.data import tokenize
+    from idiolect.core.training.logprobs import mean_token_ll
+    from idiolect.core.training.runs import read_data_record, sets_from_record
+
+    cfg = config(pretrained_base, objective="sft", steps=30, lr=2e-2, validation_fraction=0.3, eval_every=2,
+                 patience=2)  # fmt: skip
+    run = create_run(target_store, "me", cfg)
+    result = Trainer(target_store, run).run()
+    es = result["early_stopping"]
+    assert es["active"] and es["validation_texts"] >= 2
+    scores = dict(es["history"])
+    assert es["kept_step"] == max(scores, key=scores.get)
+    assert es["stopped_at"] is not None and es["stopped_at"] < 30 and result["steps"] == es["stopped_at"]
+    assert es["stopped_at"] - es["kept_step"] == 2 * cfg.patience  # two checks without a gain
+    assert f"kept step {es['kept_step']} of 30" in es["message"] and "stopped at step" in es["message"]
+    logged = {m["step"]: m["val_ll"] for m in target_store.run_metrics(run) if m.get("val_ll") is not None}
+    assert logged == {s: v for s, v in scores.items() if s}  # every check is in the run's log too
+
+    sets = sets_from_record(read_data_record(run_dir(target_store, run)))
+    val = sets.validation["tar"]
+    texts = {e.text for e in val}
+    assert not texts & {e.text for e in sets.train["tar"]} and not texts & {e.text for e in sets.heldout["tar"]}
+    base, tok, _ = load_hf_model(pretrained_base, device="cpu", quantize="none")
+    tokenize(val, tok, cfg.max_length)
+    adapter = PeftModel.from_pretrained(base, run_dir(target_store, run) / "adapter").eval()
+    saved = mean_token_ll(adapter, val, "cpu", pad_id(tok), adapter=True)
+    assert saved == pytest.approx(scores[es["kept_step"]], abs=1e-4)
+    assert saved > scores[es["stopped_at"]]  # the last step's weights were not the ones kept
+
+
+def test_protocol_warmup_is_at_least_three_steps():
+    from idiolect.core.training.schedule import lr_factor, warmup_steps
+
+    assert warmup_steps(15, 0.1) == 3  # int(0.1 x 15) was 1 step
+    assert warmup_steps(100, 0.1) == 10 and warmup_steps(4, 0.1) == 2  # 10%; at most half a short run
+    assert [round(lr_factor(s, 15, 3), 3) for s in range(3)] == [0.333, 0.667, 1.0]

@@ -43,3 +43,50 @@ def _render_jinja(template: str, messages: list[dict]) -> str:
     return env.from_string(template).render(
         messages=messages, add_generation_prompt=True, bos_token="", eos_token=""
     )
+
+
+CUT_MARK = " …"  # ends a part of the prompt that was cut to fit
+
+
+def prompt_ids(
+    tokenizer, prompt: str | None, *, context: str | None = None, system: str | None = None, budget: int
+) -> list[int]:
+    """The token ids of :func:`render_prompt` for ``prompt``, at most ``budget`` of them. When the rendered
+    prompt is too long, its *text* is cut, never the template: the context loses its end first, then the prompt,
+    then the system message (each cut part ends in :data:`CUT_MARK`), so BOS, the turn headers and the
+    generation prompt are always there, as they are when the model is used. Only a template longer than the
+    budget on its own keeps its head and its tail (the generation prompt) and loses its middle.
+
+    The one place a prompt is fitted to a length: training, scoring and the benchmarks take it."""
+    templated = bool(getattr(tokenizer, "chat_template", None))
+
+    def encode(parts: dict) -> list[int]:
+        text = render_prompt(tokenizer, parts["prompt"], context=parts["context"], system=parts["system"])
+        return tokenizer(text, add_special_tokens=not templated)["input_ids"]
+
+    parts = {"prompt": prompt, "context": context, "system": system}
+    ids = encode(parts)
+    for name in ("context", "prompt", "system"):
+        if len(ids) <= budget:
+            return ids
+        text = parts[name]
+        if not text or not text.strip():
+            continue
+        pieces = tokenizer(text, add_special_tokens=False)["input_ids"]
+        lo, hi, best = 0, len(pieces) - 1, None  # the most tokens of this part that fit
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            kept = tokenizer.decode(pieces[:mid], skip_special_tokens=True).rstrip() + CUT_MARK
+            trial = encode({**parts, name: kept})
+            if len(trial) <= budget:
+                best, lo = (kept, trial), mid + 1
+            else:
+                hi = mid - 1
+        if best is not None:
+            return best[1]
+        parts[name] = CUT_MARK.strip()
+        ids = encode(parts)
+    if len(ids) <= budget:
+        return ids
+    head = budget // 2
+    return ids[:head] + ids[len(ids) - (budget - head) :]

@@ -395,7 +395,9 @@ def report_text(report: dict) -> str:
 
 def profile_data(store, profile: str, pool: str = "default", *, max_writers: int = 200, max_texts: int = 20):
     prof = store.get_profile(profile)
-    user = [(s["prompt"], s["text"]) for s in store.list_samples(prof["id"])]
+    # (prompt, context, text) for the user and the peers alike: a summary is scored under the same conditioning
+    # for both, the one training uses (models.prompt.user_message).
+    user = [(s["prompt"], s["context"], s["text"]) for s in store.list_samples(prof["id"])]
     liked, disliked = [], []
     for f in store.list_feedback(prof["id"]):
         for kind, text in feedback_examples(f["rating"], f["text"], f["edited_text"]):
@@ -404,16 +406,16 @@ def profile_data(store, profile: str, pool: str = "default", *, max_writers: int
         raise IdiolectError(
             f"profile {profile!r} has {len(user)} samples; add at least {MIN_TARGETS} to compare with others"
         )
-    by_writer: dict[str, list[tuple[str | None, str]]] = {}
-    for p in without_own_texts(store.peer_texts(store.get_pool(pool)["id"]), [t for _, t in user]):
-        by_writer.setdefault(p["writer"], []).append((p["context"], p["text"]))
+    by_writer: dict[str, list[tuple[str | None, str | None, str]]] = {}
+    for p in without_own_texts(store.peer_texts(store.get_pool(pool)["id"]), [t for *_, t in user]):
+        by_writer.setdefault(p["writer"], []).append((None, p["context"], p["text"]))
 
     # Ordered by the texts, not by the pseudonyms (which differ each time a pool is imported), so that the
     # representatives and the scores come out the same for the same writing.
     def order(w):
         return (
             -len(by_writer[w]),
-            text_digest(by_writer[w][0][1]),
+            text_digest(by_writer[w][0][-1]),
         )
 
     writers = sorted((w for w, ts in by_writer.items() if len(ts) >= 2), key=order)

@@ -81,15 +81,26 @@ def llm_candidates(report: dict, examples: Sequence[str], writer, n: int = 2) ->
     return out
 
 
-def _summary_logps(model, tokenizer, pairs, system, device, max_length, response_tokens):
-    from idiolect.core.models.prompt import DEFAULT_PROMPT
-    from idiolect.core.training.data import Example, tokenize
-    from idiolect.core.training.logprobs import logps_of
+Row = tuple[str | None, str | None, str]  # (prompt, context, text), the user's and the peers' alike
 
-    ex = [Example("tar", p or DEFAULT_PROMPT, None, t) for p, t in pairs]
+
+def conditioned_examples(rows: Sequence[Row], tokenizer, system, max_length, response_tokens):
+    """The examples a summary is scored on: each row's prompt and context rendered as training renders them
+    (the user's texts and the peers' under the same conditioning), ``system`` as the system message, the
+    response cut to its first ``response_tokens`` tokens."""
+    from idiolect.core.training.data import Example, tokenize
+
+    ex = [Example("tar", p, c, t) for p, c, t in rows]
     tokenize(ex, tokenizer, max_length, system=system)
     for e in ex:
         e.response_ids = e.response_ids[:response_tokens]
+    return ex
+
+
+def _summary_logps(model, tokenizer, rows, system, device, max_length, response_tokens):
+    from idiolect.core.training.logprobs import logps_of
+
+    ex = conditioned_examples(rows, tokenizer, system, max_length, response_tokens)
     return logps_of(model, ex, device, pad_id(tokenizer), adapter=False)
 
 
@@ -109,8 +120,8 @@ def summary_lift(
     model,
     tokenizer,
     summary: str | None,
-    user: Sequence[tuple[str | None, str]],
-    peers: Sequence[tuple[str | None, str]],
+    user: Sequence[Row],
+    peers: Sequence[Row],
     device="cpu",
     max_length: int = 512,
     response_tokens: int = 64,
@@ -140,25 +151,25 @@ def summary_lift(
     }
 
 
-def _split_user(texts: list[tuple[str | None, str]], max_heldout: int = 16):
+def _split_user(texts: list[Row], max_heldout: int = 16):
     from idiolect.core.training.data import is_heldout
 
-    held = [pt for pt in texts if is_heldout(pt[1], 0.25)][:max_heldout]
+    held = [pt for pt in texts if is_heldout(pt[-1], 0.25)][:max_heldout]
     if len(held) < 2:
         held = texts[-max(2, len(texts) // 4) :]
     keep = [pt for pt in texts if pt not in held]
     return keep, held
 
 
-def _peer_sample(peers: dict[str, list[tuple[str | None, str]]], n: int) -> list[tuple[str | None, str]]:
+def _peer_sample(peers: dict[str, list[Row]], n: int) -> list[Row]:
     """Up to ``n`` peer texts, one per writer in turn, in an order fixed by the texts themselves (not by the
     pool's random pseudonyms), so the score does not change when a pool is imported again."""
 
     def key(pt):
-        return text_digest(pt[1])
+        return text_digest(pt[-1])
 
     queues = sorted((sorted(ts, key=key) for ts in peers.values()), key=lambda ts: key(ts[0]))
-    out: list[tuple[str | None, str]] = []
+    out: list[Row] = []
     depth = 0
     while len(out) < n and any(len(q) > depth for q in queues):
         out += [q[depth] for q in queues if len(q) > depth][: n - len(out)]
@@ -186,9 +197,9 @@ def build_summary(
     user, peers, liked, disliked = profile_data(store, profile, pool)
     train_user, held_user = _split_user(user)
     say(f"comparing {len(train_user)} of your texts with {len(peers)} other writers")
-    report = difference_report([t for _, t in train_user], {w: [t for _, t in ts] for w, ts in peers.items()},
+    report = difference_report([t for *_, t in train_user], {w: [t for *_, t in ts] for w, ts in peers.items()},
                                liked=liked, disliked=disliked, seed=seed)  # fmt: skip
-    examples = [t for _, t in train_user]
+    examples = [t for *_, t in train_user]
     cands = template_candidates(report, examples)
     if writer is not None:
         say("asking the LLM for summaries")

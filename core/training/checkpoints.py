@@ -46,7 +46,10 @@ def restore(ckpt: Path, state: dict, model, optimizer, scheduler, shift) -> None
     random.setstate(state["py_rng"])
 
 
-def save(directory: Path, step: int, model, optimizer, scheduler, shift, pi_info: dict) -> Path:
+def save(
+    directory: Path, step: int, model, optimizer, scheduler, shift, pi_info: dict, *, extra=None
+) -> Path:
+    """A checkpoint at ``step``; ``extra``: more state to restore with it (the early-stopping record)."""
     final = directory / f"checkpoint-{step}"
     tmp = directory / f".tmp-checkpoint-{step}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -59,6 +62,7 @@ def save(directory: Path, step: int, model, optimizer, scheduler, shift, pi_info
         "torch_rng": torch.get_rng_state(),
         "py_rng": random.getstate(),
         "pi_info": pi_info,
+        **(extra or {}),
     }
     torch.save(state, tmp / "state.pt")
     shutil.rmtree(final, ignore_errors=True)

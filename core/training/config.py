@@ -79,7 +79,9 @@ class TrainConfig:
     neg_per_batch: int = 2
     grad_accum: int = _opt(1, "batches per optimizer step")
     lr: float = _opt(1e-4, "learning rate")
-    warmup: float = 0.1
+    warmup: float = (
+        0.1  # share of the steps that warm the learning rate up; never fewer than 3 steps (schedule)
+    )
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     lora_r: int = _opt(8, "LoRA rank (alpha is twice the rank unless set)")
@@ -96,6 +98,13 @@ class TrainConfig:
     heldout_fraction: float = _opt(
         0.1, "share of your texts (and of the peer texts) held out for the held-out metrics"
     )
+    validation_fraction: float = _opt(
+        0.15, "share of your training texts scored during the run to keep its best step (early stopping; 0: "
+        "off; needs 8+ texts)")  # fmt: skip
+    eval_every: int | None = _opt(
+        None, "score the validation texts every N steps (default: about 20 times a run)", type=int
+    )
+    patience: int = _opt(3, "stop after this many scores in a row without a gain (early stopping)")
     beta: float = _opt(DEFAULT_BETA, "reward scale, tuned on beer for every preference objective")
     pi: float | None = _opt(None, "class prior of target-like peer texts (default: estimated)", type=float)
     lambda_n: float = 1.0
@@ -114,7 +123,7 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "grad_accum", "max_length", "save_every", "lora_r"):
+        for name in ("epochs", "batch_size", "grad_accum", "max_length", "save_every", "lora_r", "patience"):
             if getattr(self, name) < 1:
                 raise IdiolectError(f"{name.replace('_', ' ')} must be at least 1")
         if self.lora_alpha is None:
@@ -125,6 +134,12 @@ class TrainConfig:
             raise IdiolectError("the learning rate must be positive")
         if not 0 <= self.heldout_fraction < 1:
             raise IdiolectError("the held-out fraction must be in [0, 1)")
+        if not 0 <= self.validation_fraction <= 0.5:
+            raise IdiolectError("the validation fraction must be in [0, 0.5]")
+        if self.eval_every is not None and self.eval_every < 1:
+            raise IdiolectError("eval every must be at least 1")
+        if not 0 <= self.warmup < 1:
+            raise IdiolectError("warmup must be a share of the steps in [0, 1)")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise IdiolectError(f"precision must be auto, fp32 or bf16, not {self.precision!r}")
         self.objective_config()  # validates the objective, beta, pi, delta_decay, reward_norm

@@ -6,8 +6,10 @@
 - auxiliary (unlabeled): texts of other writers from a peer pool, at most ``peer_cap``, chosen round-robin across
   writers (so many voices are present) with the texts that answer the user's own prompts first.
 
-Held-out: a deterministic ~10% of the target texts (at least one once there are 5) and of the peer texts, never
-trained on, for the likelihood metrics.
+Held-out: a deterministic ~10% of the target texts (at least one once there are 5, none when the fraction is 0)
+and of the peer texts, never trained on, for the likelihood metrics. Validation: a few more of the user's texts
+(:func:`validation_count`), also never trained on, scored during the run to keep its best step (early stopping);
+the held-out texts stay untouched by that choice, so the metrics reported on them are honest.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 
 from idiolect.core.base.errors import IdiolectError
 from idiolect.core.base.identity import text_digest, text_fraction
-from idiolect.core.models.prompt import render_prompt
+from idiolect.core.models.prompt import prompt_ids
 from idiolect.core.store import Store
 from idiolect.core.training.labels import AUX, NEG, TAR, feedback_examples, without_own_texts
 
@@ -45,13 +47,13 @@ class Example:
 class TrainingSets:
     train: dict[str, list[Example]]
     heldout: dict[str, list[Example]]
+    validation: dict[str, list[Example]] = field(default_factory=lambda: {TAR: []})
+
+    def splits(self) -> tuple[tuple[str, dict[str, list[Example]]], ...]:
+        return (("train", self.train), ("heldout", self.heldout), ("validation", self.validation))
 
     def counts(self) -> dict:
-        return {
-            f"{split}_{k}": len(v)
-            for split, sets in (("train", self.train), ("heldout", self.heldout))
-            for k, v in sets.items()
-        }
+        return {f"{split}_{k}": len(v) for split, sets in self.splits() for k, v in sets.items()}
 
 
 def is_heldout(text: str, fraction: float) -> bool:
@@ -59,7 +61,29 @@ def is_heldout(text: str, fraction: float) -> bool:
     return text_fraction(text) < fraction
 
 
+MIN_VALIDATION_TRAIN = 8  # fewer training texts than this: no validation slice (each text is needed to train)
+MAX_VALIDATION = 16
+
+
+def validation_count(n_train: int, fraction: float) -> int:
+    """How many of ``n_train`` training texts become the validation slice: ``fraction`` of them, at least 2 and
+    at most :data:`MAX_VALIDATION`; none below :data:`MIN_VALIDATION_TRAIN` texts or with a fraction of 0."""
+    if fraction <= 0 or n_train < MIN_VALIDATION_TRAIN:
+        return 0
+    return min(MAX_VALIDATION, max(2, round(fraction * n_train)))
+
+
+def split_validation(examples: list[Example], fraction: float) -> tuple[list[Example], list[Example]]:
+    """(train, validation): the validation texts chosen by the texts themselves (stable across runs), with
+    another salt than the held-out split."""
+    n = validation_count(len(examples), fraction)
+    chosen = {id(e) for e in sorted(examples, key=lambda e: text_fraction("validation\0" + e.text))[:n]}
+    return [e for e in examples if id(e) not in chosen], [e for e in examples if id(e) in chosen]
+
+
 def _split(examples: list[Example], fraction: float) -> tuple[list[Example], list[Example]]:
+    if fraction <= 0:
+        return list(examples), []
     held = [e for e in examples if is_heldout(e.text, fraction)]
     if not held and len(examples) >= 5:
         held = [min(examples, key=lambda e: text_digest(e.text))]
@@ -76,6 +100,7 @@ def load_sets(
     pool: str = "default",
     peer_cap: int | None = None,
     heldout_fraction: float = 0.1,
+    validation_fraction: float = 0.0,
     seed: int = 0,
 ) -> TrainingSets:
     prof = store.get_profile(profile)
@@ -99,6 +124,7 @@ def load_sets(
     if not peers:
         raise IdiolectError(f"peer pool {pool!r} is empty")
     tar_train, tar_held = _split(targets, heldout_fraction)
+    tar_train, tar_val = split_validation(tar_train, validation_fraction)
     neg_train, neg_held = _split(negatives, heldout_fraction) if len(negatives) >= 5 else (negatives, [])
     cap = peer_cap or max(64, 4 * len(tar_train))
     peers = without_own_texts(peers, [e.text for e in targets])
@@ -108,7 +134,15 @@ def load_sets(
     return TrainingSets(
         train={TAR: tar_train, AUX: aux_train[:cap], NEG: neg_train},
         heldout={TAR: tar_held, AUX: aux_held, NEG: neg_held},
+        validation={TAR: tar_val},
     )
+
+
+def sets_for(store: Store, profile: str, cfg) -> TrainingSets:
+    """The sets a run with config ``cfg`` (a TrainConfig) trains on: the one call behind the run, its estimate and
+    its checks, so all three count the same texts."""
+    return load_sets(store, profile, pool=cfg.pool, peer_cap=cfg.peer_cap, heldout_fraction=cfg.heldout_fraction,
+                     validation_fraction=cfg.validation_fraction, seed=cfg.seed)  # fmt: skip
 
 
 def select_peers(peers: list[dict], user_prompts: set[str], cap: int, seed: int) -> list[dict]:
@@ -133,15 +167,13 @@ def select_peers(peers: list[dict], user_prompts: set[str], cap: int, seed: int)
 
 
 def tokenize(examples: list[Example], tokenizer, max_length: int, *, system: str | None = None) -> None:
-    """Fill prompt_ids / response_ids (response ends with EOS). A long prompt is cut from the left to at most
-    half of ``max_length``; a long response is cut at the end. ``system``: a system message (a summary)."""
+    """Fill prompt_ids / response_ids (response ends with EOS). A long prompt is fitted into half of
+    ``max_length`` by :func:`prompt_ids` (its text is cut, never BOS or the template's turn tokens); a long
+    response is cut at the end. ``system``: a system message (a summary)."""
     eos = tokenizer.eos_token_id
-    templated = bool(tokenizer.chat_template)
     for e in examples:
-        prompt_text = render_prompt(tokenizer, e.prompt, context=e.context, system=system)
-        p_ids = tokenizer(prompt_text, add_special_tokens=not templated)["input_ids"]
+        p_ids = prompt_ids(tokenizer, e.prompt, context=e.context, system=system, budget=max_length // 2)
         r_ids = tokenizer(e.text, add_special_tokens=False)["input_ids"] + [eos]
-        p_ids = p_ids[-(max_length // 2) :] if len(p_ids) > max_length // 2 else p_ids
         r_ids = r_ids[: max_length - len(p_ids)]
         e.prompt_ids, e.response_ids = p_ids, r_ids
 

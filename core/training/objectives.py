@@ -23,7 +23,9 @@ Departures and choices (the paper's method text could not be read here; this fol
 the design brief):
 - delta's moving averages are exponential with decay ``delta_decay = 0.95`` per step (a ~20-step window): the
   rewards drift as the adapter learns, and a cumulative mean (BCO's) lags further behind the longer a run is.
-  Both start at 0, the reward of every sample before training.
+  Each is bias-corrected as Adam's moments are (divided by ``1 - decay**n`` after n updates), so after one step
+  delta is that step's reward means and not 5% of them: without it, after 15 steps 46% of the weight was still
+  on the starting 0 and the reference point sat near 0 while the rewards were at +-2..5.
 - the clamp is a plain ``max(0, .)`` (no gradient through a negative PU term), as the design brief states, not
   Kiryo's gradient-ascent step.
 - ``reward_norm``: ``sum`` (the default, as in DPO/BCO) or ``mean`` -- the log-ratio averaged over the
@@ -55,16 +57,29 @@ class RewardShift:
             raise ValueError(mode)
         self.mode = mode
         self.decay = decay
-        self.mean_tar = 0.0
+        self.mean_tar = 0.0  # the EMAs, not yet bias-corrected
         self.mean_aux = 0.0
+        self.updates_tar = 0
+        self.updates_aux = 0
         self.total = 0.0
         self.count = 0
+
+    def _corrected(self, ema: float, updates: int) -> float | None:
+        return ema / (1 - self.decay**updates) if updates else None
 
     @property
     def value(self) -> float:
         if self.mode == "pooled":
             return self.total / self.count if self.count else 0.0
-        return (self.mean_tar + self.mean_aux) / 2
+        means = [
+            m
+            for m in (
+                self._corrected(self.mean_tar, self.updates_tar),
+                self._corrected(self.mean_aux, self.updates_aux),
+            )
+            if m is not None
+        ]
+        return sum(means) / 2 if len(means) == 2 else (means[0] if means else 0.0)
 
     def update(self, r_tar: torch.Tensor, r_aux: torch.Tensor, r_neg: torch.Tensor | None = None) -> None:
         """Call after computing the loss with the current value (the loss uses delta from earlier steps)."""
@@ -76,13 +91,21 @@ class RewardShift:
             return
         if r_tar.numel():
             self.mean_tar = self.decay * self.mean_tar + (1 - self.decay) * float(r_tar.detach().mean())
+            self.updates_tar += 1
         if r_aux.numel():
             self.mean_aux = self.decay * self.mean_aux + (1 - self.decay) * float(r_aux.detach().mean())
+            self.updates_aux += 1
+
+    FIELDS = ("mode", "decay", "mean_tar", "mean_aux", "updates_tar", "updates_aux", "total", "count")
 
     def state_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("mode", "decay", "mean_tar", "mean_aux", "total", "count")}
+        return {k: getattr(self, k) for k in self.FIELDS}
 
     def load_state_dict(self, state: dict) -> None:
+        if (
+            "updates_tar" not in state
+        ):  # a checkpoint from before the bias correction: its EMAs stay as they were
+            state = {**state, "updates_tar": 10**6, "updates_aux": 10**6}
         for k, v in state.items():
             setattr(self, k, v)
 

@@ -10,7 +10,7 @@ from idiolect.core.base.errors import IdiolectError
 from idiolect.core.models.adapters import same_model
 from idiolect.core.store import SAMPLE_KEY, Store, row_key
 from idiolect.core.training.config import TrainConfig
-from idiolect.core.training.data import Example, TrainingSets, load_sets, total_steps
+from idiolect.core.training.data import Example, TrainingSets, sets_for, total_steps
 from idiolect.core.training.labels import TAR
 
 
@@ -58,8 +58,7 @@ def estimate_run(store: Store, profile: str, cfg: TrainConfig) -> dict:
     as measured on this machine by the latest earlier run on the same base model (any profile), its seconds per
     step scaled by texts per step (batch x accumulation) x max length. ``seconds`` and ``peak_memory_mb`` are None when no run on this
     model has been measured here yet."""
-    sets = load_sets(store, profile, pool=cfg.pool, peer_cap=cfg.peer_cap, heldout_fraction=cfg.heldout_fraction,
-                     seed=cfg.seed)  # fmt: skip
+    sets = sets_for(store, profile, cfg)
     n = len(sets.train[TAR])
     steps = total_steps(cfg, n)
     out = {"steps": steps, "target_texts": n, "seconds": None, "peak_memory_mb": None, "based_on_run": None}
@@ -126,10 +125,7 @@ def data_record(sets: TrainingSets, total_steps: int) -> dict:
     return {
         "version": 1,
         "total_steps": total_steps,
-        "sets": {
-            split: {k: _record_examples(v) for k, v in group.items()}
-            for split, group in (("train", sets.train), ("heldout", sets.heldout))
-        },
+        "sets": {split: {k: _record_examples(v) for k, v in group.items()} for split, group in sets.splits()},
     }
 
 
@@ -140,6 +136,7 @@ def sets_from_record(record: dict) -> TrainingSets:
     return TrainingSets(
         train={k: examples(k, v) for k, v in record["sets"]["train"].items()},
         heldout={k: examples(k, v) for k, v in record["sets"]["heldout"].items()},
+        validation={k: examples(k, v) for k, v in record["sets"].get("validation", {TAR: []}).items()},
     )
 
 
@@ -169,14 +166,7 @@ def check_trainable(store: Store, profile: str, cfg: TrainConfig) -> None:
     from idiolect.core.models.resolve import resolve
 
     resolve(cfg.model)
-    load_sets(
-        store,
-        profile,
-        pool=cfg.pool,
-        peer_cap=cfg.peer_cap,
-        heldout_fraction=cfg.heldout_fraction,
-        seed=cfg.seed,
-    )
+    sets_for(store, profile, cfg)
 
 
 def create_run(store: Store, profile: str, cfg: TrainConfig) -> int:

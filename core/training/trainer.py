@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import io
 import json
-import math
 import os
 import random
 import shutil
@@ -40,13 +38,12 @@ from idiolect.core.base.process import peak_memory_mb, release_freed_memory
 from idiolect.core.store import Store, utcnow
 from idiolect.core.training import checkpoints
 from idiolect.core.training.config import TrainConfig
-from idiolect.core.training.data import TrainingSets, load_sets, plan_batches, tokenize, total_steps
+from idiolect.core.training.data import TrainingSets, plan_batches, sets_for, tokenize, total_steps
+from idiolect.core.training.early_stopping import EarlyStopping, validation_scorer
 from idiolect.core.training.labels import AUX, NEG, TAR
 from idiolect.core.training.logprobs import (
     autocast_dtype,
-    batched,
     decoder_and_head,
-    logps_of,
     mean_token_ll,
     response_logps,
 )
@@ -56,6 +53,7 @@ from idiolect.core.training.objectives import (
     implicit_rewards,
     objective_loss,
 )
+from idiolect.core.training.reference import cache_file, reference_logps
 from idiolect.core.training.runs import (
     DATA_RECORD,
     atomic_write_bytes,
@@ -64,6 +62,7 @@ from idiolect.core.training.runs import (
     run_dir,
     sets_from_record,
 )
+from idiolect.core.training.schedule import lr_factor, warmup_steps
 
 # --------------------------------------------------------------------------------------------------------
 # Log-probabilities of responses
@@ -71,13 +70,6 @@ from idiolect.core.training.runs import (
 
 # --------------------------------------------------------------------------------------------------------
 # The run
-
-
-def _lr_factor(step: int, total: int, warmup: int) -> float:
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 # The signal whose Python handler interrupts a model load (never sent by the OS: ``_thread.interrupt_main``
@@ -109,6 +101,8 @@ class _Live:
     scheduler: object = None
     shift: RewardShift | None = None
     ocfg: object = None  # the run's ObjectiveConfig, built once
+    stopper: EarlyStopping | None = None
+    done_steps: int = 0  # whole optimizer steps taken (what a checkpoint at a stop holds)
 
 
 class Trainer:
@@ -250,22 +244,45 @@ class Trainer:
             self._set_stage("estimating pi")
         live.pi_info = state["pi_info"] if state else self._estimate_pi(sets)
         ref = self._reference(live.model, sets, live.device, live.pad_id, record, str(live.model_dir))
-        start = self._optimizer(live, total, ckpt, state)
+        live.done_steps = start = self._optimizer(live, total, ckpt, state)
         plan = plan_batches(sets, cfg.batch_size, cfg.aux_per_batch or cfg.batch_size, cfg.neg_per_batch,
                             total * cfg.grad_accum, cfg.seed)  # fmt: skip
+        if not self._start_early_stopping(live, sets, total, state):
+            return self._cancelled(live, start)
         live.model.train()
         self._set_stage("training")
-        for step in range(start, total):
-            if not self._train_step(live, sets, plan, step, total, ref):
-                return self._cancelled(live, step)
+        for step in range(start, total if live.stopper.stopped_at is None else start):
+            outcome = self._train_step(live, sets, plan, step, total, ref)
+            if outcome == "cancel":
+                return self._cancelled(live, live.done_steps)
+            if outcome == "early":
+                break
+        last = live.done_steps
+        live.stopper.restore_best(live.model, last)
         self._set_stage("evaluating on held-out texts")
         try:
             evaluation = self._evaluate(live.model, sets, live.device, live.pad_id)
         except StopRequested:  # all steps are done: keep them, and evaluate when the run is resumed
-            return self._cancelled(live, total)
+            return self._cancelled(live, last)
         for hook in live.hooks:
             hook.remove()
-        return self._complete(live, sets, total, evaluation)
+        evaluation["early_stopping"] = live.stopper.report(last)
+        return self._complete(live, sets, last, evaluation)
+
+    def _start_early_stopping(self, live: _Live, sets: TrainingSets, total: int, state: dict | None) -> bool:
+        """The validation slice's scorer, restored from the checkpoint or started by scoring the base; False
+        when a stop came while the base was scored."""
+        cfg = self.cfg
+        live.stopper = EarlyStopping(sets.validation[TAR], total, every=cfg.eval_every, patience=cfg.patience)
+        live.stopper.load_state_dict((state or {}).get("early_stopping"))
+        self._score = validation_scorer(live.stopper.examples, live.device, live.pad_id, self._autocast)
+        if live.stopper.active and not live.stopper.history:
+            self._set_stage(f"scoring {len(live.stopper.examples)} validation texts on the base")
+            try:
+                live.stopper.start(live.model, self._score)
+            except StopRequested:
+                return False
+        return True
 
     def _load(self) -> _Live:
         """The base model with its LoRA adapter, the tokenizer, and where they compute."""
@@ -286,12 +303,11 @@ class Trainer:
         cfg = self.cfg
         record = read_data_record(self.dir)
         if record is None:
-            sets = load_sets(self.store, self.profile, pool=cfg.pool, peer_cap=cfg.peer_cap,
-                             heldout_fraction=cfg.heldout_fraction, seed=cfg.seed)  # fmt: skip
+            sets = sets_for(self.store, self.profile, cfg)
             record = data_record(sets, total_steps(cfg, len(sets.train[TAR])))
             atomic_write_bytes(self.dir / DATA_RECORD, json.dumps(record, ensure_ascii=False).encode())
         sets = sets_from_record(record)
-        for group in (sets.train, sets.heldout):
+        for _, group in sets.splits():
             for examples in group.values():
                 tokenize(examples, tokenizer, cfg.max_length)
         return record, sets, record["total_steps"]
@@ -302,9 +318,9 @@ class Trainer:
         cfg = self.cfg
         live.params = [p for p in live.model.parameters() if p.requires_grad]
         live.optimizer = torch.optim.AdamW(live.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        warmup = int(cfg.warmup * total)
+        warmup = warmup_steps(total, cfg.warmup)
         live.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            live.optimizer, lambda s: _lr_factor(s, total, warmup)
+            live.optimizer, lambda s: lr_factor(s, total, warmup)
         )
         live.shift = RewardShift("pooled" if cfg.objective == "bco" else "separate", cfg.delta_decay)
         live.ocfg = cfg.objective_config()
@@ -313,9 +329,10 @@ class Trainer:
         checkpoints.restore(ckpt, state, live.model, live.optimizer, live.scheduler, live.shift)
         return state["step"]
 
-    def _train_step(self, live: _Live, sets, plan, step: int, total: int, ref) -> bool:
-        """One step, logged (and checkpointed every ``save_every``); False when a stop cut it short (what it
-        changed is restored, so the checkpoint holds the last whole step)."""
+    def _train_step(self, live: _Live, sets, plan, step: int, total: int, ref) -> str:
+        """One step, its validation score when due, logged (and checkpointed every ``save_every``). Returns
+        "next"; "early" when early stopping ends the run here; "cancel" when a stop cut the step short (what it
+        changed is restored, so the checkpoint holds the last whole step) or came while the slice was scored."""
         cfg = self.cfg
         before = (copy.deepcopy(live.shift.state_dict()), torch.get_rng_state(), random.getstate())
         try:
@@ -328,19 +345,31 @@ class Trainer:
             live.shift.load_state_dict(before[0])
             torch.set_rng_state(before[1])
             random.setstate(before[2])
-            return False
+            return "cancel"
         live.scheduler.step()
+        live.done_steps = step + 1
         metrics["lr"] = live.scheduler.get_last_lr()[0]
+        outcome = "next"
+        try:
+            val, early = live.stopper.after_step(live.model, step + 1, self._score)
+        except StopRequested:
+            val, outcome = None, "cancel"
+        else:
+            outcome = "early" if early else outcome
+        if val is not None:
+            metrics["val_ll"] = val
         self.store.log_metrics(self.run_id, step + 1, metrics)
         self.store.update_run(self.run_id, step=step + 1)
         if self.progress:
             self.progress(step + 1, total, metrics)
-        if (step + 1) % cfg.save_every == 0 and step + 1 < total:
+        if outcome == "next" and (step + 1) % cfg.save_every == 0 and step + 1 < total:
             self._save(live, step + 1)
-        return True
+        return outcome
 
     def _save(self, live: _Live, step: int) -> None:
-        checkpoints.save(self.dir, step, live.model, live.optimizer, live.scheduler, live.shift, live.pi_info)
+        extra = {"early_stopping": live.stopper.state_dict()} if live.stopper else {}
+        checkpoints.save(self.dir, step, live.model, live.optimizer, live.scheduler, live.shift, live.pi_info,
+                         extra=extra)  # fmt: skip
 
     def _cancelled(self, live: _Live, step: int) -> dict:
         self._set_stage("saving a checkpoint")
@@ -428,56 +457,28 @@ class Trainer:
         }
 
     def _estimate_pi(self, sets: TrainingSets) -> dict:
-        if self.cfg.pi is not None:
-            return {"pi": self.cfg.pi, "source": "given"}
-        if self.cfg.objective != "cbpo":
-            return {"pi": 0.0, "source": f"not used by {self.cfg.objective}"}
-        from idiolect.core.training.pu_prior import estimate_class_prior
+        from idiolect.core.training.pu_prior import run_prior
 
-        info = estimate_class_prior(
-            [e.text for e in sets.train[TAR]], [e.text for e in sets.train[AUX]], seed=self.cfg.seed
-        )
-        return {**info, "source": "estimated"}
+        return run_prior(self.cfg, [e.text for e in sets.train[TAR]], [e.text for e in sets.train[AUX]])
 
     def _reference(
         self, model, sets: TrainingSets, device, pad_id: int, record: dict, model_dir: str
     ) -> dict[str, torch.Tensor]:
-        """Reference log-probs of every training sample under the frozen base, computed once and cached in the
-        run folder. The cache is keyed by what it holds (the data record, the base, the max length): a cache
-        for other rows, or one that cannot be read (a kill while it was written), is recomputed."""
+        """Reference log-probs of every training sample under the frozen base (training.reference: computed
+        once per sample and base, cached in the data folder beside the runs)."""
         if self.cfg.objective == "sft":  # SFT has no implicit reward: the base's log-probs are never used
             return {k: torch.zeros(len(sets.train[k])) for k in (TAR, AUX, NEG)}
-        path = self.dir / "reference_logps.pt"
-        key = hashlib.sha256(
-            json.dumps(
-                [record["sets"]["train"], model_dir, self.cfg.max_length, str(self._autocast)], sort_keys=True
-            ).encode()
-        ).hexdigest()
-        try:
-            cached = torch.load(path, weights_only=True)
-            if cached.get("key") == key:
-                return {k: cached[k] for k in (TAR, AUX, NEG)}
-        except Exception:  # noqa: BLE001 - none yet, or unreadable (truncated, corrupt, old format): recompute
-            pass
-        # No-grad batches no bigger than a training batch, so this pass never sets the memory peak.
-        budget = (self.cfg.batch_size + (self.cfg.aux_per_batch or self.cfg.batch_size)) * self.cfg.max_length
-        n = sum(len(sets.train[k]) for k in (TAR, AUX, NEG))
-        done = 0
-        ref = {}
-        for k in (TAR, AUX, NEG):
-            parts = torch.zeros(len(sets.train[k]))
-            for idx in batched(sets.train[k], budget):
-                self._set_stage(f"computing reference log-probs {done}/{n}")
-                self._check_stop()
-                parts[idx] = logps_of(model, [sets.train[k][i] for i in idx], device, pad_id, adapter=False,
-                                      max_tokens=budget, autocast=self._autocast)[0]  # fmt: skip
-                done += len(idx)
-            ref[k] = parts
-        buffer = io.BytesIO()
-        torch.save({"key": key, **ref}, buffer)
-        atomic_write_bytes(path, buffer.getvalue())
-        release_freed_memory()
-        return ref
+        cfg = self.cfg
+
+        def before_batch(done: int, n: int) -> None:
+            self._set_stage(f"computing reference log-probs {done}/{n}")
+            self._check_stop()
+
+        return reference_logps(model, sets.train, device, pad_id, autocast=self._autocast,
+                               path=cache_file(self.store.path.parent / "cache" / "reference", model_dir,
+                                               self._autocast),
+                               budget=(cfg.batch_size + (cfg.aux_per_batch or cfg.batch_size)) * cfg.max_length,
+                               before_batch=before_batch)  # fmt: skip
 
     def _evaluate(self, model, sets: TrainingSets, device, pad_id: int) -> dict:
         """Held-out mean per-token log-likelihood, base vs adapter, on the user's and on other writers' texts."""
