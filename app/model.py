@@ -9,7 +9,7 @@ import gradio as gr
 from idiolect.app.common import Ctx, need, on, status
 from idiolect.core.base.errors import IdiolectError
 from idiolect.core.models.inventory import delete_model, models_on_disk
-from idiolect.core.models.registry import RECOMMENDED
+from idiolect.core.models.registry import OFFLINE_MODELS, RECOMMENDED
 from idiolect.core.models.resolve import local_model_dir, resolve
 
 
@@ -45,7 +45,11 @@ def models_md(ctx: Ctx, profile: str | None = None) -> str:
         store.profile_settings(profile).get("model") if profile and store.find_profile(profile) else None
     )
     lines = [f"**In use by {profile}:** `{current}`" if current else "**In use:** none chosen yet"]
-    lines.append("**On this machine** (type the path or id below, or `offline` for the offline model):")
+    lines.append(
+        "**On this machine** (type the path or id below, or an offline model's name: "
+        + ", ".join(f"`{m.spec}`" for m in OFFLINE_MODELS)
+        + "):"
+    )
     lines += [
         f"- {m['kind']}: `{m['path']}`"
         + (f" ({m['bytes'] / 1e9:.2f} GB)" if m["bytes"] else "")
@@ -100,12 +104,12 @@ def choose_model(ctx: Ctx, profile: str | None, recommended: str, custom: str, p
         msg = f"Downloaded {spec} to {path}."
     elif source.kind == "gguf":
         # A GGUF file is a training base: dequantized once (cached by its hash); exports target the file.
-        from idiolect.core.models.registry import OFFLINE_NOTICE
+        from idiolect.core.models.registry import OFFLINE
 
         path = local_model_dir(spec, progress=cb)
         msg = f"Using the GGUF file {source.ref} (its weights for training are in {path})."
-        if spec == "offline":
-            msg += f" {OFFLINE_NOTICE}"
+        if spec in OFFLINE and OFFLINE[spec].notice:
+            msg += f" {OFFLINE[spec].notice}"
     else:
         msg = f"Using the folder {source.ref}."
     ctx.store.update_profile_settings(profile, model=spec)

@@ -171,3 +171,40 @@ def test_length_normalized_rewards_do_not_grow_with_the_answer():
     assert mean.tolist() == pytest.approx([1.0, 1.0])  # the same per-token gain, the same reward
     with pytest.raises(ValueError, match="reward_norm"):
         ObjectiveConfig("cbpo", reward_norm="max")
+
+
+def test_protocol_pi_recovers_a_known_share_of_the_users_own_texts():
+    """pi on a synthetic pool: peers with a known share of the user's own held-out texts mixed in. On the two
+    Stack Exchange writers with 44+ texts (20 texts to train the classifier, 120 peer texts, 5 random draws per
+    share), the estimate is the upper bound it is derived as: never more than 0.05 below the share, its mean over
+    draws at most 0.25 above it, and growing with the share."""
+    import random
+    from collections import defaultdict
+
+    from conftest import shared_file
+
+    from idiolect.bench.personalization import read_rows
+    from idiolect.core.training.pu_prior import estimate_class_prior
+
+    rows = read_rows(str(shared_file("beer.stackexchange.com_Posts.xml.gz")))
+    by = defaultdict(list)
+    for r in rows:
+        by[r["writer"]].append(r["text"])
+    writers = sorted((w for w, t in by.items() if len(t) >= 40), key=lambda w: -len(by[w]))
+    assert len(writers) >= 2
+    for w in writers[:2]:
+        means = []
+        for share in (0.0, 0.1, 0.2):
+            estimates = []
+            for draw in range(5):
+                rng = random.Random(draw)
+                texts = sorted(by[w])
+                rng.shuffle(texts)
+                others = sorted(t for v, ts in by.items() if v != w for t in ts)
+                rng.shuffle(others)
+                k = round(share * 120)
+                estimates.append(estimate_class_prior(texts[:20], texts[20:][:k] + others[: 120 - k])["pi"])
+            assert min(estimates) >= share - 0.05, (w, share, estimates)
+            means.append(sum(estimates) / len(estimates))
+            assert means[-1] <= share + 0.25, (w, share, estimates)
+        assert means[0] < means[1] < means[2], (w, means)

