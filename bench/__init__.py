@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 def add_parsers(parser: argparse.ArgumentParser, add_db: Callable[[argparse.ArgumentParser], None]) -> None:
     """One subcommand per benchmark, each with its own options (and ``--db`` after the name)."""
-    from idiolect.bench import generation, imports, personalization, training
+    from idiolect.bench import generation, imports, personalization, protocol, training
 
     sub = parser.add_subparsers(dest="bench", metavar="NAME", required=True)
     raw = argparse.RawDescriptionHelpFormatter
@@ -22,12 +22,8 @@ def add_parsers(parser: argparse.ArgumentParser, add_db: Callable[[argparse.Argu
         ("pretrain", "pretrain a small LM on given texts (the base for quality benchmarks; cached)",
          personalization.__doc__, raw, personalization.add_pretrain_arguments),
         ("personalization",
-         "C-BPO vs base/SFT/BCO on real writers: likelihood lifts, ROUGE/METEOR/BLEU, authorship, pair accuracy",
-         personalization.__doc__, raw, personalization.add_personalization_arguments),
-        ("tune", "choose each objective's settings from personalization runs on one dump (same number per objective)",
-         personalization.choose_settings.__doc__, None, personalization.add_tune_arguments),
-        ("merge", "one personalization table from runs on the same splits, each giving some objectives",
-         personalization.merge_cmd.__doc__, None, personalization.add_merge_arguments),
+         "does it write like you? objectives ranked on real writers (tune, then report; paired, resumable)",
+         protocol.__doc__, raw, protocol.add_arguments),
         ("imports", "peak memory and wall time of the largest and slowest-to-parse imports allowed",
          imports.__doc__, raw, imports.add_arguments),
     ]  # fmt: skip
@@ -39,15 +35,13 @@ def add_parsers(parser: argparse.ArgumentParser, add_db: Callable[[argparse.Argu
 
 
 def run(args: argparse.Namespace) -> None:
-    from idiolect.bench import generation, imports, personalization, training
+    from idiolect.bench import generation, imports, personalization, protocol, training
 
     {
         "generation": generation.run,
         "training": training.run,
         "pretrain": personalization.pretrain_cmd,
-        "personalization": personalization.personalization_cmd,
-        "tune": personalization.tune_cmd,
-        "merge": personalization.merge_cmd,
+        "personalization": protocol.personalization_cmd,
         "imports": imports.run,
     }[args.bench](args)
 

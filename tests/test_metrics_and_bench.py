@@ -39,198 +39,84 @@ def test_mean_ci():
     assert mean_ci([]) == {"mean": None, "ci95": None, "n": 0}
 
 
-def test_personalization_benchmark_end_to_end(pretrained_base, tmp_path):
-    peers = shared_file("coffee.stackexchange.com_Posts.xml.gz")
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "launch.py"), "bench", "personalization", "--peers", str(peers), "--targets", "2",
-         "--base", str(pretrained_base), "--out", str(tmp_path), "--steps", "3", "--gen-tokens", "6",
-         "--target-heldout", "6", "--peer-heldout", "12", "--max-pairs", "12",
-         "--objectives", "base,sft,kto,cbpo,cbpo_sft", "--set", "kto:beta=0.2"],  # with POPI summaries
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+def _bench(out, base, *extra):
+    peers = [str(shared_file(f"{site}.stackexchange.com_Posts.xml.gz")) for site in ("beer", "coffee")]
+    cmd = [sys.executable, str(ROOT / "launch.py"), "bench", "personalization", "--peers", peers[0], "--peers", peers[1],
+           "--base", str(base), "--out", str(out), "--epochs", "1", "--max-length", "128", "--gen-tokens", "6",
+           "--distractors", "4", "--device", "cpu", *extra]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+
+
+def test_protocol_tunes_on_tuning_writers_then_reports_frozen_settings_and_resumes(pretrained_base, tmp_path):
+    """The protocol end to end on a tiny base: the tune phase tries the same learning rates for each objective on
+    the tuning writers and freezes its choice in tuning.json; the report phase, on other writers, takes it
+    unchanged, writes each finished cell at once, and a second report run with one more objective reuses every
+    finished cell (same file, same bytes) and adds only the new ones. Every metric and the paired comparison
+    against C-BPO are in personalization.json."""
+    from idiolect.bench.protocol import draw_writers, load_rows
+
+    tune = tmp_path / "tune"
+    out = _bench(tune, pretrained_base, "--phase", "tune", "--tuning-targets", "2", "--objectives", "base,sft,cbpo",
+                 "--grid", "1e-3,3e-3")  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads((tmp_path / "personalization.json").read_text())
-    assert result["targets"] == 2 and result["default_objective"] == "kto"
-    assert result["model"] == str(pretrained_base)
-    for objective in ("base", "sft", "kto", "cbpo", "cbpo_sft"):
-        row = result["objectives"][objective]
-        for key in ("target_lift", "peer_lift", "specificity", "rouge1", "rougeL", "meteor", "bleu", "authorship",
-                    "pair_accuracy", "pair_accuracy_ll"):  # fmt: skip
+    tuned = json.loads((tune / "tuning.json").read_text())
+    assert set(tuned["chosen"]) == {"sft", "cbpo"}
+    assert all(len(c["candidates"]) == 2 for c in tuned["chosen"].values())  # as many settings each
+    report = tmp_path / "report"
+    args = ("--phase", "report", "--report-targets", "2", "--tuning-targets", "2", "--seeds", "0,1",
+            "--settings", str(tune / "tuning.json"))  # fmt: skip
+    out = _bench(report, pretrained_base, *args, "--objectives", "base,cbpo")
+    assert out.returncode == 0, out.stderr[-3000:]
+    cells = sorted((report / "cells" / "report").rglob("*.json"))
+    assert len(cells) == 2 * (1 + 2)  # per target: the base once, cbpo per seed
+    before = {c: c.read_bytes() for c in cells}
+    out = _bench(report, pretrained_base, *args, "--objectives", "base,cbpo,sft")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert all(c.read_bytes() == b for c, b in before.items())  # resumed: nothing finished was run again
+    assert len(list((report / "cells" / "report").rglob("*.json"))) == 2 * 5
+    result = json.loads((report / "personalization.json").read_text())
+    assert result["protocol"]["targets"] == 2 and result["protocol"]["seeds"] == 2 and result["complete"]
+    assert result["protocol"]["tuning_targets"] == 2 and result["protocol"]["budget_epochs"] == 1
+    rows = load_rows([str(shared_file("beer.stackexchange.com_Posts.xml.gz")),
+                      str(shared_file("coffee.stackexchange.com_Posts.xml.gz"))])  # fmt: skip
+    tune_w, report_w = draw_writers(rows, 2, 2, 12)
+    assert not set(tune_w) & set(report_w) and set(result["per_target"]) == set(report_w)
+    assert result["settings"]["sft"]["lr"] == tuned["chosen"]["sft"]["settings"]["lr"]  # frozen, unchanged
+    for name in ("base", "sft", "cbpo"):
+        row = result["objectives"][name]
+        for key in (
+            "discrimination",
+            "discrimination_ci",
+            "target_lift",
+            "attribution",
+            "rougeL",
+            "pair_auc",
+        ):
             assert key in row
-    base = result["objectives"]["base"]
-    assert base["target_lift"] == 0.0 and base["pair_accuracy"] is None  # no implicit reward for the base...
-    assert 0.0 <= base["pair_accuracy_ll"] <= 1.0  # ...but its likelihood ranking is measured
-    assert result["objectives"]["sft"]["target_lift"] != 0.0  # the adapters were really trained and applied
-    settings = result["settings"]["per_objective"]
     assert (
-        settings["kto"]["beta"] == 0.2 and settings["cbpo"]["beta"] == 0.1
-    )  # an override touches its objective
-    assert settings["cbpo_sft"]["lambda_sft"] > 0 == settings["cbpo"]["lambda_sft"]
-    for m in result["per_target"]["target0"].values():
-        assert "_pairs" not in m
-    diag = result["per_target"]["target0"]["cbpo"]["diagnostics"]  # why an objective did what it did
-    assert 0 <= diag["pi"] < 1 and 0 <= diag["pu_clamped_share"] <= 1 and diag["loss_last"] is not None
-    assert "| cbpo_sft |" in (tmp_path / "personalization.md").read_text()
-    # POPI: each summary chosen on the target's training texts, scored on held-out texts it never saw, beside
-    # the generic summary and another target's summary.
-    popi = result["popi"]["per_target"]
-    assert set(popi) == {"target0", "target1"}
-    for scores in popi.values():
-        assert {"own", "generic", "other_writer", "chosen", "chosen_on_selection"} <= set(scores)
-    assert result["popi_lift"]["n"] == 2
-    png = tmp_path / "personalization.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def _rows(writer, context, texts):
-    return [{"writer": writer, "context": context, "text": t} for t in texts]
-
-
-def test_no_pair_or_heldout_text_was_trained_on():
-    """The leaks found on review: a pair's "other" answer was a peer text the adapter trained on as unlabeled,
-    and a held-out text could equal a training text. Neither can happen now."""
-    from idiolect.bench.personalization import leak_free_pairs, split_targets, trained_texts
-    from idiolect.core.base.identity import same_text_key as _norm
-
-    rows = []
-    for w in range(12):  # 12 writers answering 30 shared questions, some answers copied between writers
-        for q in range(30):
-            if (w + q) % 3:
-                rows += _rows(f"w{w}", f"question {q}?", [f"answer of w{w} to {q} " + "word " * (q % 5)])
-    rows += _rows("w1", "question 1?", ["answer of w0 to 0 "])  # a peer copying a target-ish answer
-    splits, peer_train, peer_held = split_targets(rows, 3, seed=0)
-    trained = {_norm(r["text"]) for r in peer_train} | {
-        _norm(r["text"]) for s in splits.values() for r in s["train"]
-    }
-    assert trained_texts(splits, peer_train) == trained  # what the benchmark keeps out of every held-out set
-    assert peer_held and all(s["heldout"] for s in splits.values())
-    for s in splits.values():
-        assert not {_norm(r["text"]) for r in s["heldout"]} & trained
-        pairs = leak_free_pairs(s["heldout"], peer_held, trained)
-        assert pairs  # the benchmark still has pairs to score
-        for a, b in pairs:
-            assert _norm(a["text"]) not in trained and _norm(b["text"]) not in trained
-            assert a["context"] == b["context"] and a["writer"] != b["writer"]
-    assert not {_norm(r["text"]) for r in peer_held} & trained
-    # Every other writer's answer to a target's held-out question is held out of the peer pool.
-    held_q = {r["context"] for s in splits.values() for r in s["heldout"]}
-    assert not [r for r in peer_train if r["context"] in held_q]
-    # leak_free_pairs drops a pair whose other text was trained on, whatever the caller passes.
-    a = splits[next(iter(splits))]["heldout"][0]
-    leaked = {"writer": "zz", "context": a["context"], "text": "trained text"}
-    assert leak_free_pairs([a], [leaked], trained | {"trained text"}) == []
-
-
-def test_per_objective_settings():
-    import argparse
-
-    from idiolect.bench.personalization import objective_settings, parse_overrides
-
-    args = argparse.Namespace(lr=1e-3, beta=0.1, lambda_sft=0.5)
-    over = parse_overrides(["cbpo:beta=0.05,lr=2e-4", "kto:beta=0.3"])
-    assert objective_settings("cbpo", args, over) == {"lr": 2e-4, "beta": 0.05, "lambda_sft": 0.0}
-    assert objective_settings("cbpo_sft", args, over) == {"lr": 1e-3, "beta": 0.1, "lambda_sft": 0.5}
-    with pytest.raises(SystemExit, match="not a tunable setting"):
-        parse_overrides(["cbpo:steps=3"])
-
-
-def test_labelled_variants_run_another_setting_of_an_objective_and_compete_in_its_tuning():
-    import argparse
-
-    from idiolect.bench.personalization import (
-        choose_settings,
-        objective_settings,
-        parse_objectives,
-        parse_overrides,
+        result["objectives"]["base"]["discrimination"] == 0.0
+        and result["objectives"]["base"]["target_lift"] == 0
     )
-
-    families = parse_objectives("base,kto,kto_mean=kto,cbpo_sft_l1=cbpo_sft,cbpo_dd=cbpo")
-    assert families == {"base": "base", "kto": "kto", "kto_mean": "kto", "cbpo_sft_l1": "cbpo_sft",
-                        "cbpo_dd": "cbpo"}  # fmt: skip
-    over = parse_overrides(["kto_mean:reward_norm=mean,beta=1", "cbpo_dd:delta_decay=0.99"], list(families))
-    args = argparse.Namespace(lr=1e-3, beta=0.1, lambda_sft=0.5)
-    assert objective_settings("kto_mean", args, over, "kto") == {
-        "lr": 1e-3, "beta": 1.0, "lambda_sft": 0.0, "reward_norm": "mean"}  # fmt: skip
-    assert objective_settings("cbpo_sft_l1", args, over, "cbpo_sft")["lambda_sft"] == 0.5
-    for bad in ("kto=cbpo", "x=nope", "kto,kto", "Bad=kto"):
-        with pytest.raises(SystemExit):
-            parse_objectives(bad)
-    with pytest.raises(SystemExit, match="LABEL"):
-        parse_overrides(["kto_b:beta=1"], list(families))  # a label not in the run
-    with pytest.raises(SystemExit, match="not a valid"):
-        parse_overrides(["kto:beta=high"])
-    result = {
-        "peers_file": "beer.xml.gz",
-        "settings": {"families": families,
-                     "per_objective": {"kto": {"lr": 1e-3, "beta": 0.1}, "kto_mean": over["kto_mean"],
-                                       "cbpo_dd": {"delta_decay": 0.99}}},
-        "objectives": {"kto": {"specificity": 0.1, "target_lift": 0.2},
-                       "kto_mean": {"specificity": 0.3, "target_lift": 0.1},
-                       "cbpo_dd": {"specificity": 0.9, "target_lift": 0.1}},
-    }  # fmt: skip
-    chosen = choose_settings([result], exclude=("cbpo_dd",))
-    assert chosen["kto"]["settings"]["reward_norm"] == "mean" and len(chosen["kto"]["candidates"]) == 2
-    assert "cbpo" not in chosen and "kto_mean" not in chosen  # a diagnostic is no candidate; labels fold in
+    assert result["objectives"]["sft"]["target_lift"] != 0  # trained and applied
+    assert set(result["paired"]) == {"base-cbpo", "sft-cbpo"} and result["paired"]["sft-cbpo"]["n"] == 2
+    assert {"mean", "ci"} <= set(result["paired"]["sft-cbpo"])
+    assert 0 <= result["attribution_ceiling"] <= 1
 
 
-def test_tuning_picks_each_objectives_best_run_on_the_tuning_dump(tmp_path):
-    from idiolect.bench.personalization import choose_settings, tune_cmd
+def test_protocol_no_measured_text_was_trained_on():
+    """A target's held-out answers, and the other writers' answers to the same questions, are never in its
+    training texts or its peer pool."""
+    from idiolect.bench.protocol import split_target
 
-    def run(lr, spec_cbpo, spec_sft, dump="beer.xml.gz"):
-        return {
-            "peers_file": dump,
-            "settings": {"per_objective": {"cbpo": {"lr": lr, "beta": 0.1, "lambda_sft": 0.0},
-                                           "sft": {"lr": lr, "beta": 0.1, "lambda_sft": 0.0}}},
-            "objectives": {"cbpo": {"specificity": spec_cbpo, "target_lift": 0.1},
-                           "sft": {"specificity": spec_sft, "target_lift": 0.5}},
-        }  # fmt: skip
-
-    chosen = choose_settings([run(1e-4, 0.02, -0.1), run(1e-3, 0.05, -0.2)])
-    assert chosen["cbpo"]["settings"]["lr"] == 1e-3 and chosen["sft"]["settings"]["lr"] == 1e-4
-    assert len(chosen["cbpo"]["candidates"]) == 2
-    # A run that wrecks everyone's likelihood (peers' more than the person's) is never chosen for its
-    # specificity: seen on the real model, KTO at lr 1.5e-3 gave specificity +0.53 at target lift -5.6.
-    wrecked = run(3e-3, 0.5, 0.3)
-    wrecked["objectives"]["cbpo"]["target_lift"] = -5.6
-    chosen = choose_settings([run(1e-4, 0.02, -0.1), wrecked])
-    assert chosen["cbpo"]["settings"]["lr"] == 1e-4 and chosen["sft"]["settings"]["lr"] == 3e-3
-    paths = []
-    for i, r in enumerate([run(1e-4, 0.02, -0.1), run(1e-3, 0.05, -0.2, dump="coffee.xml.gz")]):
-        paths.append(tmp_path / f"{i}.json")
-        paths[-1].write_text(json.dumps(r))
-    import argparse
-
-    with pytest.raises(SystemExit, match="one dump at a time"):  # never choose on the reported split too
-        tune_cmd(argparse.Namespace(runs=[str(p) for p in paths], criterion="specificity", out=str(tmp_path)))
-
-
-def test_merge_takes_objectives_from_runs_on_the_same_splits_only(tmp_path):
-    import argparse
-
-    from idiolect.bench.personalization import KEYS, merge_cmd
-
-    def run(path, objectives, base_ll=-2.0, lift=0.1):
-        per_target = {
-            t: {o: {**{k: (0.0 if o == "base" else lift + i) for k in KEYS}, "target_ll": base_ll, "peer_ll": -3.0}
-                for o in ["base", *objectives]}
-            for i, t in enumerate(("target0", "target1"))
-        }  # fmt: skip
-        result = {"peers_file": "coffee.xml.gz", "model": "m", "default_objective": "cbpo", "base": "m",
-                  "generation_backend": "llama.cpp", "seconds": 10, "per_target": per_target,
-                  "settings": {"steps": 15, "per_objective": {o: {"lr": 1e-3} for o in objectives}}}  # fmt: skip
-        (tmp_path / path).write_text(json.dumps(result))
-        return str(tmp_path / path)
-
-    old, new = run("old.json", ["sft", "kto"]), run("new.json", ["kto"], lift=0.5)
-    out = merge_cmd(argparse.Namespace(take=[f"{old}:sft", f"{new}:kto"], out=str(tmp_path / "merged")))
-    assert list(out["objectives"]) == ["base", "sft", "kto"]
-    assert out["objectives"]["sft"]["target_lift"] == pytest.approx(0.6) and out["objectives"]["kto"][
-        "target_lift"
-    ] == pytest.approx(1.0)
-    assert out["merged_from"] == {old: ["sft"], new: ["kto"]}
-    assert "kto from" in (tmp_path / "merged" / "personalization.md").read_text()
-    other = run("other.json", ["kto"], base_ll=-2.5)  # another split or base: the base measures differently
-    with pytest.raises(SystemExit, match="base measures differently"):
-        merge_cmd(argparse.Namespace(take=[f"{old}:sft", f"{other}:kto"], out=str(tmp_path / "m2")))
-    with pytest.raises(SystemExit, match="no objective"):
-        merge_cmd(argparse.Namespace(take=[f"{old}:bco"], out=str(tmp_path / "m3")))
+    rows = [{"writer": w, "context": f"q{q}", "text": f"{w} answers q{q} in their own words"}
+            for q in range(12) for w in ("a", "b", "c") if (q + ord(w)) % 3]  # fmt: skip
+    rows += [{"writer": "a", "context": f"solo{q}", "text": f"a alone on {q}"} for q in range(6)]
+    split = split_target(rows, "a")
+    held_q = {r["context"] for r in split["heldout"]}
+    assert len(split["heldout"]) >= 3 and all(split["others"][q] for q in held_q if not q.startswith("solo"))
+    trained = {r["text"] for r in split["train"]} | {r["text"] for r in split["peers"]}
+    measured = {r["text"] for r in split["heldout"]} | {
+        o["text"] for os in split["others"].values() for o in os
+    }
+    assert not trained & measured
+    assert all(r["writer"] != "a" for r in split["peers"])

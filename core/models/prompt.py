@@ -58,6 +58,14 @@ def prompt_ids(
     budget on its own keeps its head and its tail (the generation prompt) and loses its middle.
 
     The one place a prompt is fitted to a length: training, scoring and the benchmarks take it."""
+    return fit_prompt(tokenizer, prompt, context=context, system=system, budget=budget)[1]
+
+
+def fit_prompt(
+    tokenizer, prompt: str | None, *, context: str | None = None, system: str | None = None, budget: int
+) -> tuple[dict, list[int]]:
+    """(the parts as cut: ``{"prompt", "context", "system"}``, their token ids): :func:`prompt_ids` with the
+    texts it kept, for a generator that renders them itself (llama.cpp)."""
     templated = bool(getattr(tokenizer, "chat_template", None))
 
     def encode(parts: dict) -> list[int]:
@@ -68,7 +76,7 @@ def prompt_ids(
     ids = encode(parts)
     for name in ("context", "prompt", "system"):
         if len(ids) <= budget:
-            return ids
+            return parts, ids
         text = parts[name]
         if not text or not text.strip():
             continue
@@ -83,10 +91,10 @@ def prompt_ids(
             else:
                 hi = mid - 1
         if best is not None:
-            return best[1]
+            return {**parts, name: best[0]}, best[1]
         parts[name] = CUT_MARK.strip()
         ids = encode(parts)
     if len(ids) <= budget:
-        return ids
+        return parts, ids
     head = budget // 2
-    return ids[:head] + ids[len(ids) - (budget - head) :]
+    return parts, ids[:head] + ids[len(ids) - (budget - head) :]

@@ -80,13 +80,3 @@ def run_prior(cfg, target_texts: Sequence[str], peer_texts: Sequence[str]) -> di
     if cfg.objective != "cbpo":
         return {"pi": 0.0, "source": f"not used by {cfg.objective}"}
     return {**estimate_class_prior(target_texts, peer_texts, seed=cfg.seed), "source": "estimated"}
-
-
-def run_prior(cfg, target_texts: Sequence[str], peer_texts: Sequence[str]) -> dict:
-    """pi for a run with config ``cfg`` (a TrainConfig): the one given, 0 for objectives without a PU term, else
-    estimated on the run's training texts. ``source`` says which."""
-    if cfg.pi is not None:
-        return {"pi": cfg.pi, "source": "given"}
-    if cfg.objective != "cbpo":
-        return {"pi": 0.0, "source": f"not used by {cfg.objective}"}
-    return {**estimate_class_prior(target_texts, peer_texts, seed=cfg.seed), "source": "estimated"}
