@@ -33,12 +33,21 @@ def runs_table(ctx: Ctx, profile: str | None) -> pd.DataFrame:
     def lift(r, key):
         return signed((r["result"].get("eval") or {}).get(key))
 
+    def steps(r):
+        kept = (r["result"].get("early_stopping") or {}).get("kept_step")
+        shown = f"{r['step']}/{r['total_steps'] or '?'}"
+        return shown if kept is None or kept == r["step"] else f"{shown}, kept {kept}"
+
+    def pi(r):
+        value = (r["result"].get("pi") or {}).get("pi")
+        return "" if value is None else f"{value:.2f}"
+
     return pd.DataFrame(
-        [[r["id"], r["objective"], r["status"], f"{r['step']}/{r['total_steps'] or '?'}",
+        [[r["id"], r["objective"], r["status"], steps(r), pi(r),
           lift(r, "heldout_target_lift"), lift(r, "heldout_peer_lift"),
           f"lr {r['config'].get('lr')}, r {r['config'].get('lora_r')}, len {r['config'].get('max_length')}",
           likeness.describe(likeness.score(ctx.store, prof["id"], r["id"])), (r["error"] or "")[:80]] for r in rows],
-        columns=["run", "objective", "status", "steps", "held-out lift (you)", "held-out lift (peers)", "settings",
+        columns=["run", "objective", "status", "steps", "pi", "held-out lift (you)", "held-out lift (peers)", "settings",
                  "sounds like me? (Rate tab)", "note"],
     )  # fmt: skip
 
@@ -61,6 +70,9 @@ def progress_md(ctx: Ctx, profile: str | None) -> str:
         f"Run {run['id']} ({run['objective']}): **{run['activity']}**, step {step}/{total or '?'} ({pct:.0f}%)"
         f"{eta}.\n\n{bar}"
     )
+    kept = (run.get("result") or {}).get("early_stopping") or {}
+    if run["status"] == "completed" and kept.get("message"):
+        msg += f"\n\nEarly stopping: {kept['message']}."
     return msg + (f"\n\n{run['error']}" if run["error"] else "")
 
 
@@ -109,6 +121,9 @@ def estimate_md(ctx: Ctx, profile, *settings) -> str:
     cfg = config_of(ctx, profile, *settings)
     e = estimate_run(ctx.store, profile, cfg)
     head = f"{e['steps']} steps over {e['target_texts']} of your texts."
+    if e["validation_texts"]:
+        head += (f" {e['validation_texts']} more are not trained on: they are scored during the run to keep its "
+                 "best step, which can end it early.")
     if e["seconds"] is None:
         return head + " Time and memory: no run on this model has been measured on this machine yet; the first " \
             "run's progress shows its speed."  # fmt: skip

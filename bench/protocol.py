@@ -50,6 +50,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from idiolect.core.base.identity import same_text_key, text_fraction
+from idiolect.core.training.config import DEFAULT_BETA
 
 ROOT = Path(__file__).resolve().parent.parent
 OBJECTIVES = ("base", "sft", "kto", "bco", "cbpo", "cbpo_pi0")
@@ -603,7 +604,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--grid", default="3e-4,1e-3,3e-3", help="tune phase: learning rates tried for every objective"
     )
-    p.add_argument("--beta", type=float, default=0.1, help="reward scale of every preference objective")
+    p.add_argument("--beta", type=float, default=DEFAULT_BETA,
+                   help=f"reward scale of every preference objective (default: the product's, {DEFAULT_BETA})")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--gen-tokens", type=int, default=48)

@@ -185,7 +185,7 @@ def test_the_train_estimate_comes_from_this_machines_last_run_on_the_model(tmp_p
     settings = ("cbpo", 0, 3, 1e-4, 4, 8, 256)
     first = train.estimate_md(ctx, "ana", *settings)
     assert (
-        first.startswith("15 steps over 18 of your texts.")
+        first.startswith("12 steps over 15 of your texts. 3 more are not trained on: they are scored during the run")
         and "no run on this model has been measured" in first
     )
     other = profiles.create(ctx, "bo")
@@ -194,9 +194,9 @@ def test_the_train_estimate_comes_from_this_machines_last_run_on_the_model(tmp_p
     for step, secs in enumerate([9.0, 1.0, 1.2, 0.8], start=1):  # the first step (warm-up) is left out
         store.log_metrics(run, step, {"seconds": secs, "peak_memory_mb": 2048 + step})
     est = train.estimate_md(ctx, "ana", *settings)
-    # 15 steps x 1.0 s median x (4 x 256) / (2 x 128) = 60 s
+    # 12 steps x 1.0 s median x (4 x 256) / (2 x 128) = 48 s
     assert (
-        "On this machine: about 1 min, peak memory about 2.0 GiB (scaled from run 1 on the same model)" in est
+        "On this machine: about 48 s, peak memory about 2.0 GiB (scaled from run 1 on the same model)" in est
     )
     store.close()
 

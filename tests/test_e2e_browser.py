@@ -193,13 +193,17 @@ def test_first_time_user_journey(app, pretrained_base, tmp_path):
             pg.reload()
             pg.get_by_role("tab", name="Train").click()
             pg.wait_for_function(
-                "document.querySelector('#train-progress')?.innerText.includes('Run 1 (kto)')"
+                "document.querySelector('#train-progress')?.innerText.includes('Run 1 (cbpo)')"
             )
         page.wait_for_function(
             "document.querySelector('#train-progress')?.innerText.includes('completed')",
             timeout=SLOW * 300_000,
         )
-        assert f"step {STEPS}/{STEPS}" in page.inner_text("#train-progress")
+        # The run ends at its last step or earlier by early stopping, and says which step it kept.
+        shown = page.inner_text("#train-progress")
+        done = re.search(r"step (\d+)/(\d+)", shown)
+        assert done and int(done.group(2)) == STEPS and "Early stopping: " in shown
+        assert int(done.group(1)) == STEPS or f"stopped at step {done.group(1)}" in shown
         second.wait_for_function(
             "document.querySelector('#train-progress')?.innerText.includes('completed')", timeout=60_000
         )

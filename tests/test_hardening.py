@@ -241,7 +241,8 @@ def test_hardening_an_unreadable_checkpoint_is_set_aside_and_the_run_resumes(pre
     from idiolect.core.training.runs import create_run, run_dir
     from idiolect.core.training.trainer import Trainer
 
-    cfg = TrainConfig(model=str(pretrained_base), pool="others", steps=6, batch_size=2, save_every=1)
+    cfg = TrainConfig(model=str(pretrained_base), pool="others", steps=6, batch_size=2, save_every=1,
+                      validation_fraction=0.0)  # every step runs: no early stopping
     run = create_run(target_store, "me", cfg)
     holder = {}
 

@@ -33,7 +33,8 @@ from idiolect.core.training.trainer import Trainer
 
 def config(base, **kw) -> TrainConfig:
     defaults = dict(
-        model=str(base), pool="others", steps=12, batch_size=4, lr=1e-3, heldout_fraction=0.3, save_every=1000
+        model=str(base), pool="others", steps=12, batch_size=4, lr=1e-3, heldout_fraction=0.3, save_every=1000,
+        validation_fraction=0.0,  # every step runs (early stopping: test_train.py)
     )
     return TrainConfig(**{**defaults, **kw})
 

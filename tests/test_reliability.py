@@ -100,7 +100,8 @@ def test_parallel_clients_while_training_lose_nothing(pretrained_base, target_st
     run = worker.start(
         target_store,
         "me",
-        TrainConfig(model=str(pretrained_base), pool="others", steps=25, lr=1e-3, save_every=5),
+        TrainConfig(model=str(pretrained_base), pool="others", steps=25, lr=1e-3, save_every=5,
+                    validation_fraction=0.0),  # every step runs: no early stopping
     )
     n_clients, n_ops = 4, 100
     procs = [

@@ -129,6 +129,7 @@ def test_cli_train_shows_progress_and_results(pretrained_base, target_store):
     assert out.returncode == 0, out.stderr
     assert "4/4 loss" in out.stderr
     assert "completed: adapter in" in out.stdout and "held-out target texts" in out.stdout
+    assert "  pi = " in out.stdout and "  early stopping: " in out.stdout  # which step it kept, in words
     run = target_store.list_runs(target_store.get_profile("me")["id"])[0]
     assert run["objective"] == "kto" and run["config"]["lambda_sft"] == 0.3  # the flags reach the run
     assert run["config"]["reward_norm"] == "mean"
@@ -252,3 +253,21 @@ def test_protocol_warmup_is_at_least_three_steps():
     assert warmup_steps(15, 0.1) == 3  # int(0.1 x 15) was 1 step
     assert warmup_steps(100, 0.1) == 10 and warmup_steps(4, 0.1) == 2  # 10%; at most half a short run
     assert [round(lr_factor(s, 15, 3), 3) for s in range(3)] == [0.333, 0.667, 1.0]
+
+
+def test_protocol_peers_answering_the_users_questions_come_first(store):
+    """A Stack Exchange-like profile keeps its questions as each sample's context (no prompt): the peers chosen
+    for it are still the other writers' answers to those questions first (they were chosen at random before)."""
+    from idiolect.core.training.data import load_sets
+
+    pool = store.ensure_pool("site")
+    asked = [f"How do I brew question {i}?" for i in range(6)]
+    rows = [{"writer": f"w{w}", "context": f"Unrelated question {w}-{k}", "text": f"Writer {w} on topic {k}."}
+            for w in range(10) for k in range(30)]  # fmt: skip
+    rows += [{"writer": f"w{w}", "context": q, "text": f"Writer {w} answers {q}"} for w in range(10) for q in asked]
+    store.add_peer_texts(pool["id"], rows)
+    pid = store.create_profile("asker")
+    store.add_samples(pid, [{"context": q, "text": f"My own answer, number {i}, to this."} for i, q in enumerate(asked)])
+    sets = load_sets(store, "asker", pool="site", peer_cap=60, heldout_fraction=0.0)
+    chosen = sets.train["aux"]
+    assert len(chosen) == 60 and all(e.context in asked for e in chosen)

@@ -133,6 +133,9 @@ def _train_report(store, run_id: int, result: dict) -> int:
     ev = result["eval"]
     print(f"run {run_id} completed: adapter in {adapter_dir(store, run)}")
     print(f"  pi = {result['pi'].get('pi')} ({result['pi'].get('source')})")
+    kept = result.get("early_stopping") or {}
+    if kept.get("message"):
+        print(f"  early stopping: {kept['message']}")
     for who in ("target", "peer"):
         lift = ev.get(f"heldout_{who}_lift")
         if lift is not None:

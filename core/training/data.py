@@ -128,7 +128,10 @@ def load_sets(
     neg_train, neg_held = _split(negatives, heldout_fraction) if len(negatives) >= 5 else (negatives, [])
     cap = peer_cap or max(64, 4 * len(tar_train))
     peers = without_own_texts(peers, [e.text for e in targets])
-    chosen = select_peers(peers, {(e.prompt or "").strip() for e in targets}, cap + max(8, cap // 10), seed)
+    # The questions the user's texts answer (a prompt, or a context such as a Stack Exchange question): peers'
+    # answers to the same ones come first.
+    asked = {(e.prompt or e.context or "").strip() for e in targets} - {""}
+    chosen = select_peers(peers, asked, cap + max(8, cap // 10), seed)
     aux = [Example(AUX, None, p["context"], p["text"], f"peer:{p['id']}") for p in chosen]
     aux_train, aux_held = _split(aux, heldout_fraction)
     return TrainingSets(

@@ -18,6 +18,7 @@ import math
 
 import torch
 
+from idiolect.core.training.data import MIN_VALIDATION_TRAIN
 from idiolect.core.training.logprobs import mean_token_ll
 
 MIN_GAIN = 1e-4  # nats/token: a score must beat the best by this much to count as a gain
@@ -96,20 +97,23 @@ class EarlyStopping:
         """What the run did, for its result, the CLI and the Train tab (``message`` in plain words)."""
         if not self.active:
             return {"active": False, "kept_step": last_step, "message": (
-                f"no early stopping: too few texts for a validation slice; kept the last step ({last_step})")}  # fmt: skip
+                f"off (no validation slice: it needs {MIN_VALIDATION_TRAIN}+ training texts and a validation "
+                f"fraction above 0); kept the last step ({last_step})")}  # fmt: skip
         base = self.history[0][1]
         if self.best_step == 0:
             message = (
                 f"no step made your validation texts more likely than the base model (checked {len(self.history) - 1} "
-                "times): the adapter is left as the base. Try a lower learning rate or add more of your writing."
+                "times): the adapter is left as the base"
             )
         else:
             message = (
                 f"kept step {self.best_step} of {self.total}: your validation texts were most likely there "
                 f"({self.best_score - base:+.3f} nats/token over the base)"
             )
-            if self.stopped_at is not None:
-                message += f"; stopped at step {self.stopped_at} after {self.patience} checks without a gain"
+        if self.stopped_at is not None:
+            message += f"; stopped at step {self.stopped_at} after {self.patience} checks without a gain"
+        if self.best_step == 0:
+            message += ". Try a lower learning rate, or add more of your writing"
         return {
             "active": True,
             "validation_texts": len(self.examples),

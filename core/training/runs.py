@@ -61,7 +61,8 @@ def estimate_run(store: Store, profile: str, cfg: TrainConfig) -> dict:
     sets = sets_for(store, profile, cfg)
     n = len(sets.train[TAR])
     steps = total_steps(cfg, n)
-    out = {"steps": steps, "target_texts": n, "seconds": None, "peak_memory_mb": None, "based_on_run": None}
+    out = {"steps": steps, "target_texts": n, "validation_texts": len(sets.validation[TAR]), "seconds": None,
+           "peak_memory_mb": None, "based_on_run": None}
     if not (cfg.model or "").strip():
         return out
     seen: dict[str, bool] = {}
