@@ -55,6 +55,9 @@ from idiolect.core.training.config import DEFAULT_BETA
 ROOT = Path(__file__).resolve().parent.parent
 OBJECTIVES = ("base", "sft", "kto", "bco", "cbpo", "cbpo_pi0")
 REFERENCE = "cbpo"  # the product's method: every paired difference is against it
+# Ablations are not tuned: they run at the setting chosen for the objective they ablate, so that the one thing
+# that differs is what they take away (cbpo_pi0: C-BPO with pi = 0, the PU correction off).
+ABLATIONS = {"cbpo_pi0": "cbpo"}
 PROTOCOL_SEED = 20261202  # draws the writers; fixed so tuning and report writers never change between runs
 
 
@@ -413,14 +416,17 @@ def plan(args) -> dict[str, tuple[str, dict]]:
                 "--phase report needs --settings TUNING.json (chosen on the tuning writers, committed)"
             )
         frozen = json.loads(Path(args.settings).read_text())["chosen"]
-        missing = [o for o in objectives if o != "base" and o not in frozen]
+        tuned = lambda o: ABLATIONS.get(o, o)  # noqa: E731
+        missing = [o for o in objectives if o != "base" and tuned(o) not in frozen]
         if missing:
             raise SystemExit(f"{args.settings} has no setting for {missing}")
-        return {o: (o, {} if o == "base" else frozen[o]["settings"]) for o in objectives}
+        return {o: (o, {} if o == "base" else frozen[tuned(o)]["settings"]) for o in objectives}
     out = {}
     for o in objectives:
         if o == "base":
             out["base"] = ("base", {})
+            continue
+        if o in ABLATIONS:  # run in the report at its objective's chosen setting
             continue
         for lr in (float(x) for x in args.grid.split(",")):
             out[f"{o}@lr={lr:g}"] = (o, {**shared, "lr": lr})

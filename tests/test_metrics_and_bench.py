@@ -56,11 +56,11 @@ def test_protocol_tunes_on_tuning_writers_then_reports_frozen_settings_and_resum
     from idiolect.bench.protocol import draw_writers, load_rows
 
     tune = tmp_path / "tune"
-    out = _bench(tune, pretrained_base, "--phase", "tune", "--tuning-targets", "2", "--objectives", "base,sft,cbpo",
-                 "--grid", "1e-3,3e-3")  # fmt: skip
+    out = _bench(tune, pretrained_base, "--phase", "tune", "--tuning-targets", "2", "--objectives",
+                 "base,sft,cbpo,cbpo_pi0", "--grid", "1e-3,3e-3")  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     tuned = json.loads((tune / "tuning.json").read_text())
-    assert set(tuned["chosen"]) == {"sft", "cbpo"}
+    assert set(tuned["chosen"]) == {"sft", "cbpo"}  # the ablation is not tuned: it runs at cbpo's setting
     assert all(len(c["candidates"]) == 2 for c in tuned["chosen"].values())  # as many settings each
     report = tmp_path / "report"
     args = ("--phase", "report", "--report-targets", "2", "--tuning-targets", "2", "--seeds", "0,1",
@@ -70,10 +70,10 @@ def test_protocol_tunes_on_tuning_writers_then_reports_frozen_settings_and_resum
     cells = sorted((report / "cells" / "report").rglob("*.json"))
     assert len(cells) == 2 * (1 + 2)  # per target: the base once, cbpo per seed
     before = {c: c.read_bytes() for c in cells}
-    out = _bench(report, pretrained_base, *args, "--objectives", "base,cbpo,sft")
+    out = _bench(report, pretrained_base, *args, "--objectives", "base,cbpo,sft,cbpo_pi0")
     assert out.returncode == 0, out.stderr[-3000:]
     assert all(c.read_bytes() == b for c, b in before.items())  # resumed: nothing finished was run again
-    assert len(list((report / "cells" / "report").rglob("*.json"))) == 2 * 5
+    assert len(list((report / "cells" / "report").rglob("*.json"))) == 2 * 7
     result = json.loads((report / "personalization.json").read_text())
     assert result["protocol"]["targets"] == 2 and result["protocol"]["seeds"] == 2 and result["complete"]
     assert result["protocol"]["tuning_targets"] == 2 and result["protocol"]["budget_epochs"] == 1
@@ -82,6 +82,7 @@ def test_protocol_tunes_on_tuning_writers_then_reports_frozen_settings_and_resum
     tune_w, report_w = draw_writers(rows, 2, 2, 12)
     assert not set(tune_w) & set(report_w) and set(result["per_target"]) == set(report_w)
     assert result["settings"]["sft"]["lr"] == tuned["chosen"]["sft"]["settings"]["lr"]  # frozen, unchanged
+    assert result["settings"]["cbpo_pi0"] == {"objective": "cbpo_pi0", **tuned["chosen"]["cbpo"]["settings"]}
     for name in ("base", "sft", "cbpo"):
         row = result["objectives"][name]
         for key in (
@@ -98,7 +99,7 @@ def test_protocol_tunes_on_tuning_writers_then_reports_frozen_settings_and_resum
         and result["objectives"]["base"]["target_lift"] == 0
     )
     assert result["objectives"]["sft"]["target_lift"] != 0  # trained and applied
-    assert set(result["paired"]) == {"base-cbpo", "sft-cbpo"} and result["paired"]["sft-cbpo"]["n"] == 2
+    assert set(result["paired"]) == {"base-cbpo", "sft-cbpo", "cbpo_pi0-cbpo"} and result["paired"]["sft-cbpo"]["n"] == 2
     assert {"mean", "ci"} <= set(result["paired"]["sft-cbpo"])
     assert 0 <= result["attribution_ceiling"] <= 1
 

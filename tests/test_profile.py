@@ -176,3 +176,29 @@ def test_plain_differences_are_sentences_with_rounded_numbers():
         s.startswith("You use more exclamation marks: ") and s.endswith(" for most writers.") for s in lines
     )
     assert not any(re.search(r"\d\.\d{3}", s) or "z" in s.split(":")[0] for s in lines)  # no raw floats, no z
+
+
+def test_protocol_popi_scores_the_user_and_the_peers_under_the_same_conditioning(store, tiny_models):
+    """A user's sample and a peer's text that answer the same question are scored with the same prompt (the
+    question, as training renders it, under the summary): the user's texts were once scored without their
+    question and the peers' with theirs, so a summary's lift measured the prompt, not the person."""
+    from transformers import AutoTokenizer
+
+    from idiolect.core.persona.style import profile_data
+    from idiolect.core.persona.summary import conditioned_examples
+
+    question = "Which roast do you buy for an espresso at home?"
+    pool = store.ensure_pool("site")
+    store.add_peer_texts(pool["id"], [{"writer": f"w{w}", "context": question if k == 0 else f"Other {w} {k}",
+                                       "text": f"Peer {w} says this, answer {k}."}
+                                      for w in range(3) for k in range(3)])  # fmt: skip
+    pid = store.create_profile("me")
+    store.add_samples(pid, [{"context": question if i == 0 else f"Mine {i}", "text": f"My answer, take {i}."}
+                            for i in range(6)])  # fmt: skip
+    user, peers, _liked, _disliked = profile_data(store, "me", "site")
+    mine = next(r for r in user if r[-1] == "My answer, take 0.")
+    theirs = next(r for rows in peers.values() for r in rows if r[-1] == "Peer 0 says this, answer 0.")
+    tok = AutoTokenizer.from_pretrained(tiny_models["llama"])
+    a, b = conditioned_examples([mine, theirs], tok, "Write plainly.", 256, 32)
+    assert a.prompt_ids == b.prompt_ids
+    assert question in tok.decode(a.prompt_ids) and "Write plainly." in tok.decode(a.prompt_ids)
