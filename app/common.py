@@ -21,6 +21,7 @@ import pandas as pd
 
 from idiolect.core.base.errors import IdiolectError
 from idiolect.core.models.hf_generation import HFGenerator
+from idiolect.core.models.registry import default_model
 from idiolect.core.models.resolve import local_model_dir
 from idiolect.core.store import Store
 from idiolect.core.training.runs import latest_completed_run
@@ -111,8 +112,15 @@ def need(ctx: Ctx, profile: str | None) -> dict:
     return ctx.store.get_profile(profile)
 
 
-def model_of(ctx: Ctx, profile: str) -> str:
+def chosen_model(ctx: Ctx, profile: str) -> tuple[str | None, bool]:
+    """(the model the profile uses, whether its person chose it): until one is chosen in the Model tab, the
+    offline instruct model where it is installed (registry.default_model)."""
     model = ctx.store.profile_settings(profile).get("model")
+    return (model, True) if model else (default_model(), False)
+
+
+def model_of(ctx: Ctx, profile: str) -> str:
+    model, _ = chosen_model(ctx, profile)
     if not model:
         raise IdiolectError("Choose a base model first (tab Model).")
     return model
@@ -127,7 +135,7 @@ def status(ctx: Ctx, profile: str | None) -> str:
     stats = store.stats()["profiles"][profile]
     steps = [
         (stats["samples"] >= 20, f"add more of your writing ({stats['samples']} samples; 20+ work well)"),
-        (bool(store.profile_settings(profile).get("model")), "choose a base model (tab Model)"),
+        (chosen_model(ctx, profile)[0] is not None, "choose a base model (tab Model)"),
         (stats["ratings_up"] + stats["ratings_down"] >= 1, "rate a few generations (tab Rate)"),
         (latest_completed_run(store, prof["id"]) is not None, "train your adapter (tab Train)"),
         (bool(store.list_summaries(prof["id"])), "make your preference summary (tab You vs. peers)"),

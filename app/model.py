@@ -6,10 +6,10 @@ import os
 
 import gradio as gr
 
-from idiolect.app.common import Ctx, need, on, status
+from idiolect.app.common import Ctx, chosen_model, need, on, status
 from idiolect.core.base.errors import IdiolectError
 from idiolect.core.models.inventory import delete_model, models_on_disk
-from idiolect.core.models.registry import OFFLINE_MODELS, RECOMMENDED
+from idiolect.core.models.registry import OFFLINE_MODELS, RECOMMENDED, offline_installed
 from idiolect.core.models.resolve import local_model_dir, resolve
 
 
@@ -41,10 +41,12 @@ def recommended_md() -> str:
 def models_md(ctx: Ctx, profile: str | None = None) -> str:
     """The model in use and the models on this machine, read now."""
     store = ctx.store
-    current = (
-        store.profile_settings(profile).get("model") if profile and store.find_profile(profile) else None
-    )
-    lines = [f"**In use by {profile}:** `{current}`" if current else "**In use:** none chosen yet"]
+    current, chosen = chosen_model(ctx, profile) if profile and store.find_profile(profile) else (None, False)
+    if current and not chosen:
+        lines = [f"**In use by {profile}:** `{current}` (the default until you choose one: an offline instruct "
+                 "model, so Rate and Chat answer your prompts; training uses it too)"]  # fmt: skip
+    else:
+        lines = [f"**In use by {profile}:** `{current}`" if current else "**In use:** none chosen yet"]
     lines.append(
         "**On this machine** (type the path or id below, or an offline model's name: "
         + ", ".join(f"`{m.spec}`" for m in OFFLINE_MODELS)
@@ -57,6 +59,16 @@ def models_md(ctx: Ctx, profile: str | None = None) -> str:
         for m in models_on_disk()
     ] or ["- none yet"]
     return "\n".join(lines)
+
+
+def model_choices(ctx: Ctx, profile: str | None) -> dict:
+    """The dropdown of models to pick: the offline models installed here, then the recommended hub models; the
+    profile's model selected when it is one of them."""
+    offline = [(f"{m.spec}: {m.label}", m.spec) for m in OFFLINE_MODELS if offline_installed(m.spec)]
+    choices = offline + [(m.id, m.id) for m in RECOMMENDED]
+    current = chosen_model(ctx, profile)[0] if profile and ctx.store.find_profile(profile) else None
+    values = [v for _, v in choices]
+    return gr.update(choices=choices, value=current if current in values else values[0])
 
 
 def disk_choices() -> list[tuple[str, str]]:
@@ -121,8 +133,9 @@ class ModelTab:
         self.ctx = ctx
         device = gr.Markdown(elem_id="device")
         recommended = gr.Dropdown(
-            [m.id for m in RECOMMENDED], label="Recommended base models", value=RECOMMENDED[0].id
-        )
+            [m.id for m in RECOMMENDED], label="Offline and recommended base models", value=RECOMMENDED[0].id,
+            elem_id="model-pick",
+        )  # its choices are read per page load (views): the offline models installed here come first
         gr.Markdown(recommended_md())
         on_disk = gr.Markdown(elem_id="models-on-disk")
         custom = gr.Textbox(
@@ -145,7 +158,8 @@ class ModelTab:
             return msg, models_md(ctx, p), gr.update(choices=disk_choices(), value=None), False
 
         on(delete_btn.click, remove, [profile, to_delete, sure], [model_md, on_disk, to_delete, sure])
-        self.outputs = [device, on_disk, to_delete]
+        self.outputs = [device, on_disk, to_delete, recommended]
 
     def views(self, profile):
-        return device_md(), models_md(self.ctx, profile), gr.update(choices=disk_choices(), value=None)
+        return (device_md(), models_md(self.ctx, profile), gr.update(choices=disk_choices(), value=None),
+                model_choices(self.ctx, profile))  # fmt: skip

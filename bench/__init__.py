@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 def add_parsers(parser: argparse.ArgumentParser, add_db: Callable[[argparse.ArgumentParser], None]) -> None:
     """One subcommand per benchmark, each with its own options (and ``--db`` after the name)."""
-    from idiolect.bench import generation, imports, personalization, protocol, training
+    from idiolect.bench import device, generation, imports, personalization, protocol, training
 
     sub = parser.add_subparsers(dest="bench", metavar="NAME", required=True)
     raw = argparse.RawDescriptionHelpFormatter
@@ -26,6 +26,8 @@ def add_parsers(parser: argparse.ArgumentParser, add_db: Callable[[argparse.Argu
          protocol.__doc__, raw, protocol.add_arguments),
         ("imports", "peak memory and wall time of the largest and slowest-to-parse imports allowed",
          imports.__doc__, raw, imports.add_arguments),
+        ("device", "the GPU figures in one command: QLoRA training vs TRL, generation, a protocol slice",
+         device.__doc__, raw, device.add_arguments),
     ]  # fmt: skip
     for name, help_text, description, formatter, add_arguments in specs:
         extra = {"formatter_class": formatter} if formatter else {}
@@ -35,7 +37,7 @@ def add_parsers(parser: argparse.ArgumentParser, add_db: Callable[[argparse.Argu
 
 
 def run(args: argparse.Namespace) -> None:
-    from idiolect.bench import generation, imports, personalization, protocol, training
+    from idiolect.bench import device, generation, imports, personalization, protocol, training
 
     {
         "generation": generation.run,
@@ -43,6 +45,7 @@ def run(args: argparse.Namespace) -> None:
         "pretrain": personalization.pretrain_cmd,
         "personalization": protocol.personalization_cmd,
         "imports": imports.run,
+        "device": device.run,
     }[args.bench](args)
 
 

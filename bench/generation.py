@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> dict:
     cache = Path(args.cache)
     model_dir = Path(args.model) if args.model else small_model(cache)
     torch.set_num_threads(args.threads)
-    model, tok, desc = load_hf_model(model_dir, device="cpu")
+    model, tok, desc = load_hf_model(model_dir, device=getattr(args, "device", "cpu"), quantize="none")
     text = render_prompt(tok, PROMPT)
     ids = tok(text, add_special_tokens=not tok.chat_template)["input_ids"]
     n = args.tokens
@@ -57,14 +57,14 @@ def run(args: argparse.Namespace) -> dict:
     rows = []
 
     def hf_once() -> float:
-        x = torch.tensor([ids])
+        x = torch.tensor([ids], device=model.device)
         t = time.perf_counter()
         with torch.inference_mode():
             out = model.generate(
                 x, attention_mask=torch.ones_like(x), max_new_tokens=n, min_new_tokens=n, do_sample=False,
                 pad_token_id=tok.pad_token_id,
             )  # fmt: skip
-        assert out.shape[1] - len(ids) == n
+        assert out.shape[1] - len(ids) == n  # generate returns after the device finished
         return n / (time.perf_counter() - t)
 
     def cpp_once(gen: LlamaCppGenerator) -> float:
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> dict:
         )
         print(f"{name}: {tps:.1f} tokens/s", file=sys.stderr)
 
-    measure("transformers fp32", hf_once)
+    measure(f"transformers {desc['device']}", hf_once)
     for dtype in ("f32", "f16"):
         gguf_path = cache / f"{model_dir.name}-{dtype}.gguf"
         if not gguf_path.exists() or gguf_path.stat().st_mtime < (model_dir / "config.json").stat().st_mtime:

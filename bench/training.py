@@ -82,7 +82,7 @@ def _mean_tokens(tokenizer, rows, max_length: int) -> float:
 
 def engine_idiolect(args) -> dict:
     from idiolect.core.store import Store
-    from idiolect.core.training.config import TrainConfig
+    from idiolect.core.training.config import DEFAULT_OBJECTIVE, TrainConfig
     from idiolect.core.training.runs import create_run
     from idiolect.core.training.trainer import Trainer
 
@@ -97,8 +97,9 @@ def engine_idiolect(args) -> dict:
         store.add_samples(pid, [{"prompt": r["prompt"], "text": r["text"]} for r in tar])
         half = args.batch // 2
         cfg = TrainConfig(
-            model=args.model, objective="cbpo", pool="peers", steps=args.steps, batch_size=half, aux_per_batch=half,
-            lr=1e-4, max_length=args.max_length, heldout_fraction=0.0, save_every=10**6, pi=0.1, seed=0,
+            model=args.model, objective=DEFAULT_OBJECTIVE, pool="peers", steps=args.steps, batch_size=half, aux_per_batch=half,
+            lr=1e-4, max_length=args.max_length, heldout_fraction=0.0, validation_fraction=0.0,  # every step runs
+            save_every=10**6, pi=0.1, seed=0,
             peer_cap=len(aux), precision=args.precision,
         )  # fmt: skip
         run = create_run(store, "bench", cfg)
@@ -114,7 +115,7 @@ def engine_idiolect(args) -> dict:
         rss_before = _rss_mb()
         Trainer(store, run, progress=progress).run()
         store.close()
-    return _result("idiolect C-BPO", times, args.batch, mean_tokens, rss_before)
+    return _result(f"idiolect {cfg.objective}", times, args.batch, mean_tokens, rss_before)
 
 
 def engine_trl(args) -> dict:
@@ -136,7 +137,14 @@ def engine_trl(args) -> dict:
         for r in rs
     ]
     mean_tokens = _mean_tokens(tok, tar + aux, args.max_length)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    cuda = torch.cuda.is_available()
+    if cuda:  # the same NF4 QLoRA Idiolect trains with there (quantize=auto), bf16 compute
+        from transformers import BitsAndBytesConfig
+
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_pretrained(args.model, quantization_config=quant, device_map={"": 0})
+    else:
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
     rss_before = _rss_mb()
     times: list[float] = []
 
@@ -151,7 +159,7 @@ def engine_trl(args) -> dict:
         cfg = KTOConfig(
             output_dir=tmp, per_device_train_batch_size=args.batch, max_steps=args.steps, learning_rate=1e-4,
             beta=0.1, max_length=args.max_length, precompute_ref_log_probs=args.engine == "trl-precompute",
-            use_cpu=not torch.cuda.is_available(), bf16=False, report_to=[], logging_steps=10**6,
+            use_cpu=not cuda, bf16=cuda, report_to=[], logging_steps=10**6,
             save_strategy="no", gradient_checkpointing=False, dataloader_num_workers=0, seed=0,
             desirable_weight=len(aux) / len(tar),
         )  # fmt: skip

@@ -239,3 +239,32 @@ def test_protocol_a_long_prompt_keeps_bos_and_the_turn_tokens_on_the_real_tokeni
             short_ex.prompt_ids
             == tok(render_prompt(tok, "Say hi."), add_special_tokens=not templated)["input_ids"]
         )
+
+
+def test_a_new_profile_rates_and_chats_on_the_instruct_model(real, tmp_path):
+    """With both offline models installed, a profile that chose no model generates its first pairs (and chats)
+    with SmolLM2-135M-Instruct through its chat template, not with the Gemma base model that rambles; the Model
+    tab says it is the default, and a model the person picks replaces it everywhere."""
+    _smollm2_tokenizer()  # skips without SmolLM2
+    from idiolect.app import model as model_tab
+    from idiolect.app import profiles, rate
+    from idiolect.app.common import Ctx, model_of, status
+    from idiolect.core.store import Store
+
+    store = Store(tmp_path / "app.db")
+    ctx = Ctx(store)
+    profiles.create(ctx, "ana")
+    assert model_of(ctx, "ana") == "offline-smollm2"
+    assert "`offline-smollm2` (the default until you choose one" in model_tab.models_md(ctx, "ana")
+    assert "choose a base model" not in status(ctx, "ana")
+    picks = model_tab.model_choices(ctx, "ana")
+    assert picks["value"] == "offline-smollm2" and picks["choices"][0][1] in ("offline", "offline-smollm2")
+    frames = list(rate.generate_pair(ctx, "ana", None, "Describe your morning coffee.", 0.7, 16, "1"))
+    a, b, ids = frames[-1][0]["value"], frames[-1][1]["value"], frames[-1][2]
+    assert a.strip() and b.strip() and store.get_generation(ids[0])["model"] == "offline-smollm2"
+    assert ctx.generators.get("offline-smollm2").tokenizer.chat_template  # answered as a chat turn
+    history, reply = list(rate.chat_reply(ctx, "ana", [], "Hello! What is a latte?", 0.7, 12))[-1]
+    assert store.get_generation(reply[1])["model"] == "offline-smollm2" and history[-1]["content"].strip()
+    model_tab.choose_model(ctx, "ana", "", "offline")
+    assert model_of(ctx, "ana") == "offline" and "the default" not in model_tab.models_md(ctx, "ana")
+    store.close()

