@@ -115,7 +115,8 @@ def engine_idiolect(args) -> dict:
         rss_before = _rss_mb()
         Trainer(store, run, progress=progress).run()
         store.close()
-    return _result(f"idiolect {cfg.objective}", times, args.batch, mean_tokens, rss_before)
+    name = "C-BPO" if cfg.objective == "cbpo" else cfg.objective.upper()
+    return _result(f"idiolect {name}", times, args.batch, mean_tokens, rss_before)
 
 
 def engine_trl(args) -> dict:
