@@ -3,6 +3,7 @@ download them (each file or one zip), copy the summary, and the exact llama-serv
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import zipfile
@@ -18,10 +19,34 @@ from idiolect.core.export.formats import safe_name
 from idiolect.core.export.tryout import try_export
 
 
+def downloads_folder() -> Path:
+    """Where the Export tab's downloads are copied: the app process's own folder inside the data folder (Gradio
+    serves downloads from it; only this user can read it; removed with the uploads when the app stops). Outside
+    the app (handlers called directly), a private folder in the system temp folder."""
+    app_dir = os.environ.get("GRADIO_TEMP_DIR")
+    if app_dir:
+        folder = Path(app_dir) / "downloads"
+    else:
+        folder = Path(tempfile.gettempdir()) / f"idiolect-downloads-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    return folder
+
+
+def export_folder(ctx: Ctx, profile: str, folder: str | None) -> Path:
+    """The folder the tab exports into: exports/<profile> in the data folder when none is given, and a relative
+    folder inside exports/ too (the app's working folder is nothing the user chose)."""
+    base = data_subdir(EXPORTS)
+    text = (folder or "").strip()
+    if not text:
+        return base / safe_name(profile)
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else base / path
+
+
 def download_copy(folder: Path, files: list[Path], slug: str) -> list[str]:
-    """The exported files and one zip of them, copied under the temp folder (the only place, with the working
-    directory, that Gradio serves downloads from), newest export only."""
-    out = Path(tempfile.gettempdir()) / "idiolect-downloads" / slug
+    """The exported files and one zip of them, copied into :func:`downloads_folder` (the newest export only)."""
+    out = downloads_folder() / slug
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     zipped = out / f"{slug}-export.zip"
@@ -39,8 +64,7 @@ def download_copy(folder: Path, files: list[Path], slug: str) -> list[str]:
 
 def do_export(ctx: Ctx, profile, formats, folder):
     need(ctx, profile)
-    folder = (folder or "").strip() or str(data_subdir(EXPORTS) / profile)
-    result = export(ctx.store, profile, folder, formats=formats or None)
+    result = export(ctx.store, profile, export_folder(ctx, profile, folder), formats=formats or None)
     files = "\n".join(f"- `{p.relative_to(result.folder)}`" for p in result.files)
     skipped = "".join(f"\n- skipped {k}: {v}" for k, v in result.skipped.items())
     summary = next((p.read_text() for p in result.files if p.name.endswith("-summary.txt")), "")
@@ -54,10 +78,9 @@ def try_it(ctx: Ctx, profile, folder, prompt, strength: float = 1.0) -> str:
     """The exported GGUF LoRA answers a prompt in llama.cpp, as it will for the user, at a persona strength
     (the LoRA's scale: 0 the base alone, 1 as trained)."""
     need(ctx, profile)
-    folder = (folder or "").strip() or str(data_subdir(EXPORTS) / profile)
     if not (prompt or "").strip():
         raise IdiolectError("Type a prompt for the test.")
-    return try_export(folder, prompt.strip(), max_new_tokens=120, scale=float(strength))
+    return try_export(export_folder(ctx, profile, folder), prompt.strip(), max_new_tokens=120, scale=float(strength))
 
 
 class ExportTab:
@@ -66,7 +89,8 @@ class ExportTab:
             list(FORMATS), value=list(DEFAULT_FORMATS), label="Formats", elem_id="formats"
         )
         folder = gr.Textbox(
-            label="Folder (default: exports/<profile> in the data folder)", elem_id="export-folder"
+            label="Folder (default: exports/<profile> in the data folder; a relative folder goes inside exports/)",
+            elem_id="export-folder",
         )
         export_btn = gr.Button("Export", variant="primary", elem_id="export-btn")
         report = gr.Markdown(elem_id="export-report")

@@ -6,9 +6,14 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from idiolect.core.ingest.anonymize import scrub
 from idiolect.core.ingest.peers import import_peers
@@ -210,8 +215,11 @@ def test_hardening_another_applications_database_is_not_migrated(tmp_path):
     con.execute("INSERT INTO notes (body) VALUES ('mine')")
     con.commit()
     con.close()
+    before = other.read_bytes()
     with pytest.raises(IdiolectError, match="not an Idiolect database .*notes"):
         Store(other)
+    # Refused before anything was written: the same bytes (header bytes 18-19 once said WAL), no -wal or -shm.
+    assert other.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["notes.db"]
     con = sqlite3.connect(other)
     assert [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")] == ["notes"]
     assert con.execute("PRAGMA user_version").fetchone()[0] == 0
@@ -272,18 +280,20 @@ def test_hardening_export_replaces_planted_links_and_fails_whole(store, tiny_mod
 
     import idiolect.core.export.bundle as export_mod
     from idiolect.core.base.errors import IdiolectError
+    from idiolect.core.export.formats import safe_name
 
     _trained_profile(store, tiny_models, tmp_path)
     out = tmp_path / "out"
     out.mkdir()
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
+    slug = safe_name("Sam O'Neil")
     (out / "manifest.json").symlink_to(victim)
-    (out / "Sam-O-Neil-summary.txt").symlink_to(victim)
-    (out / "Sam-O-Neil-peft").symlink_to(tmp_path)  # a linked folder where the adapter goes
+    (out / f"{slug}-summary.txt").symlink_to(victim)
+    (out / f"{slug}-peft").symlink_to(tmp_path)  # a linked folder where the adapter goes
     result = export_mod.export(store, "Sam O'Neil", out, formats=["peft", "summary"])
     assert victim.read_text() == "precious"
-    for name in ("manifest.json", "Sam-O-Neil-summary.txt", "Sam-O-Neil-peft"):
+    for name in ("manifest.json", f"{slug}-summary.txt", f"{slug}-peft"):
         assert not (out / name).is_symlink() and (out / name).exists()
     assert all(p.exists() and out in p.parents for p in result.files)
 
@@ -401,3 +411,63 @@ def test_hardening_ctrl_c_also_removes_the_upload_folder(tmp_path):
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 0
     assert not list(home.glob("uploads-*")) and "Traceback" not in proc.stderr.read()
+
+
+# Round three (issue 25) ------------------------------------------------------------------------------------------
+
+
+def test_hardening_names_that_slug_alike_never_share_export_files():
+    """N2: "José" and "Jos", or any two names in another script, once wrote the same file names, so exporting
+    both into one folder overwrote the first without a word."""
+    from idiolect.core.export.formats import safe_name
+
+    names = ["José", "Jos", "한", "日本", "Ana B", "Ana-B", "ana"]
+    slugs = {safe_name(n) for n in names}
+    assert len(slugs) == len(names) and safe_name("Jos") == "Jos" and safe_name("ana") == "ana"
+    assert all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", s) for s in slugs)
+    assert safe_name("José") == safe_name("Jose\u0301")  # one name in NFC or NFD: one file
+
+
+def test_hardening_a_relative_export_folder_works_in_the_cli_and_the_app(store, tiny_models, tmp_path, monkeypatch):
+    """N8: ``export --out relout`` wrote its files, then printed a ValueError traceback and exited 1; the app
+    said '... is not in the subpath' and offered no downloads."""
+    from test_export import _trained_profile
+
+    from idiolect.app import export as export_tab
+    from idiolect.app.common import Ctx
+    from idiolect.core.export.bundle import export
+
+    _trained_profile(store, tiny_models, tmp_path)
+    store.close()
+    work = tmp_path / "cwd"
+    work.mkdir()
+    out = subprocess.run([sys.executable, str(ROOT / "launch.py"), "export", "--profile", "Sam O'Neil", "--out", "relout",
+                          "--formats", "summary", "--db", str(store.path)], cwd=work, capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert (work / "relout" / "manifest.json").exists() and str(work / "relout") in out.stdout
+    monkeypatch.chdir(work)
+    result = export(store, "Sam O'Neil", "again", formats=["summary"])
+    assert result.folder == work / "again" and all(p.is_absolute() and p.exists() for p in result.files)
+    monkeypatch.setenv("IDIOLECT_HOME", str(tmp_path / "home"))
+    report, *_, downloads = export_tab.do_export(Ctx(store), "Sam O'Neil", ["summary"], "mine")
+    assert str(tmp_path / "home") in report and "/exports/mine" in report and downloads  # inside exports/
+
+
+def test_hardening_downloads_stay_in_the_apps_private_folder(tmp_path, monkeypatch):
+    """N7: the Export tab copied the user's texts into the system temp folder (mode 644 in 755 folders) and left
+    them after the app stopped; now they go to the app's own folder (inside the data folder, removed with the
+    uploads), only the user can enter it."""
+    import stat
+
+    from idiolect.app import export as export_tab
+
+    app_dir = tmp_path / "data" / "uploads-123-abc"
+    app_dir.mkdir(parents=True, mode=0o700)
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(app_dir))
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "me-kto.jsonl").write_text('{"completion": "my words"}\n')
+    paths = export_tab.download_copy(folder, [folder / "me-kto.jsonl"], "me")
+    assert all(app_dir in Path(p).parents for p in paths)
+    assert stat.S_IMODE((app_dir / "downloads").stat().st_mode) == 0o700

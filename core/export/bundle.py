@@ -161,7 +161,7 @@ def _work_folder(out_dir: str | Path) -> tuple[Path, Path]:
     """The chosen folder (created) and a fresh folder inside it that the export is written into, then moved
     into place entry by entry: a failure (a full disk) leaves nothing half-written, and a link planted in the
     folder is replaced, never written through."""
-    final = Path(out_dir).expanduser()
+    final = Path(out_dir).expanduser().resolve()  # a relative folder is the working folder's, said in full
     try:
         final.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

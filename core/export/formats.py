@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shlex
+import unicodedata
 from pathlib import Path
 
 from idiolect.core.base.errors import IdiolectError
@@ -16,9 +18,15 @@ API_MODEL = "gpt-4o-mini"
 
 
 def safe_name(name: str, fallback: str = "profile") -> str:
-    """A file-name-safe slug: letters, digits, '.', '-', '_' only, no leading dots, at most 64 characters."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name or "").strip(".-_")[:64]
-    return slug or fallback
+    """A file-name-safe slug: letters, digits, '.', '-', '_' only, no leading dots, at most 64 characters. Where
+    the slug is not the name itself ("José", "Sam O'Neil", a name in another script), six hex digits of the name's
+    hash follow it, so two names that slug alike ("José" / "Jos", any two non-Latin names) never share a file."""
+    name = unicodedata.normalize("NFC", name or "")
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-_")[:56]
+    if slug == name:
+        return slug
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:6]
+    return f"{slug or fallback}-{digest}"
 
 
 def modelfile_text(base_ref: str, lora_ref: str | None, summary: str) -> str:

@@ -155,9 +155,41 @@ class Database:
     def schema_version(self) -> int:
         return self.conn.execute("PRAGMA user_version").fetchone()[0]
 
+    def _inspect(self) -> tuple[int, list[str]]:
+        """The file's schema version and tables, read through a read-only connection that sets nothing (no WAL
+        switch, no journal), so a file that is not ours is refused byte for byte unchanged. (0, []) for a new
+        or empty file."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return 0, []
+        try:
+            conn = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+            try:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and _is_environmental(exc):
+                raise _friendly(exc, self.path) from exc
+            if isinstance(exc, sqlite3.OperationalError) and "unable to open" in str(exc):
+                return 0, []  # not readable this way (e.g. a WAL file without its -shm): the normal open says why
+            raise IdiolectError(f"{self.path} is not an Idiolect database (or is damaged): {exc}") from exc
+        return version, tables
+
     def _migrate(self, target: int) -> None:
         if not 0 <= target <= SCHEMA_VERSION:
             raise ValueError(f"target_version must be within 0..{SCHEMA_VERSION}")
+        current, tables = self._inspect()  # before anything is written: refuse what is not ours untouched
+        if current == 0 and tables:
+            raise IdiolectError(
+                f"{self.path} is not an Idiolect database (it holds another application's tables: "
+                f"{', '.join(tables[:5])}{', ...' if len(tables) > 5 else ''}); choose another file with --db"
+            )
+        if current > SCHEMA_VERSION:
+            raise IdiolectError(
+                f"the database {self.path} has schema version {current}, newer than this Idiolect "
+                f"({SCHEMA_VERSION}); update Idiolect instead of opening it with an older one"
+            )
         conn = self.conn
         try:
             current = self.schema_version
