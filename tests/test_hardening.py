@@ -471,3 +471,51 @@ def test_hardening_downloads_stay_in_the_apps_private_folder(tmp_path, monkeypat
     paths = export_tab.download_copy(folder, [folder / "me-kto.jsonl"], "me")
     assert all(app_dir in Path(p).parents for p in paths)
     assert stat.S_IMODE((app_dir / "downloads").stat().st_mode) == 0o700
+
+
+def test_hardening_one_name_and_one_text_in_either_unicode_form(store):
+    """N1: "한" composed (NFC) and decomposed (NFD) made two profiles that look identical, and both forms of one
+    sample were stored; "dan" and "Dan" were two profiles too."""
+    import unicodedata
+
+    from idiolect.core.base.errors import IdiolectError
+
+    nfc, nfd = unicodedata.normalize("NFC", "한 José"), unicodedata.normalize("NFD", "한 José")
+    assert nfc != nfd
+    pid = store.create_profile(nfd)
+    assert store.get_profile(nfc)["id"] == pid and store.find_profile(nfd)["name"] == nfc
+    for name in (nfc, nfc.upper()):
+        with pytest.raises(IdiolectError, match="already exists"):
+            store.create_profile(name)
+    store.create_profile("dan")
+    with pytest.raises(IdiolectError, match="already exists"):
+        store.create_profile("Dan")
+    text = "Un café, s'il vous plaît, écrit à la main."
+    first = store.add_samples(pid, [{"text": unicodedata.normalize("NFC", text)}])
+    again = store.add_samples(pid, [{"text": unicodedata.normalize("NFD", text)}])
+    assert len(first.added) == 1 and again.added == [] and again.duplicates == [0]
+    assert store.list_samples(pid)[0]["text"] == unicodedata.normalize("NFC", text)  # the text as written
+
+
+def test_hardening_migration_8_hashes_nfd_rows_as_their_nfc_form(tmp_path):
+    import sqlite3
+    import unicodedata
+
+    from idiolect.core.store import Store
+
+    path = tmp_path / "old.db"
+    old = Store(path, target_version=7)
+    pid = old.create_profile("ana")
+    text = unicodedata.normalize("NFD", "Crème brûlée, twice.")
+    old.add_samples(pid, [{"text": text}])
+    old.close()
+    con = sqlite3.connect(path)  # a version-7 store kept the decomposed name and the old hash
+    con.execute("UPDATE profiles SET name = ? WHERE id = ?", [unicodedata.normalize("NFD", "Zoë"), pid])
+    con.execute("UPDATE samples SET content_hash = 'hashed-without-nfc'")
+    con.commit()
+    con.close()
+    store = Store(path)
+    assert store.get_profile("Zoë")["name"] == unicodedata.normalize("NFC", "Zoë")
+    again = store.add_samples(pid, [{"text": unicodedata.normalize("NFC", text)}])
+    assert again.added == [] and store.list_samples(pid)[0]["text"] == text
+    store.close()

@@ -1,8 +1,9 @@
 """What makes two texts the same text: the one identity rule of the store, the importers, training and the
 benchmarks.
 
-- :func:`same_text_key`: a text with its whitespace normalised (runs of spaces, tabs and newlines are one
-  space, the ends stripped); two texts with the same key are the same writing.
+- :func:`same_text_key`: a text in Unicode NFC with its whitespace normalised (runs of spaces, tabs and newlines
+  are one space, the ends stripped); two texts with the same key are the same writing. :func:`same_name` is the
+  same rule for names.
 - :func:`content_hash`: the hash of one or more such parts (a sample's prompt, context and text), stored in the
   ``content_hash`` columns and in a run's data record.
 - :func:`text_fraction`: a stable number in [0, 1] drawn from a text's exact characters (lone surrogates
@@ -14,13 +15,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import unicodedata
 from pathlib import Path
 
 from idiolect.core.base.progress import Counted
 
 
 def same_text_key(text: str | None) -> str:
-    return " ".join((text or "").split())
+    """Unicode NFC (one form for "é" typed as one character or as "e" + an accent), whitespace runs as one
+    space, the ends stripped."""
+    return " ".join(unicodedata.normalize("NFC", text or "").split())
+
+
+def same_name(name: str | None) -> str:
+    """A profile's or a pool's name as stored and looked up: NFC, the ends stripped (see :func:`same_text_key`)."""
+    return unicodedata.normalize("NFC", (name or "").strip())
 
 
 def content_hash(*parts: str | None) -> str:

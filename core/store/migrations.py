@@ -5,9 +5,9 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
-from idiolect.core.base.identity import content_hash
+from idiolect.core.base.identity import content_hash, same_name
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 # Migrations. Each takes a connection inside an open write transaction. Never edit a released migration:
@@ -249,6 +249,29 @@ def _migration_7(conn: sqlite3.Connection) -> None:
     )
 
 
+def _migration_8(conn: sqlite3.Connection) -> None:
+    """One Unicode form for identity: content hashes are now of NFC text (a sample typed with a composed "é"
+    and the same sample with "e" + an accent are one sample), so every stored hash is computed again; profile
+    and pool names become NFC where that takes no other's name. No text itself is changed."""
+    for table, cols in (
+        ("samples", ("prompt", "context", "text")),
+        ("peer_texts", ("writer", "context", "text")),
+    ):
+        rows = conn.execute(f"SELECT id, {', '.join(cols)} FROM {table}").fetchall()
+        conn.executemany(
+            f"UPDATE {table} SET content_hash = ? WHERE id = ?",
+            [(content_hash(*row[1:]), row[0]) for row in rows],
+        )
+    for table in ("profiles", "peer_pools"):
+        names = dict(conn.execute(f"SELECT id, name FROM {table}").fetchall())
+        taken = set(names.values())
+        for row_id, name in names.items():
+            nfc = same_name(name)
+            if nfc != name and nfc not in taken:
+                conn.execute(f"UPDATE {table} SET name = ? WHERE id = ?", [nfc, row_id])
+                taken.add(nfc)
+
+
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _migration_1,
     2: _migration_2,
@@ -257,5 +280,6 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     5: _migration_5,
     6: _migration_6,
     7: _migration_7,
+    8: _migration_8,
 }
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))

@@ -6,6 +6,7 @@ import secrets
 from collections.abc import Sequence
 
 from idiolect.core.base.errors import IdiolectError
+from idiolect.core.base.identity import same_name
 from idiolect.core.store.db import utcnow
 from idiolect.core.store.profiles import check_name
 from idiolect.core.store.samples import InsertResult
@@ -15,7 +16,7 @@ class PoolTables:
     # -- peer pools -------------------------------------------------------------------------------------
 
     def find_pool(self, name: str) -> dict | None:
-        rows = list(self.db.query("SELECT * FROM peer_pools WHERE name = ?", [name.strip()]))
+        rows = list(self.db.query("SELECT * FROM peer_pools WHERE name = ?", [same_name(name)]))
         return rows[0] if rows else None
 
     def get_pool(self, name: str) -> dict:

@@ -6,13 +6,14 @@ import json
 import re
 
 from idiolect.core.base.errors import IdiolectError
+from idiolect.core.base.identity import same_name
 from idiolect.core.store.db import loads_or, utcnow
 
 PROFILE_NAME_RE = re.compile(r"^[^\W_][\w .'-]{0,63}$")
 
 
 def check_name(name: str, what: str = "profile") -> str:
-    name = (name or "").strip()
+    name = same_name(name)
     if not PROFILE_NAME_RE.match(name):
         raise IdiolectError(
             f"invalid {what} name {name!r}: use 1-64 letters, digits, spaces, '.', '-', \"'\" or '_', "
@@ -27,8 +28,7 @@ class ProfileTables:
     def create_profile(self, name: str, settings: dict | None = None) -> int:
         name = check_name(name)
         with self.write() as db:
-            if self.find_profile(name) is not None:
-                raise IdiolectError(f"a profile named {name!r} already exists")
+            self._refuse_taken(name)
             return (
                 db["profiles"]
                 .insert({"name": name, "settings": json.dumps(settings or {}), "created_at": utcnow()})
@@ -36,8 +36,14 @@ class ProfileTables:
             )
 
     def find_profile(self, name: str) -> dict | None:
-        rows = list(self.db.query("SELECT * FROM profiles WHERE name = ?", [name.strip()]))
+        rows = list(self.db.query("SELECT * FROM profiles WHERE name = ?", [same_name(name)]))
         return rows[0] if rows else None
+
+    def _refuse_taken(self, name: str, but: int | None = None) -> None:
+        """Two profiles never differ only in case ("dan" / "Dan") or in Unicode form: they would look alike."""
+        for p in self.list_profiles():
+            if p["id"] != but and p["name"].casefold() == name.casefold():
+                raise IdiolectError(f"a profile named {p['name']!r} already exists")
 
     def get_profile(self, name: str) -> dict:
         profile = self.find_profile(name)
@@ -89,8 +95,7 @@ class ProfileTables:
             profile = self.get_profile(name)
             if new_name == profile["name"]:
                 return profile
-            if self.find_profile(new_name) is not None:
-                raise IdiolectError(f"a profile named {new_name!r} already exists")
+            self._refuse_taken(new_name, but=profile["id"])
             db.execute("UPDATE profiles SET name = ? WHERE id = ?", [new_name, profile["id"]])
         return self.get_profile(new_name)
 
