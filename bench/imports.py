@@ -76,10 +76,13 @@ def build_inputs(folder: Path, size: int) -> list[tuple[str, str, Path]]:
     out.append((f"{size // MB} MB Posts.xml", "peers", p))
     big = "x" * (7 * MB)
     rows = [f'  <row Id="{i + 2}" PostTypeId="2" ParentId="1" OwnerUserId="3" Body="{big}" />\n'.encode()
-            for i in range(6)]  # fmt: skip
+            for i in range(100)]  # fmt: skip
     p = folder / "wide.stackexchange.com_Posts.xml.gz"
     p.write_bytes(gzip.compress(_posts(rows), 9))
-    out.append(("Posts.xml.gz of 7 MB rows (just under the line limit)", "peers", p))
+    out.append(("Posts.xml.gz of 100 rows of 7 MB (just under the line limit; 700 MB inflated)", "peers", p))
+    p = folder / "one-item.json"
+    p.write_text(json.dumps([{"prompt": "One very long answer.", "text": "A plain sentence, again. " * (size // 25)}]))
+    out.append((f"one {size // MB} MB item in a JSON list (decoded once, not per chunk)", "samples", p))
     rows = (
         json.dumps({"writer": f"w{i % 20}", "text": f"{i} " + "a." * 20_000}) + "\n"
         for i in range(size // 40_100)

@@ -519,3 +519,56 @@ def test_hardening_migration_8_hashes_nfd_rows_as_their_nfc_form(tmp_path):
     again = store.add_samples(pid, [{"text": unicodedata.normalize("NFC", text)}])
     assert again.added == [] and store.list_samples(pid)[0]["text"] == text
     store.close()
+
+
+def test_hardening_one_huge_json_item_is_decoded_once(monkeypatch):
+    """N20: one 63 MB list item took 86 s: the reader decoded it again from its start after every 1 MiB chunk
+    (quadratic). Now the item's end is found by one scan and it is decoded once: the decoder sees each
+    character of the document about once, however it is chunked (counted, not timed)."""
+    import json as jsonlib
+
+    from idiolect.core.ingest import rows as rows_mod
+
+    seen = []
+
+    class Counting(jsonlib.JSONDecoder):
+        def raw_decode(self, s, idx=0):
+            seen.append(len(s) - idx)
+            return super().raw_decode(s, idx)
+
+    monkeypatch.setattr(rows_mod.json, "JSONDecoder", Counting)
+    text = 'quote \\" brace } bracket ] back\\\\slash ' * 200_000  # 8 MB of what a scanner can trip on
+    doc = json.dumps([{"text": "small"}, {"title": "big", "text": text, "nested": [{"a": [1, {"b": "}"}]}]}, 7])
+    chunks = [doc[i : i + (1 << 20)] for i in range(0, len(doc), 1 << 20)]
+    items = list(rows_mod.stream_json(chunks, "big.json"))
+    assert items[0][1] == {"text": "small"} and items[1][1]["text"] == text
+    assert items[2][1] == 7 and len(chunks) >= 8
+    assert sum(seen) <= 2 * len(doc), (sum(seen), len(doc))  # was about len(chunks) / 2 times the item's size
+
+
+def test_hardening_stackexchange_answers_over_the_limit_are_not_kept_until_the_end(tmp_path):
+    """R1: a 0.8 MB Posts.xml.gz of 100 valid 8 MiB rows peaked at 959 MB: every answer's attributes were kept
+    until the end of the file and the 50,000-character limit checked after the loop. Now an answer is cleaned and
+    checked as it is read, and one over the limit leaves its reason, not its body (Python allocations, counted
+    by tracemalloc: not a timing)."""
+    import tracemalloc
+
+    from idiolect.core.ingest.stackexchange import read_stackexchange
+
+    body = "x" * (2 << 20)
+    rows = [b'<?xml version="1.0" encoding="utf-8"?>\n<posts>\n',
+            b'  <row Id="1" PostTypeId="1" Title="Glasses?" Body="&lt;p&gt;Which glass?&lt;/p&gt;" />\n']
+    rows += [f'  <row Id="{i + 2}" PostTypeId="2" ParentId="1" OwnerUserId="{i}" Body="{body}" />\n'.encode()
+             for i in range(30)]  # fmt: skip
+    rows.append(b'  <row Id="99" PostTypeId="2" ParentId="1" OwnerUserId="7" Body="&lt;p&gt;A tulip.&lt;/p&gt;" />\n')
+    path = tmp_path / "wide.stackexchange.com_Posts.xml.gz"
+    path.write_bytes(gzip.compress(b"".join(rows) + b"</posts>\n", 9))
+    tracemalloc.start()
+    try:
+        got, skipped, error = read_stackexchange(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [r["text"] for r in got] == ["A tulip."] and error is None
+    assert len(skipped) == 30 and all("50,000" in s.reason for s in skipped)
+    assert peak < 12 * len(body), peak / 2**20  # a few rows' worth at a time; it was every row's (60 MB and up)

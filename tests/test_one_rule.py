@@ -114,7 +114,7 @@ def test_a_data_folder_that_moved_still_finds_its_adapters(tmp_path):
         again.close()
 
 
-def test_a_foreground_run_is_refused_while_another_run_of_the_profile_trains(store):
+def test_hardening_a_foreground_run_is_refused_while_another_run_of_the_profile_trains(store):
     """Background and foreground training start runs through one function, so two terminals cannot train one
     profile at once (the foreground `train` skipped the check)."""
     import os

@@ -41,6 +41,50 @@ def stream_jsonl(chunks: Iterable[str]) -> Iterable[tuple[str, object | None, st
         yield from _jsonl_line(lineno + 1, rest)
 
 
+class _ValueEnd:
+    """Where one JSON object, array or string ends, found as its text arrives in pieces: a regular expression
+    jumps between the characters that matter (quotes, backslashes, brackets), and the state (depth, inside a
+    string, after a backslash) carries from piece to piece, so each character is looked at once."""
+
+    _OUTSIDE = re.compile(r'["\[\]{}]')
+    _INSIDE = re.compile(r'["\\]')
+
+    def __init__(self) -> None:
+        self.depth, self.in_string, self.escaped = 0, False, False
+
+    def feed(self, text: str, i: int = 0) -> int | None:
+        """The index in ``text`` just past the value's end, scanning from ``i``; None: not in this piece."""
+        n = len(text)
+        while i < n:
+            if self.escaped:
+                self.escaped, i = False, i + 1
+            elif self.in_string:
+                m = self._INSIDE.search(text, i)
+                if m is None:
+                    return None
+                i = m.end()
+                if m.group() == "\\":
+                    self.escaped = True
+                else:
+                    self.in_string = False
+                    if self.depth == 0:
+                        return i
+            else:
+                m = self._OUTSIDE.search(text, i)
+                if m is None:
+                    return None
+                i, ch = m.end(), m.group()
+                if ch == '"':
+                    self.in_string = True
+                elif ch in "[{":
+                    self.depth += 1
+                else:
+                    self.depth -= 1
+                    if self.depth <= 0:
+                        return i
+        return None
+
+
 def stream_json(chunks: Iterable[str], name: str) -> Iterable[tuple[str, object | None, str | None]]:
     """The items of a JSON document's top-level list, decoded one at a time as the file is read (a chat export
     of hundreds of MB never becomes one object tree), or the document itself when it is one object."""
@@ -100,14 +144,33 @@ def stream_json(chunks: Iterable[str], name: str) -> Iterable[tuple[str, object 
             pos += 1
             if skip_space() is None:
                 raise ImportFailed(f"{name}: not valid JSON (the list is not closed: cut short?)")
-        while True:
+        if buf[pos] in '{["':
+            # Read until the value's end is found (each character scanned once), then decode it once: time
+            # linear in the item's size, however many chunks it spans.
+            scan = _ValueEnd()
+            end = scan.feed(buf, pos)
+            if end is None:
+                parts = [buf[pos:]]
+                while end is None:
+                    piece = next(pieces, None)
+                    if piece is None:
+                        raise ImportFailed(f"{name}: not valid JSON (the list is not closed: cut short?)")
+                    end = scan.feed(piece)
+                    parts.append(piece)
+                buf, pos = "".join(parts), 0
             try:
                 item, end = decoder.raw_decode(buf, pos)
-                break
             except (ValueError, RecursionError) as exc:
-                # Not yet whole (or broken): read on; at the end of the file it is an error.
-                if isinstance(exc, RecursionError) or not more():
-                    raise fail(exc) from None
+                raise fail(exc) from None
+        else:  # a number, true, false or null: short (a long number is refused by the decoder itself)
+            while True:
+                try:
+                    item, end = decoder.raw_decode(buf, pos)
+                    break
+                except (ValueError, RecursionError) as exc:
+                    # Not yet whole (or broken): read on; at the end of the file it is an error.
+                    if isinstance(exc, RecursionError) or not more():
+                        raise fail(exc) from None
         n += 1
         pos = end
         yield f"item {n}", item, None

@@ -147,14 +147,27 @@ def _xml_rows(path: Path, skipped: list[Skipped], state: _Reading, progress: Pro
         state.cut_off_line = buffer_line
 
 
-def _answer_row(site: str, path: Path, a: dict, question: tuple[str, str]) -> dict | str:
-    """One answer as a peer row, or why it is skipped."""
+_ANSWER_KEYS = ("Id", "OwnerUserId", "ParentId", "CreationDate")
+
+
+def _answer_parts(a: dict) -> dict:
+    """What an answer row keeps while the rest of the dump is read: its ids and date, and its text already cleaned
+    and checked, so an answer over the length limit costs its reason, not its megabytes, until the end."""
     text = scrub(normalize(html_to_text(a.get("Body", ""))))
     problem = check_text(text)
-    if problem:
-        return problem
-    title, qbody = question
-    context = scrub(normalize(title.strip() + "\n\n" + html_to_text(qbody)))
+    return {**{k: a.get(k) for k in _ANSWER_KEYS}, "text": None if problem else text, "problem": problem}
+
+
+def _question_context(a: dict) -> str:
+    """A question as the context of its answers: title and body as clean text, cut to the text limit."""
+    title = a.get("Title", "")
+    return scrub(normalize(title.strip() + "\n\n" + html_to_text(a.get("Body", ""))))[: limits.MAX_TEXT_CHARS]
+
+
+def _answer_row(site: str, path: Path, a: dict, context: str) -> dict | str:
+    """One answer (:func:`_answer_parts`) as a peer row, or why it is skipped."""
+    if a["problem"]:
+        return a["problem"]
     post_id, owner = a.get("Id"), a.get("OwnerUserId")
     attribution = {
         "post": f"https://{site}/a/{post_id}" if site else f"post {post_id}",
@@ -162,8 +175,8 @@ def _answer_row(site: str, path: Path, a: dict, question: tuple[str, str]) -> di
     }
     return {
         "original_writer": f"{site}:{owner}",
-        "context": context[: limits.MAX_TEXT_CHARS],
-        "text": text,
+        "context": context,
+        "text": a["text"],
         "source": f"{site or path.name} answer {post_id}",
         "attribution": json.dumps(attribution),
         "license": _se_license(a.get("CreationDate")),
@@ -185,7 +198,7 @@ def read_stackexchange(
     if path.is_dir():
         raise ImportFailed(f"{path}: is a folder, not a file")
     site = site or se_site(path)
-    questions: dict[str, tuple[str, str]] = {}
+    questions: dict[str, str] = {}  # id -> context, cleaned and cut as it is read
     answers: list[tuple[str, dict]] = []
     skipped: list[Skipped] = []
     state = _Reading()
@@ -201,9 +214,9 @@ def read_stackexchange(
         a = el.attrib
         kind = a.get("PostTypeId")
         if kind == "1":
-            questions[a.get("Id")] = (a.get("Title", ""), a.get("Body", ""))
+            questions[a.get("Id")] = _question_context(a)
         elif kind == "2":
-            answers.append((f"post {a.get('Id')} ({where})", a))
+            answers.append((f"post {a.get('Id')} ({where})", _answer_parts(a)))
         elif kind is None:
             skipped.append(Skipped(where, "row without PostTypeId (is this a Posts.xml?)"))
     if state.cut_off_line is not None:
