@@ -22,8 +22,14 @@ def main(argv: list[str] | None = None) -> int:
         return run(args, bench_main)
     if args.command is not None:
         return run(args)
-    from idiolect.app.main import launch_app
-
+    try:
+        from idiolect.app.main import launch_app
+    except ImportError as exc:  # httpx refuses at import when a SOCKS proxy is set and socksio is missing
+        if "socks" not in str(exc).lower():
+            raise
+        print("error: a SOCKS proxy is set (HTTPS_PROXY, HTTP_PROXY or ALL_PROXY) and the package socksio is not "
+              "installed: `pip install socksio`, or unset the proxy for Idiolect (the app itself only talks to 127.0.0.1)")
+        return 1
     return launch_app(args)
 
 

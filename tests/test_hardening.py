@@ -572,3 +572,29 @@ def test_hardening_stackexchange_answers_over_the_limit_are_not_kept_until_the_e
     assert [r["text"] for r in got] == ["A tulip."] and error is None
     assert len(skipped) == 30 and all("50,000" in s.reason for s in skipped)
     assert peak < 12 * len(body), peak / 2**20  # a few rows' worth at a time; it was every row's (60 MB and up)
+
+
+def test_hardening_a_socks_proxy_does_not_kill_the_start(tmp_path):
+    """N21: HTTPS_PROXY=socks5://... (or ALL_PROXY) ended the app with an ImportError raised inside
+    ``import gradio`` (socksio missing), before the proxy fix ran. socksio is now a dependency, so the app starts
+    (loopback bypasses the proxy); where it is missing anyway, the start is one line that says what to install."""
+    from conftest import free_port, wait_for_app
+
+    socks = "socks5://127.0.0.1:9"
+    env = {**os.environ, "IDIOLECT_HOME": str(tmp_path / "home"), "HTTPS_PROXY": socks, "ALL_PROXY": socks,
+           "all_proxy": socks, "NO_PROXY": "", "no_proxy": ""}  # fmt: skip
+    port = free_port()
+    log = tmp_path / "app.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "--no-browser", "--port", str(port)],
+                                env=env, stdout=fh, stderr=subprocess.STDOUT)  # fmt: skip
+        try:
+            wait_for_app(port, proc, log)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    missing = ("import runpy, sys; sys.modules['socksio'] = None; sys.argv = ['launch.py', '--no-browser']; "
+               f"runpy.run_path({str(ROOT / 'launch.py')!r}, run_name='__main__')")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", missing], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and "Traceback" not in out.stderr + out.stdout
+    assert out.stdout.startswith("error: a SOCKS proxy is set") and "pip install socksio" in out.stdout
