@@ -598,3 +598,41 @@ def test_hardening_a_socks_proxy_does_not_kill_the_start(tmp_path):
     out = subprocess.run([sys.executable, "-c", missing], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 1 and "Traceback" not in out.stderr + out.stdout
     assert out.stdout.startswith("error: a SOCKS proxy is set") and "pip install socksio" in out.stdout
+
+
+def test_hardening_hostile_model_files_are_one_line_each(tiny_models, tmp_path):
+    """N16: a crafted GGUF header (2^40 tensors) gave an IndexError traceback from the GGUF reader (generate,
+    train, --backend llama); a folder with a pickle pytorch_model.bin an UnpicklingError traceback; a chat
+    template that touches ``cycler.__init__`` a jinja2 SecurityError traceback. No model code ran, and now each
+    is one line that names the file and what is wrong with it."""
+    import shutil
+    import struct
+
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 2**40, 0))
+    pkl = tmp_path / "pkl"
+    shutil.copytree(tiny_models["llama"], pkl, ignore=shutil.ignore_patterns("*.safetensors"))
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    import pickle
+
+    (pkl / "pytorch_model.bin").write_bytes(pickle.dumps(Evil()))
+    templ = tmp_path / "templ"
+    shutil.copytree(tiny_models["llama"], templ)
+    (templ / "chat_template.jinja").write_text("{{ cycler.__init__.__globals__ }}")
+    cases = [(["generate", "--model", str(bad)], "bad.gguf: not a readable GGUF file"),
+             (["generate", "--model", str(bad), "--backend", "llama"], "cannot load"),
+             (["generate", "--model", str(pkl)], "its weights are a pickle"),
+             (["generate", "--model", str(templ)], "chat template cannot be used")]  # fmt: skip
+    env = {**os.environ, "IDIOLECT_HOME": str(tmp_path / "home")}
+    for args, said in cases:
+        out = subprocess.run([sys.executable, str(ROOT / "launch.py"), *args, "--prompt", "hi", "--max-tokens", "4"],
+                             capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+        lines = [ln for ln in out.stderr.splitlines() if ln.strip() and "Loading weights" not in ln]  # progress
+        assert out.returncode == 1 and "Traceback" not in out.stderr, (args, out.stderr[-2000:])
+        assert len(lines) == 1 and lines[0].startswith("error: ") and said in lines[0], (args, lines)
+    assert not marker.exists()  # and no code from the pickle ran

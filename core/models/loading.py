@@ -7,6 +7,8 @@ CPU, fp32 (4-bit also works there with bitsandbytes >= 0.45, when asked for).
 
 from __future__ import annotations
 
+import pickle
+import warnings
 from pathlib import Path
 
 from idiolect.core.base.errors import IdiolectError
@@ -114,7 +116,14 @@ def load_hf_model(model_dir: str | Path, *, device: str = "auto", quantize: str 
     if not (model_dir / "config.json").exists():
         raise IdiolectError(f"{model_dir}: not a model folder (no config.json)")
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+        with warnings.catch_warnings():  # torch's note on a pickle's protocol, before it refuses or loads it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    except pickle.UnpicklingError:  # torch.load(weights_only=True) refused a pickle: no code in it ran
+        raise IdiolectError(
+            f"{model_dir}: its weights are a pickle that is not plain tensors, which Idiolect does not load "
+            "(it could run code); use a model with .safetensors weights"
+        ) from None
     except (OSError, ValueError, ImportError, RuntimeError) as exc:
         raise IdiolectError(f"cannot load the model from {model_dir}: {exc}") from exc
     if not four_bit:

@@ -4,6 +4,8 @@ turn, rendered through the model's chat template when it has one. A text without
 
 from __future__ import annotations
 
+from idiolect.core.base.errors import IdiolectError
+
 DEFAULT_PROMPT = "Write a short passage."
 
 
@@ -24,14 +26,22 @@ def render_prompt(
     user = user_message(prompt, context)
     template = getattr(tokenizer_or_template, "chat_template", tokenizer_or_template)
     if template:
+        from jinja2.exceptions import TemplateError
+
         messages = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": user}
         ]
-        if hasattr(tokenizer_or_template, "apply_chat_template"):
-            return tokenizer_or_template.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
-            )
-        return _render_jinja(template, messages)
+        try:
+            if hasattr(tokenizer_or_template, "apply_chat_template"):
+                return tokenizer_or_template.apply_chat_template(
+                    messages, tokenize=False, add_generation_prompt=True
+                )
+            return _render_jinja(template, messages)
+        except TemplateError as exc:  # SecurityError included: the sandbox refused what the template tried
+            raise IdiolectError(
+                f"the model's chat template cannot be used ({type(exc).__name__}: {exc}); it runs in a sandbox, "
+                "and this one is broken or tried something the sandbox refuses"
+            ) from None
     head = f"{system.strip()}\n\n" if system and system.strip() else ""
     return f"{head}{user}\n\n"
 

@@ -11,16 +11,17 @@ import numpy as np
 import torch
 
 from idiolect.core.base.errors import IdiolectError
+from idiolect.core.models.gguf.cache import open_gguf
 from idiolect.core.models.gguf.writer import SUPPORT, ArchSupport, unpermute_qk
 
 
 def gguf_context_length(path: str | Path) -> int | None:
     """The context length a GGUF model was trained with, read from its metadata (None if unreadable)."""
     try:
-        reader = gguf.GGUFReader(str(path))
+        reader = open_gguf(path)
         arch = reader.fields["general.architecture"].contents()
         return int(reader.fields[f"{arch}.context_length"].contents())
-    except (KeyError, ValueError, OSError):
+    except (KeyError, ValueError, OSError, IdiolectError):
         return None
 
 
@@ -84,7 +85,7 @@ def dequantize_gguf(
     support = next((SUPPORT[a] for a in config.architectures or [] if a in SUPPORT), None)
     if support is None:
         raise IdiolectError(f"{Path(gguf_path).name}: no streaming dequantizer for {config.architectures}")
-    reader = gguf.GGUFReader(str(gguf_path))
+    reader = open_gguf(gguf_path)
     by_name = {t.name: t for t in reader.tensors}
     complete_config(reader, config, support)
     with torch.device("meta"):
