@@ -636,3 +636,71 @@ def test_hardening_hostile_model_files_are_one_line_each(tiny_models, tmp_path):
         assert out.returncode == 1 and "Traceback" not in out.stderr, (args, out.stderr[-2000:])
         assert len(lines) == 1 and lines[0].startswith("error: ") and said in lines[0], (args, lines)
     assert not marker.exists()  # and no code from the pickle ran
+
+
+def test_hardening_a_deleted_wal_stops_writes_and_keeps_what_was_written(tmp_path):
+    """N15: deleting idiolect.db-wal and -shm under a running app, then pasting, lost acknowledged writes with no
+    error (integrity_check stayed ok). Now the next write notices (the -wal is not the file the store opened),
+    saves what the open log holds into the database, and refuses to write more until a restart."""
+    from idiolect.core.base.errors import IdiolectError
+    from idiolect.core.store import Store
+
+    path = tmp_path / "idiolect.db"
+    store = Store(path)
+    pid = store.create_profile("ana")
+    store.add_samples(pid, [{"text": "Acknowledged before the log went."}])
+    for suffix in ("-wal", "-shm"):
+        os.remove(f"{path}{suffix}")
+    with pytest.raises(IdiolectError, match="write-ahead log idiolect.db-wal was deleted .* saved into the database"):
+        store.add_samples(pid, [{"text": "Written after the log went."}])
+    with pytest.raises(IdiolectError, match="was deleted"):
+        store.add_samples(pid, [{"text": "And another."}])  # still refused
+    store.close()
+    again = Store(path)
+    assert [s["text"] for s in again.list_samples(again.get_profile("ana")["id"])] == ["Acknowledged before the log went."]
+    assert again.integrity_check() == "ok"
+    again.close()
+
+
+def test_hardening_a_database_in_a_read_only_folder_is_read_and_says_why_it_cannot_be_written(tmp_path):
+    """R3: a database in an immutable folder (or on a read-only mount) gave "unable to open database file", even
+    for ``stats``. Now ``stats`` reads it as it is, and a command that writes says why it cannot: SQLite needs to
+    create its WAL and lock files beside the database."""
+    import shutil
+
+    from idiolect.core.store import Store
+
+    chattr = shutil.which("chattr")
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    db = folder / "idiolect.db"
+    store = Store(db)
+    store.add_samples(store.create_profile("ana"), [{"text": "Written while the folder could be written."}])
+    store.close()
+    if chattr is None or subprocess.run([chattr, "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("cannot make a folder immutable here (chattr +i needs root on a filesystem that supports it)")
+    try:
+        if (folder / "probe").exists() or os.access(folder, os.W_OK) and _can_write(folder):
+            pytest.skip("the immutable flag does not stop writes on this filesystem")
+        launch = [sys.executable, str(ROOT / "launch.py")]
+        out = subprocess.run([*launch, "stats", "--db", str(db)], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0 and "profile ana: 1 samples" in out.stdout, out.stderr[-2000:]
+        assert "reading the database as it is" in out.stderr
+        mine = tmp_path / "mine.txt"
+        mine.write_text("One more text.")
+        out = subprocess.run([*launch, "add-samples", str(mine), "--profile", "ana", "--db", str(db)],
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert out.returncode == 1 and "Traceback" not in out.stderr
+        assert "is read-only" in out.stderr and "WAL and lock files" in out.stderr and "stats" in out.stderr
+    finally:
+        subprocess.run([chattr, "-i", str(folder)], check=True)
+    assert sorted(p.name for p in folder.iterdir()) == ["idiolect.db"]
+
+
+def _can_write(folder) -> bool:
+    try:
+        (folder / ".probe").write_text("x")
+    except OSError:
+        return False
+    (folder / ".probe").unlink()
+    return True

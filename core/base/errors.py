@@ -11,3 +11,7 @@ class IdiolectError(Exception):
 
 class ImportFailed(IdiolectError):
     """A whole file could not be read (missing, unsupported type, binary ...)."""
+
+
+class ReadOnlyDatabase(IdiolectError):
+    """The database cannot be written where it is (permissions, an immutable folder, a read-only mount)."""

@@ -63,7 +63,7 @@ def cmd_add_samples(args) -> int:
 
 
 def cmd_stats(args) -> int:
-    with open_store(args.db) as store:
+    with open_store(args.db, read_only_ok=True) as store:
         stats = store.stats()
     if args.json:
         print(json.dumps(stats, indent=2))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 
-from idiolect.core.base.errors import IdiolectError
+from idiolect.core.base.errors import IdiolectError, ReadOnlyDatabase
 from idiolect.core.base.paths import ASSETS, default_db_path
 from idiolect.core.ingest.peers import import_peers
 from idiolect.core.ingest.report import ImportReport
@@ -75,9 +75,18 @@ def ensure_defaults(store: Store) -> list[ImportReport]:
     return reports
 
 
-def open_store(db: str | None) -> Store:
-    """Open (and migrate) the database, and load the bundled defaults on first start."""
-    store = Store(db or default_db_path())
+def open_store(db: str | None, *, read_only_ok: bool = False) -> Store:
+    """Open (and migrate) the database, and load the bundled defaults on first start. ``read_only_ok`` (commands
+    that only read): where the database cannot be written (a read-only folder or mount), open it read-only and
+    say so, instead of failing."""
+    try:
+        store = Store(db or default_db_path())
+    except ReadOnlyDatabase as exc:
+        if not read_only_ok:
+            raise
+        store = Store(db or default_db_path(), read_only=True)
+        print(f"note: reading the database as it is, without writing ({exc})", file=sys.stderr)
+        return store
     if store.backup_path:
         print(
             f"note: upgraded the database; the previous version is saved as {store.backup_path}",

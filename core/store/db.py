@@ -23,6 +23,7 @@ import datetime as _dt
 import json
 import os
 import sqlite3
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from idiolect.core.base.errors import IdiolectError
+from idiolect.core.base.errors import IdiolectError, ReadOnlyDatabase
 from idiolect.core.store.migrations import MIGRATIONS, SCHEMA_VERSION
 
 BUSY_TIMEOUT_MS = 30_000
@@ -52,12 +53,21 @@ def loads_or(value: str | None, default):
 class Database:
     """The SQLite file of one installation. Thread-safe: each thread gets its own connection."""
 
-    def __init__(self, path: str | os.PathLike, *, target_version: int = SCHEMA_VERSION):
+    def __init__(self, path: str | os.PathLike, *, target_version: int = SCHEMA_VERSION, read_only: bool = False):
+        """``read_only``: open an existing database without writing anything, where SQLite cannot create its
+        WAL and lock files (a read-only folder or mount): read-only commands work there; writes are refused."""
         self.path = Path(path).expanduser().resolve()
+        self.read_only = read_only
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self.backup_path: Path | None = None
+        self._wal: tuple[int, int] | None = None  # (device, inode) of the -wal file this store writes through
+        if read_only:
+            if not self.path.is_file():
+                raise IdiolectError(f"no database at {self.path}")
+            self._check_read_only(target_version)
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -66,7 +76,25 @@ class Database:
 
     # -- connections ------------------------------------------------------------------------------------
 
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """mode=ro where SQLite can still use the WAL index beside the file, else immutable (nothing beside the
+        file can change in a read-only place, so nobody writes it while we read)."""
+        for query in ("mode=ro", "immutable=1"):
+            try:
+                conn = sqlite3.connect(f"{self.path.as_uri()}?{query}", uri=True, check_same_thread=False,
+                                       timeout=BUSY_TIMEOUT_MS / 1000)  # fmt: skip
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                return conn
+            except sqlite3.OperationalError as exc:
+                last = exc
+        raise IdiolectError(f"cannot read the database {self.path}: {last}")
+
     def _connect(self) -> sqlite3.Connection:
+        if self.read_only:
+            conn = self._connect_read_only()
+            with self._conns_lock:
+                self._conns.append(conn)
+            return conn
         try:
             conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -75,9 +103,13 @@ class Database:
             if mode.lower() != "wal":  # pragma: no cover - only on filesystems without shared memory
                 raise IdiolectError(f"the database {self.path} cannot use WAL mode (got {mode!r})")
             conn.execute("PRAGMA synchronous = NORMAL")
+            if self._wal is None:
+                self._wal = self._wal_id()
         except sqlite3.DatabaseError as exc:
             if isinstance(exc, sqlite3.OperationalError) and _is_environmental(exc):
                 raise _friendly(exc, self.path) from exc
+            if "unable to open" in str(exc) and not _can_create_in(self.path.parent):
+                raise ReadOnlyDatabase(f"cannot open the database {self.path} to write: {read_only_place(self.path)}") from exc
             raise IdiolectError(f"cannot open the database {self.path}: {exc}") from exc
         with self._conns_lock:
             self._conns.append(conn)
@@ -115,11 +147,14 @@ class Database:
     def write(self) -> Iterator[sqlite_utils.Database]:
         """One write transaction, taken with BEGIN IMMEDIATE (see the module docstring). Nested calls join
         the outer transaction. Rolls back on any exception."""
+        if self.read_only:
+            raise ReadOnlyDatabase(f"the database {self.path} is open read-only here; {read_only_place(self.path)}")
         conn = self.conn
         if conn.in_transaction:
             with self.db.atomic():  # a savepoint inside the outer transaction
                 yield self.db
             return
+        self._check_wal(conn)
         deadline = time.monotonic() + 2 * BUSY_TIMEOUT_MS / 1000
         while True:
             try:
@@ -149,6 +184,33 @@ class Database:
                 conn.execute("ROLLBACK")
             raise _friendly(exc, self.path) from exc
 
+    def _wal_id(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(f"{self.path}-wal")
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def _check_wal(self, conn: sqlite3.Connection) -> None:
+        """Before each write: the -wal file must still be the one this store opened. SQLite cannot notice that
+        it was deleted or replaced under it (a cleaner, a sync tool), and every write after that would be lost
+        with no error; so what the open log still holds is written into the database (a checkpoint through the
+        open file) and no more is written until Idiolect is started again."""
+        now = self._wal_id()
+        if self._wal is None or now == self._wal:
+            self._wal = self._wal or now
+            return
+        try:
+            conn.execute("PRAGMA wal_checkpoint(FULL)")
+            saved = "what was written before that has been saved into the database"
+        except sqlite3.Error as exc:
+            saved = f"what was written before that could not be saved ({exc}); the newest backup may help"
+        raise IdiolectError(
+            f"the database's write-ahead log {self.path.name}-wal was deleted or replaced while Idiolect had it "
+            f"open; {saved}. Nothing more is written: close Idiolect (and anything else using {self.path.name}) "
+            "and start it again"
+        )
+
     # -- schema -----------------------------------------------------------------------------------------
 
     @property
@@ -175,6 +237,16 @@ class Database:
                 return 0, []  # not readable this way (e.g. a WAL file without its -shm): the normal open says why
             raise IdiolectError(f"{self.path} is not an Idiolect database (or is damaged): {exc}") from exc
         return version, tables
+
+    def _check_read_only(self, target: int) -> None:
+        current = self.schema_version
+        if current == 0 and list(self.conn.execute("SELECT name FROM sqlite_master WHERE type='table' LIMIT 1")):
+            raise IdiolectError(f"{self.path} is not an Idiolect database")
+        if current != target:
+            raise IdiolectError(
+                f"the database {self.path} has schema version {current}; this Idiolect reads version {target}, "
+                "and upgrading it means writing: open it once where it can be written"
+            )
 
     def _migrate(self, target: int) -> None:
         if not 0 <= target <= SCHEMA_VERSION:
@@ -256,6 +328,24 @@ class Database:
         return self.conn.execute("PRAGMA integrity_check").fetchone()[0]
 
 
+def _can_create_in(folder: Path) -> bool:
+    """Whether a file can be created in ``folder`` (tried, not guessed: root passes os.access on an immutable
+    folder or a read-only mount)."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".idiolect-probe-"):
+            return True
+    except OSError:
+        return False
+
+
+def read_only_place(path: Path) -> str:
+    return (
+        f"its folder {path.parent} is read-only (an immutable folder or a read-only mount), and SQLite needs to "
+        f"create its WAL and lock files ({path.name}-wal, {path.name}-shm) beside the database to write it. Move "
+        "the database to a writable folder to change it; commands that only read (stats) work where it is"
+    )
+
+
 def _is_environmental(exc: sqlite3.Error) -> bool:
     msg = str(exc)
     return "readonly" in msg or "read-only" in msg or "full" in msg or "disk I/O" in msg
@@ -264,7 +354,7 @@ def _is_environmental(exc: sqlite3.Error) -> bool:
 def _friendly(exc: sqlite3.Error, path: Path) -> IdiolectError:
     msg = str(exc)
     if "readonly" in msg or "read-only" in msg:
-        return IdiolectError(f"the database {path} is read-only: check the file's permissions")
+        return ReadOnlyDatabase(f"the database {path} is read-only: check the file's permissions")
     if "disk is full" in msg or "database or disk is full" in msg or ("disk I/O" in msg and _disk_full(path)):
         return IdiolectError(f"the disk holding {path} is full: free some space and retry")
     return IdiolectError(f"database error in {path}: {msg}")
