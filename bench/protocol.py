@@ -474,7 +474,7 @@ def personalization_cmd(args) -> dict:
                 if path.exists():
                     cells.append(json.loads(path.read_text()))
                     continue
-                if stopped or (args.budget_hours and time.monotonic() - started > 3600 * args.budget_hours):
+                if stopped or (args.budget_hours is not None and time.monotonic() - started >= 3600 * args.budget_hours):
                     stopped = stopped or f"the budget of {args.budget_hours} h ran out; run again to go on"
                     continue
                 if ctx is None:
@@ -544,10 +544,13 @@ def write_report(args, out, cells, labels, seeds, tune_w, report_w, stopped, sec
     }
     if args.phase == "tune":
         result["chosen"] = choose_settings(summary["objectives"], labels)
-        _write_json(
-            out / "tuning.json",
-            {"chosen": result["chosen"], "protocol": result["protocol"], "model": str(args.base)},
-        )
+        if result["complete"]:  # only a finished tuning phase freezes settings for a report
+            _write_json(
+                out / "tuning.json",
+                {"chosen": result["chosen"], "protocol": result["protocol"], "model": str(args.base)},
+            )
+        else:
+            result["note"] = (result["note"] or "") + "; tuning.json is written once every tuning cell is done"
     else:
         result["settings_file"] = {
             "path": args.settings,
@@ -618,6 +621,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--distractors", type=int, default=20, help="other writers the attribution classifier knows"
     )
-    p.add_argument("--budget-hours", type=float, default=None, help="stop starting cells after this long")
+    p.add_argument("--budget-hours", type=float, default=None,
+                   help="stop starting cells after this long (0: start none, report the finished cells)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     p.add_argument("--device", default="auto")
