@@ -114,29 +114,29 @@ def _training(folder: str, args) -> dict:
 
 
 def _generation(folder: str, args) -> dict:
-    from idiolect.bench import generation
+    from idiolect.bench.generation import run as generation_run
 
     ns = argparse.Namespace(model=folder, tokens=args.gen_tokens, runs=args.gen_runs, threads=os.cpu_count() or 2,
                             out=str(Path(args.out) / "device-generation"), cache=args.cache, device="auto")  # fmt: skip
-    result = generation.run(ns)
+    result = generation_run(ns)
     return {"rows": result["rows"]}
 
 
 def _protocol(spec: str, folder: str, args) -> dict:
-    from idiolect.bench import protocol
+    from idiolect.bench.protocol import add_arguments, personalization_cmd
 
     dumps = [SHARED / f"{site}.stackexchange.com_Posts.xml.gz" for site in ("beer", "coffee")]
     if not all(d.exists() for d in dumps):
         raise FileNotFoundError(f"the Stack Exchange samples are not in {SHARED} (set IDIOLECT_SHARED)")
     parser = argparse.ArgumentParser()
-    protocol.add_arguments(parser)
+    add_arguments(parser)
     base = folder if args.dry_run else spec
     ns = parser.parse_args(["--phase", "tune", "--peers", str(dumps[0]), "--peers", str(dumps[1]), "--base", base,
                             "--out", str(Path(args.out) / "device-protocol"), "--tuning-targets", "1",
                             "--objectives", f"base,{_default_objective()}", "--grid", "1e-3", "--epochs", "1",
                             "--max-length", str(args.max_length), "--gen-tokens", str(args.gen_tokens),
                             "--distractors", "4" if args.dry_run else "20"])  # fmt: skip
-    result = protocol.personalization_cmd(ns)
+    result = personalization_cmd(ns)
     return {"objectives": result["objectives"], "seconds": result["seconds"],
             "cells_s": {label: c.get("seconds") for label, c in _cells(ns.out).items()}}  # fmt: skip
 

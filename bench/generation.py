@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> dict:
         )
         print(f"{name}: {tps:.1f} tokens/s", file=sys.stderr)
 
-    measure(f"transformers {desc['device']}", hf_once)
+    measure("transformers fp32" if desc["device"] == "cpu" else f"transformers {desc['device']}", hf_once)
     for dtype in ("f32", "f16"):
         gguf_path = cache / f"{model_dir.name}-{dtype}.gguf"
         if not gguf_path.exists() or gguf_path.stat().st_mtime < (model_dir / "config.json").stat().st_mtime:

@@ -108,8 +108,12 @@ def test_train_tab_offers_every_objective_default_first_and_checks_settings(ctx)
     assert choices[0][1] == train.DEFAULTS.objective and "(default)" in choices[0][0]
     assert {v for _, v in choices} >= {"cbpo", "kto", "sft", "bco"}
     profiles.create(ctx, "ana")
-    with pytest.raises(IdiolectError, match="base model first"):
-        train.start(ctx, "ana", "kto", 0, 3, 1e-4, 4, 8, 512)
+    from idiolect.app import common
+
+    with pytest.MonkeyPatch.context() as mp:  # no offline model installed, none chosen: say what to do
+        mp.setattr(common, "default_model", lambda: None)
+        with pytest.raises(IdiolectError, match="base model first"):
+            train.start(ctx, "ana", "kto", 0, 3, 1e-4, 4, 8, 512)
     ctx.store.update_profile_settings("ana", model="/nowhere")
     with pytest.raises(IdiolectError, match="LoRA|lora r|at least 1"):
         train.start(ctx, "ana", "kto", 0, 3, 1e-4, 4, 0, 512)

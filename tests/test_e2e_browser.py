@@ -309,7 +309,7 @@ def test_first_time_user_journey(app, pretrained_base, tmp_path):
     # one label per generation
     assert current == [(first_pair[0], -1), (first_pair[1], -1), (third_pair[1], 1)]
     assert count("SELECT count(*) FROM feedback") == 4  # A's 👍 is kept as history
-    assert count(f"SELECT count(*) FROM runs WHERE status = 'completed' AND step = {STEPS}") == 1
+    assert count(f"SELECT count(*) FROM runs WHERE status = 'completed' AND total_steps = {STEPS}") == 1
     assert count("SELECT text FROM summaries ORDER BY version DESC LIMIT 1") == summary
     assert count("SELECT count(*) FROM exports") == 1
     assert (export_dir / "manifest.json").exists() and (export_dir / "e2e-lora.gguf").exists()

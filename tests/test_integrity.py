@@ -261,7 +261,7 @@ def test_integrity_every_page_load_reads_the_database(tmp_path):
     out = _fn(demo, "on_load")("zoe")
     # on_load's outputs: the profile, the status line, then each tab's (app/main.py TABS order)
     profile_update, status_md, samples = out[:3]
-    train_msg, timer, pool_update = out[15], out[19], out[20]
+    train_msg, timer, pool_update = out[16], out[20], out[21]
     assert profile_update["choices"] in (["amy", "zoe"], [("amy", "amy"), ("zoe", "zoe")])
     assert profile_update["value"] == "zoe"
     assert "fresh pool" in [c if isinstance(c, str) else c[0] for c in pool_update["choices"]]

@@ -85,94 +85,103 @@ class _ValueEnd:
         return None
 
 
+class _JsonText:
+    """A JSON document read in pieces: a buffer, a position in it, and the errors worded for the user."""
+
+    def __init__(self, chunks: Iterable[str], name: str) -> None:
+        self.pieces, self.name = iter(chunks), name
+        self.buf, self.pos = "", 0
+        self.decoder = json.JSONDecoder()
+
+    def more(self) -> bool:
+        piece = next(self.pieces, None)
+        if piece is None:
+            return False
+        self.buf, self.pos = self.buf[self.pos :] + piece, 0
+        return True
+
+    def skip_space(self) -> str | None:
+        """The next character that is not white space (None at the end of the file)."""
+        while True:
+            while self.pos < len(self.buf) and self.buf[self.pos] in " \t\r\n":
+                self.pos += 1
+            if self.pos < len(self.buf):
+                return self.buf[self.pos]
+            if not self.more():
+                return None
+
+    def fail(self, exc: Exception) -> ImportFailed:
+        if isinstance(exc, json.JSONDecodeError):
+            return ImportFailed(f"{self.name}: not valid JSON ({exc.msg} near character {exc.pos})")
+        if isinstance(exc, RecursionError):
+            return ImportFailed(f"{self.name}: not readable JSON (nested too deeply)")
+        return ImportFailed(f"{self.name}: not readable JSON ({exc})")
+
+    def cut_short(self) -> ImportFailed:
+        return ImportFailed(f"{self.name}: not valid JSON (the list is not closed: cut short?)")
+
+    def value(self) -> object:
+        """The value at the position, decoded, the position moved past it. An object, array or string is read
+        until its end is found (each character scanned once, :class:`_ValueEnd`) and decoded once: time linear in
+        its size, however many pieces it spans. A number, true, false or null is short (a long number is refused
+        by the decoder itself)."""
+        if self.buf[self.pos] in '{["':
+            scan = _ValueEnd()
+            if scan.feed(self.buf, self.pos) is None:
+                parts, end = [self.buf[self.pos :]], None
+                while end is None:
+                    piece = next(self.pieces, None)
+                    if piece is None:
+                        raise self.cut_short()
+                    end = scan.feed(piece)
+                    parts.append(piece)
+                self.buf, self.pos = "".join(parts), 0
+            try:
+                item, self.pos = self.decoder.raw_decode(self.buf, self.pos)
+            except (ValueError, RecursionError) as exc:
+                raise self.fail(exc) from None
+            return item
+        while True:
+            try:
+                item, self.pos = self.decoder.raw_decode(self.buf, self.pos)
+                return item
+            except (ValueError, RecursionError) as exc:  # not yet whole (or broken): read on
+                if isinstance(exc, RecursionError) or not self.more():
+                    raise self.fail(exc) from None
+
+
 def stream_json(chunks: Iterable[str], name: str) -> Iterable[tuple[str, object | None, str | None]]:
     """The items of a JSON document's top-level list, decoded one at a time as the file is read (a chat export
     of hundreds of MB never becomes one object tree), or the document itself when it is one object."""
-    decoder = json.JSONDecoder()
-    pieces = iter(chunks)
-    buf, pos, eof = "", 0, False
-
-    def more() -> bool:
-        nonlocal buf, pos, eof
-        piece = next(pieces, None)
-        if piece is None:
-            eof = True
-            return False
-        buf, pos = buf[pos:] + piece, 0
-        return True
-
-    def skip_space() -> str | None:
-        nonlocal pos
-        while True:
-            while pos < len(buf) and buf[pos] in " \t\r\n":
-                pos += 1
-            if pos < len(buf):
-                return buf[pos]
-            if not more():
-                return None
-
-    def fail(exc: Exception) -> ImportFailed:
-        if isinstance(exc, json.JSONDecodeError):
-            return ImportFailed(f"{name}: not valid JSON ({exc.msg} near character {exc.pos})")
-        if isinstance(exc, RecursionError):
-            return ImportFailed(f"{name}: not readable JSON (nested too deeply)")
-        return ImportFailed(f"{name}: not readable JSON ({exc})")
-
-    start = skip_space()
+    doc = _JsonText(chunks, name)
+    start = doc.skip_space()
     if start is None:
         raise ImportFailed(f"{name}: the file is empty")
     if start != "[":  # one object (or a mistake): decode the whole document
-        while more():
+        while doc.more():
             pass
         try:
-            data = json.loads(buf)
+            data = json.loads(doc.buf)
         except (ValueError, RecursionError) as exc:
-            raise fail(exc) from None
+            raise doc.fail(exc) from None
         if not isinstance(data, dict):
             raise ImportFailed(f"{name}: expected a JSON list of objects, found a {type(data).__name__}")
         yield "item 1", data, None
         return
-    pos += 1
+    doc.pos += 1
     n = 0
     while True:
-        c = skip_space()
+        c = doc.skip_space()
         if c is None:
-            raise ImportFailed(f"{name}: not valid JSON (the list is not closed: cut short?)")
+            raise doc.cut_short()
         if c == "]":
             return
         if c == "," and n:
-            pos += 1
-            if skip_space() is None:
-                raise ImportFailed(f"{name}: not valid JSON (the list is not closed: cut short?)")
-        if buf[pos] in '{["':
-            # Read until the value's end is found (each character scanned once), then decode it once: time
-            # linear in the item's size, however many chunks it spans.
-            scan = _ValueEnd()
-            end = scan.feed(buf, pos)
-            if end is None:
-                parts = [buf[pos:]]
-                while end is None:
-                    piece = next(pieces, None)
-                    if piece is None:
-                        raise ImportFailed(f"{name}: not valid JSON (the list is not closed: cut short?)")
-                    end = scan.feed(piece)
-                    parts.append(piece)
-                buf, pos = "".join(parts), 0
-            try:
-                item, end = decoder.raw_decode(buf, pos)
-            except (ValueError, RecursionError) as exc:
-                raise fail(exc) from None
-        else:  # a number, true, false or null: short (a long number is refused by the decoder itself)
-            while True:
-                try:
-                    item, end = decoder.raw_decode(buf, pos)
-                    break
-                except (ValueError, RecursionError) as exc:
-                    # Not yet whole (or broken): read on; at the end of the file it is an error.
-                    if isinstance(exc, RecursionError) or not more():
-                        raise fail(exc) from None
+            doc.pos += 1
+            if doc.skip_space() is None:
+                raise doc.cut_short()
+        item = doc.value()
         n += 1
-        pos = end
         yield f"item {n}", item, None
 
 

@@ -136,6 +136,7 @@ class Database:
                     conn.close()
             self._conns.clear()
         self._local = threading.local()
+        self._wal = None  # SQLite removes the -wal with the last connection: a reopened store starts afresh
 
     def __enter__(self) -> Database:
         return self

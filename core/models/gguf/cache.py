@@ -19,6 +19,8 @@ def gguf_architecture(path: str | os.PathLike) -> tuple[str, int]:
     """(architecture, number of weights) of a GGUF file, from its header (no weights read)."""
     import gguf
 
+    from idiolect.core.models.gguf.file import open_gguf
+
     reader = open_gguf(path)
     try:
         arch = str(reader.fields[gguf.Keys.General.ARCHITECTURE].contents())
@@ -27,18 +29,6 @@ def gguf_architecture(path: str | os.PathLike) -> tuple[str, int]:
         raise IdiolectError(f"{path}: not a readable GGUF file ({exc})") from exc
     return arch, n_weights
 
-
-def open_gguf(path: str | os.PathLike):
-    """gguf's reader on ``path``; a file it cannot parse (damaged, cut short, or crafted: a header that claims
-    2^40 tensors) is one IdiolectError that names the file, whatever the reader raised inside."""
-    import gguf
-
-    try:
-        return gguf.GGUFReader(str(path))
-    except MemoryError:
-        raise IdiolectError(f"{Path(path).name}: not a readable GGUF file (its header asks for more memory than there is)") from None
-    except Exception as exc:  # noqa: BLE001 - the reader raises IndexError, struct/numpy errors ... on bad input
-        raise IdiolectError(f"{Path(path).name}: not a readable GGUF file ({type(exc).__name__}: {exc})") from None
 
 
 def _write_weights(gguf_path: Path, tmp: Path, fp32: bool, needed: int, progress: Counted | None) -> None:

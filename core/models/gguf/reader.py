@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from idiolect.core.base.errors import IdiolectError
-from idiolect.core.models.gguf.cache import open_gguf
+from idiolect.core.models.gguf.file import open_gguf
 from idiolect.core.models.gguf.writer import SUPPORT, ArchSupport, unpermute_qk
 
 
