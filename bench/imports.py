@@ -81,8 +81,8 @@ def build_inputs(folder: Path, size: int) -> list[tuple[str, str, Path]]:
     p.write_bytes(gzip.compress(_posts(rows), 9))
     out.append(("Posts.xml.gz of 100 rows of 7 MB (just under the line limit; 700 MB inflated)", "peers", p))
     p = folder / "one-item.json"
-    p.write_text(json.dumps([{"prompt": "One very long answer.", "text": "A plain sentence, again. " * (size // 25)}]))
-    out.append((f"one {size // MB} MB item in a JSON list (decoded once, not per chunk)", "samples", p))
+    p.write_text(json.dumps([{"prompt": "One long answer.", "text": "A plain sentence, again. " * ((size - MB) // 25)}]))
+    out.append((f"one {size // MB - 1} MB item in a JSON list (decoded once, not per chunk)", "samples", p))
     rows = (
         json.dumps({"writer": f"w{i % 20}", "text": f"{i} " + "a." * 20_000}) + "\n"
         for i in range(size // 40_100)
