@@ -141,14 +141,8 @@ def _migration_1(conn: sqlite3.Connection) -> None:
     )
 
 
-def _migration_2(conn: sqlite3.Connection) -> None:
-    """Content hashes, so that re-importing a file adds nothing twice, and a heartbeat on runs, so a crashed
-    training worker can be told from a running one. Existing rows are hashed in place; none is dropped, even
-    where two old rows turn out to be identical (the index is not UNIQUE for that reason: imports check for
-    an existing hash inside their write transaction instead)."""
-    conn.execute("ALTER TABLE samples ADD COLUMN content_hash TEXT")
-    conn.execute("ALTER TABLE peer_texts ADD COLUMN content_hash TEXT")
-    conn.execute("ALTER TABLE runs ADD COLUMN heartbeat_at TEXT")
+def _hash_rows(conn: sqlite3.Connection) -> None:
+    """Every stored sample's and peer text's content hash, computed (again) by the one identity rule."""
     for table, cols in (
         ("samples", ("prompt", "context", "text")),
         ("peer_texts", ("writer", "context", "text")),
@@ -158,6 +152,17 @@ def _migration_2(conn: sqlite3.Connection) -> None:
             f"UPDATE {table} SET content_hash = ? WHERE id = ?",
             [(content_hash(*row[1:]), row[0]) for row in rows],
         )
+
+
+def _migration_2(conn: sqlite3.Connection) -> None:
+    """Content hashes, so that re-importing a file adds nothing twice, and a heartbeat on runs, so a crashed
+    training worker can be told from a running one. Existing rows are hashed in place; none is dropped, even
+    where two old rows turn out to be identical (the index is not UNIQUE for that reason: imports check for
+    an existing hash inside their write transaction instead)."""
+    conn.execute("ALTER TABLE samples ADD COLUMN content_hash TEXT")
+    conn.execute("ALTER TABLE peer_texts ADD COLUMN content_hash TEXT")
+    conn.execute("ALTER TABLE runs ADD COLUMN heartbeat_at TEXT")
+    _hash_rows(conn)
     conn.execute("CREATE INDEX idx_samples_hash ON samples(profile_id, content_hash)")
     conn.execute("CREATE INDEX idx_peer_texts_hash ON peer_texts(pool_id, content_hash)")
 
@@ -253,15 +258,7 @@ def _migration_8(conn: sqlite3.Connection) -> None:
     """One Unicode form for identity: content hashes are now of NFC text (a sample typed with a composed "é"
     and the same sample with "e" + an accent are one sample), so every stored hash is computed again; profile
     and pool names become NFC where that takes no other's name. No text itself is changed."""
-    for table, cols in (
-        ("samples", ("prompt", "context", "text")),
-        ("peer_texts", ("writer", "context", "text")),
-    ):
-        rows = conn.execute(f"SELECT id, {', '.join(cols)} FROM {table}").fetchall()
-        conn.executemany(
-            f"UPDATE {table} SET content_hash = ? WHERE id = ?",
-            [(content_hash(*row[1:]), row[0]) for row in rows],
-        )
+    _hash_rows(conn)
     for table in ("profiles", "peer_pools"):
         names = dict(conn.execute(f"SELECT id, name FROM {table}").fetchall())
         taken = set(names.values())
