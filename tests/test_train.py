@@ -271,3 +271,24 @@ def test_protocol_peers_answering_the_users_questions_come_first(store):
     sets = load_sets(store, "asker", pool="site", peer_cap=60, heldout_fraction=0.0)
     chosen = sets.train["aux"]
     assert len(chosen) == 60 and all(e.context in asked for e in chosen)
+
+
+def test_protocol_early_stopping_survives_a_cancel_and_resume(pretrained_base, target_store):
+    """A run cancelled mid-way and resumed keeps its validation history and best step (they are in the
+    checkpoint), so it keeps the same step an uninterrupted run keeps, with the same scores."""
+    cfg = config(pretrained_base, objective="sft", steps=12, lr=2e-2, validation_fraction=0.3, eval_every=2,
+                 patience=10, save_every=1)  # fmt: skip
+    whole = Trainer(target_store, create_run(target_store, "me", cfg)).run()["early_stopping"]
+    run = create_run(target_store, "me", cfg)
+    holder = {}
+
+    def stop_at_5(step, total, metrics):
+        if step == 5:
+            holder["trainer"].request_stop()
+
+    holder["trainer"] = Trainer(target_store, run, progress=stop_at_5)
+    assert holder["trainer"].run()["status"] == "cancelled"
+    resumed = Trainer(target_store, run).run()["early_stopping"]
+    assert [s for s, _ in resumed["history"]] == [s for s, _ in whole["history"]]  # step 0 scored once
+    assert resumed["kept_step"] == whole["kept_step"]
+    assert [v for _, v in resumed["history"]] == pytest.approx([v for _, v in whole["history"]], abs=1e-4)
