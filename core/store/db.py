@@ -249,10 +249,8 @@ class Database:
                 "and upgrading it means writing: open it once where it can be written"
             )
 
-    def _migrate(self, target: int) -> None:
-        if not 0 <= target <= SCHEMA_VERSION:
-            raise ValueError(f"target_version must be within 0..{SCHEMA_VERSION}")
-        current, tables = self._inspect()  # before anything is written: refuse what is not ours untouched
+    def _refuse_if_not_ours(self, current: int, tables: list[str]) -> None:
+        """Another application's tables (no Idiolect schema version), or a schema newer than this Idiolect."""
         if current == 0 and tables:
             raise IdiolectError(
                 f"{self.path} is not an Idiolect database (it holds another application's tables: "
@@ -263,24 +261,21 @@ class Database:
                 f"the database {self.path} has schema version {current}, newer than this Idiolect "
                 f"({SCHEMA_VERSION}); update Idiolect instead of opening it with an older one"
             )
+
+    def _migrate(self, target: int) -> None:
+        if not 0 <= target <= SCHEMA_VERSION:
+            raise ValueError(f"target_version must be within 0..{SCHEMA_VERSION}")
+        current, tables = self._inspect()  # before anything is written: refuse what is not ours untouched
+        self._refuse_if_not_ours(current, tables)
         conn = self.conn
         try:
             current = self.schema_version
         except sqlite3.DatabaseError as exc:
             raise IdiolectError(f"{self.path} is not an Idiolect database (or is damaged): {exc}") from exc
-        if current > SCHEMA_VERSION:
-            raise IdiolectError(
-                f"the database {self.path} has schema version {current}, newer than this Idiolect "
-                f"({SCHEMA_VERSION}); update Idiolect instead of opening it with an older one"
-            )
         tables = [
             r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")
         ]
-        if current == 0 and tables:
-            raise IdiolectError(
-                f"{self.path} is not an Idiolect database (it holds another application's tables: "
-                f"{', '.join(tables[:5])}{', ...' if len(tables) > 5 else ''}); choose another file with --db"
-            )
+        self._refuse_if_not_ours(current, tables)  # again: the read-only look may not have been possible
         if current > 0:
             self._check_integrity()
         if current >= target:
