@@ -25,6 +25,7 @@ from idiolect.core.models.registry import default_model
 from idiolect.core.models.resolve import local_model_dir
 from idiolect.core.store import Store
 from idiolect.core.training.runs import latest_completed_run
+from idiolect.core.training.worker import ACTIVE
 
 log = logging.getLogger("idiolect.app")
 
@@ -141,6 +142,9 @@ def status(ctx: Ctx, profile: str | None) -> str:
         (bool(store.list_summaries(prof["id"])), "make your preference summary (tab You vs. peers)"),
     ]
     todo = [msg for ok, msg in steps if not ok]
+    runs = store.list_runs(prof["id"])
+    if runs and runs[0]["status"] in ACTIVE:  # while a run trains, "train your adapter" is not the next step
+        todo = [f"run {runs[0]['id']} is training (tab Train shows its progress)"]
     head = (
         f"Profile **{profile}**: {stats['samples']} samples, {stats['ratings_up']} 👍 / "
         f"{stats['ratings_down']} 👎, {stats['runs']} training runs."

@@ -62,16 +62,39 @@ def download_copy(folder: Path, files: list[Path], slug: str) -> list[str]:
     return [str(zipped), *copies]
 
 
-def do_export(ctx: Ctx, profile, formats, folder):
+def run_choices(ctx: Ctx, profile: str | None) -> list[tuple[str, int]]:
+    """The profile's runs with an adapter to export, newest first, each named by its objective, base model and
+    finishing time."""
+    prof = ctx.store.find_profile(profile) if profile else None
+    runs = [] if prof is None else [r for r in ctx.store.list_runs(prof["id"]) if r["status"] == "completed"]
+    return [(f"run {r['id']} ({r['objective']}, {Path(str(r['config'].get('model') or r['model'])).name}, "
+             f"{(r['finished_at'] or '')[:16].replace('T', ' ')})", r["id"]) for r in runs]  # fmt: skip
+
+
+def default_formats(ctx: Ctx, profile: str | None) -> list[str]:
+    """The formats ticked for a profile: the adapter's when it has a trained run, the summary when it has one."""
+    prof = ctx.store.find_profile(profile) if profile else None
+    if prof is None:
+        return list(DEFAULT_FORMATS)
+    has_run, has_summary = bool(run_choices(ctx, profile)), bool(ctx.store.list_summaries(prof["id"]))
+    wanted = [f for f in DEFAULT_FORMATS if (has_summary if f == "summary" else has_run)]
+    return wanted or list(DEFAULT_FORMATS)
+
+
+def do_export(ctx: Ctx, profile, formats, folder, run_id=None):
+    """Export the chosen run (default: the latest) in the chosen formats; what was written, named."""
     need(ctx, profile)
-    result = export(ctx.store, profile, export_folder(ctx, profile, folder), formats=formats or None)
+    run_id = int(run_id) if run_id not in (None, "") else None
+    result = export(ctx.store, profile, export_folder(ctx, profile, folder), formats=formats or None, run_id=run_id)
     files = "\n".join(f"- `{p.relative_to(result.folder)}`" for p in result.files)
     skipped = "".join(f"\n- skipped {k}: {v}" for k, v in result.skipped.items())
     summary = next((p.read_text() for p in result.files if p.name.endswith("-summary.txt")), "")
     snippet = next((p.read_text() for p in result.files if p.name.endswith("-openai.py")), "")
     commands = "\n".join(f"# {name}\n{cmd}" for name, cmd in result.commands.items())
     downloads = download_copy(result.folder, result.files, safe_name(profile))
-    return f"Exported to `{result.folder}`:\n{files}{skipped}", summary, snippet, commands, downloads
+    run = result.manifest.get("training_run") or {}
+    what = f"run {run['id']} ({run.get('objective')})" if run.get("id") else "no adapter (summary only)"
+    return f"Exported {what} to `{result.folder}`:\n{files}{skipped}", summary, snippet, commands, downloads
 
 
 def try_it(ctx: Ctx, profile, folder, prompt, strength: float = 1.0) -> str:
@@ -85,9 +108,12 @@ def try_it(ctx: Ctx, profile, folder, prompt, strength: float = 1.0) -> str:
 
 class ExportTab:
     def __init__(self, ctx: Ctx, profile, status_md) -> None:
-        formats = gr.CheckboxGroup(
-            list(FORMATS), value=list(DEFAULT_FORMATS), label="Formats", elem_id="formats"
-        )
+        self.ctx = ctx
+        with gr.Row():
+            run_pick = gr.Dropdown([], value=None, label="Run to export (newest first)", elem_id="export-run", scale=2)
+            formats = gr.CheckboxGroup(
+                list(FORMATS), value=list(DEFAULT_FORMATS), label="Formats", elem_id="formats", scale=3
+            )
         folder = gr.Textbox(
             label="Folder (default: exports/<profile> in the data folder; a relative folder goes inside exports/)",
             elem_id="export-folder",
@@ -100,7 +126,9 @@ class ExportTab:
                            buttons=["copy"])  # fmt: skip
         summary = gr.Code(label="Summary (copy into any system prompt)", language=None, elem_id="export-summary",
                           buttons=["copy"])  # fmt: skip
-        snippet = gr.Code(label="Python (official openai client)", language="python", buttons=["copy"])
+        snippet = gr.Code(label="Python (official openai client). Running it sends the summary and the prompt to "
+                          "OpenAI, or to the server OPENAI_BASE_URL names; nothing else leaves this machine",
+                          language="python", buttons=["copy"], elem_id="export-snippet")  # fmt: skip
         with gr.Group():
             test_prompt = gr.Textbox(label="Test the export: llama.cpp answers with your GGUF LoRA and summary",
                                      value="Describe your morning coffee.", elem_id="export-test-prompt")  # fmt: skip
@@ -111,18 +139,22 @@ class ExportTab:
                 label="Its answer", lines=5, interactive=False, elem_id="export-test-answer"
             )
 
-        def run(p, f, d):
-            return (*do_export(ctx, p, f, d), status(ctx, p))
+        def run(p, f, d, r):
+            return (*do_export(ctx, p, f, d, r), status(ctx, p))
 
-        on(export_btn.click, run, [profile, formats, folder],
-           [report, summary, snippet, commands, downloads, status_md])  # fmt: skip
-        on(
+        exporting = on(export_btn.click, run, [profile, formats, folder, run_pick],
+                       [report, summary, snippet, commands, downloads, status_md])  # fmt: skip
+        testing = on(
             test_btn.click,
             lambda p, d, q, k: try_it(ctx, p, d, q, k),
             [profile, folder, test_prompt, strength],
             [test_out],
         )
-        self.outputs: list = []
+        # Main refreshes these per profile: its runs and formats, and the last profile's export cleared.
+        self.outputs = [run_pick, formats, report, summary, snippet, commands, downloads, test_out]
+        self.cancels = [exporting, testing]
 
     def views(self, profile):
-        return ()
+        choices = run_choices(self.ctx, profile)
+        return (gr.update(choices=choices, value=choices[0][1] if choices else None),
+                gr.update(value=default_formats(self.ctx, profile)), "", "", "", "", None, "")  # fmt: skip

@@ -51,7 +51,8 @@ def build_ui(store: Store) -> gr.Blocks:
     with gr.Blocks(title="Idiolect") as demo:
         remembered = gr.BrowserState(None, storage_key="idiolect-profile")  # this browser's last profile
         gr.Markdown(
-            "# Idiolect\nTune a language model to *your* writing, on this machine. Nothing leaves it."
+            "# Idiolect\nTune a language model to *your* writing, on this machine. Nothing leaves it unless you "
+            "send it: the Export tab says what its API snippet sends."
         )
         profile = profiles.build(ctx)
         status_md = gr.Markdown(elem_id="status")
@@ -68,13 +69,25 @@ def build_ui(store: Store) -> gr.Blocks:
             """Everything that depends on the chosen profile, read from the database now."""
             return (status(ctx, p), *(v for t in tabs for v in t.views(p)))
 
+        # What a tab sets once its views have arrived (a plot's colours, after its data).
+        later = [t for t in tabs if hasattr(t, "after_views")]
+        later_outputs = [c for t in later for c in t.after_outputs]
+
+        def after_views(p):
+            values = tuple(v for t in later for v in t.after_views(p))
+            return values[0] if len(values) == 1 else values  # one output takes a bare value
+
         def on_load(saved):
             names = profiles.names(ctx)
             chosen = saved if saved in names else (names or [None])[0]
             return (gr.update(choices=names, value=chosen), *views(chosen))
 
-        demo.load(on_load, [remembered], [profile, *outputs])
-        profile.change(views, [profile], outputs).then(lambda p: p, [profile], [remembered])
+        demo.load(on_load, [remembered], [profile, *outputs]).then(after_views, [profile], later_outputs)
+        # The one place a switch of profile is handled: whatever streams for the last profile is stopped, and
+        # every view that depends on the profile is read again or cleared (each tab's ``views``).
+        cancels = [e for t in tabs for e in getattr(t, "cancels", [])]
+        switched = profile.change(views, [profile], outputs, cancels=cancels)
+        switched.then(after_views, [profile], later_outputs).then(lambda p: p, [profile], [remembered])
     return demo
 
 

@@ -155,14 +155,16 @@ class PeersTab:
         def run_analysis(p, pool, progress=gr.Progress()):
             return (*analyze(ctx, p, pool, progress), history_md(ctx, p), status(ctx, p))
 
-        on(analyze_btn.click, run_analysis, [profile, pool_pick],
-           [report_md, bars, summary_box, score_md, history, status_md])  # fmt: skip
+        analysing = on(analyze_btn.click, run_analysis, [profile, pool_pick],
+                       [report_md, bars, summary_box, score_md, history, status_md])  # fmt: skip
         on(save_btn.click, lambda p, t: (save_summary(ctx, p, t), history_md(ctx, p), status(ctx, p)),
            [profile, summary_box], [score_md, history, status_md])  # fmt: skip
         on(pool_btn.click, lambda f, n, cur: (import_pool(ctx, f, n), pool_choices(ctx, cur)),
            [pool_file, pool_name, pool_pick], [pool_md, pool_pick])  # fmt: skip
-        self.outputs = [pool_pick, summary_box, score_md, history]
+        # Main refreshes these per profile; the last profile's comparison and chart are cleared.
+        self.outputs = [pool_pick, summary_box, score_md, history, report_md, bars]
+        self.cancels = [analysing]
 
     def views(self, profile):
         text, info = latest_summary(self.ctx, profile)
-        return pool_choices(self.ctx), text, info, history_md(self.ctx, profile)
+        return pool_choices(self.ctx), text, info, history_md(self.ctx, profile), "", None

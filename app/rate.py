@@ -290,9 +290,10 @@ class RateTab:
 
         generating = on(gen_btn.click, stream_pair, [profile, prompt_pick, prompt_own, temperature, max_tokens, seed],
                         [text_a, text_b, ids_state, pair_md, *buttons])  # fmt: skip
-        stop_btn.click(
+        # Cancel first, then say so: a piece streamed just before the cancel cannot overwrite "Stopped".
+        stop_btn.click(None, None, None, cancels=[generating]).then(
             lambda: ("Stopped. Generate again to get a pair you can rate.", [None, None], *_buttons(False)),
-            None, [pair_md, ids_state, *buttons], cancels=[generating],
+            None, [pair_md, ids_state, *buttons],
         )  # fmt: skip
         for btn, side, rating in ((up_a, 0, 1), (down_a, 0, -1), (up_b, 1, 1), (down_b, 1, -1)):
 
@@ -313,16 +314,16 @@ class RateTab:
             prompt = f"**Prompt:** {t['prompt']}" + (
                 f"\n\n**Context:** {t['context'][:300]}" if t["context"] else ""
             )
-            on_ = gr.update(interactive=True)
-            return prompt, *t["texts"], t["id"], on_, on_, "Which one did you write?"
+            return (prompt, *t["texts"], t["id"], gr.update(interactive=True), gr.update(interactive=True),
+                    "Which one did you write?")  # fmt: skip
 
-        on(like_btn.click, new_test, [profile, temperature, max_tokens],
-           [like_prompt, *like_texts, like_state, *picks, like_md])  # fmt: skip
+        testing = on(like_btn.click, new_test, [profile, temperature, max_tokens],
+                     [like_prompt, *like_texts, like_state, *picks, like_md])  # fmt: skip
         for side, btn in enumerate(picks):
 
             def choose(p, test_id, side=side):
-                off = gr.update(interactive=False)
-                return pick_likeness(ctx, p, test_id, side), None, off, off
+                return (pick_likeness(ctx, p, test_id, side), None, gr.update(interactive=False),
+                        gr.update(interactive=False))  # fmt: skip
 
             on(btn.click, choose, [profile, like_state], [like_md, like_state, *picks])
 
@@ -330,14 +331,23 @@ class RateTab:
             for history_, new in chat_reply(ctx, p, hist_, msg, temp, tokens):
                 yield history_, "", ({**ids, **new} if new else gr.skip())
 
-        on(chat_in.submit, send, [profile, chatbot, chat_in, temperature, max_tokens, chat_ids],
-           [chatbot, chat_in, chat_ids])  # fmt: skip
+        chatting = on(chat_in.submit, send, [profile, chatbot, chat_in, temperature, max_tokens, chat_ids],
+                      [chatbot, chat_in, chat_ids])  # fmt: skip
 
         def liked(p, ids, data: gr.LikeData):
             return chat_rate(ctx, p, ids, data.index, data.liked), history(ctx, p), status(ctx, p)
 
         on(chatbot.like, liked, [profile, chat_ids], [chat_md, hist, status_md])
-        self.outputs = [prompt_pick, hist]
+        # What main refreshes when the profile changes or the page loads: the profile's prompts and ratings, and
+        # everything of the profile shown before (a pair, a chat, a "Sounds like me?" test) cleared.
+        self.outputs = [prompt_pick, hist, text_a, text_b, ids_state, pair_md, rate_md, *buttons, chatbot, chat_ids,
+                        chat_md, like_prompt, *like_texts, like_state, *picks, like_md]  # fmt: skip
+        self.cancels = [generating, chatting, testing]  # a switch of profile stops what streams for the last one
 
     def views(self, profile):
-        return gr.update(choices=prompt_choices(self.ctx, profile), value=None), history(self.ctx, profile)
+        def off():  # a new update per component: Gradio consumes the one it is given
+            return gr.update(value="", interactive=False)
+
+        return (gr.update(choices=prompt_choices(self.ctx, profile), value=None), history(self.ctx, profile),
+                off(), off(), [None, None], "", "", *_buttons(False), [], {}, "", "", "", "", None,
+                *(gr.update(interactive=False) for _ in range(2)), "")  # fmt: skip

@@ -6,7 +6,7 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from idiolect.app.common import Ctx, frame, model_of, need, on, signed, status
+from idiolect.app.common import Ctx, frame, model_of, need, on, plural, signed, status
 from idiolect.core.base.errors import IdiolectError
 from idiolect.core.persona import likeness
 from idiolect.core.training import worker
@@ -24,14 +24,25 @@ def objective_choices() -> list[tuple[str, str]]:
     return [(DESCRIPTIONS[o] + (" (default)" if o == DEFAULTS.objective else ""), o) for o in names]
 
 
+LIFT_YOU, LIFT_PEERS = "held-out lift, you (nats/token)", "held-out lift, peers (nats/token)"
+LIFT_HELP = (
+    "**Held-out lift**: how much more likely the adapter finds texts it never trained on than the base model does, "
+    "in nats per word piece (+0.05 = about 5% more likely per word piece), and on how many texts. Yours should rise; "
+    "other writers' should stay near 0. On a few texts it is a rough sign, not a verdict: "
+    "*Sounds like me?* on the Rate tab is the test of your own eye."
+)
+
+
 def runs_table(ctx: Ctx, profile: str | None) -> pd.DataFrame:
     prof = ctx.store.find_profile(profile) if profile else None
     rows = (
         [] if prof is None else [worker.status(ctx.store, r["id"]) for r in ctx.store.list_runs(prof["id"])]
     )
 
-    def lift(r, key):
-        return signed((r["result"].get("eval") or {}).get(key))
+    def lift(r, key, count):
+        value = signed((r["result"].get("eval") or {}).get(key))
+        n = (r["result"].get("counts") or {}).get(count)
+        return f"{value} ({plural(n, 'text')})" if value and n else value
 
     def steps(r):
         kept = (r["result"].get("early_stopping") or {}).get("kept_step")
@@ -44,10 +55,10 @@ def runs_table(ctx: Ctx, profile: str | None) -> pd.DataFrame:
 
     return pd.DataFrame(
         [[r["id"], r["objective"], r["status"], steps(r), pi(r),
-          lift(r, "heldout_target_lift"), lift(r, "heldout_peer_lift"),
+          lift(r, "heldout_target_lift", "heldout_tar"), lift(r, "heldout_peer_lift", "heldout_aux"),
           f"lr {r['config'].get('lr')}, r {r['config'].get('lora_r')}, len {r['config'].get('max_length')}",
           likeness.describe(likeness.score(ctx.store, prof["id"], r["id"])), (r["error"] or "")[:80]] for r in rows],
-        columns=["run", "objective", "status", "steps", "pi", "held-out lift (you)", "held-out lift (peers)", "settings",
+        columns=["run", "objective", "status", "steps", "pi", LIFT_YOU, LIFT_PEERS, "settings",
                  "sounds like me? (Rate tab)", "note"],
     )  # fmt: skip
 
@@ -76,7 +87,27 @@ def progress_md(ctx: Ctx, profile: str | None) -> str:
     return msg + (f"\n\n{run['error']}" if run["error"] else "")
 
 
+RUN_COLOURS = ("#4c78a8", "#f58518", "#e45756", "#72b7b2", "#54a24b", "#eeca3b", "#b279a2", "#ff9da6", "#9d755d",
+               "#bab0ac")  # fmt: skip
+
+
 def curves(ctx: Ctx, profile: str | None, run_ids=None):
+    """The loss plot's data: the chosen runs (default: the latest); hidden when there is none (Gradio's plot
+    keeps its last drawing when given no data: the last profile's curves would stay)."""
+    data = loss_per_step(ctx, profile, run_ids)
+    return gr.update(value=data, visible=data is not None)
+
+
+def colours(ctx: Ctx, profile: str | None, run_ids=None):
+    """The loss plot's colours, one per run shown, sent after its data (:func:`curves`). Gradio's plot (6.31)
+    draws the series it saw when its colour map last changed: with data alone, a run ticked later was not drawn;
+    with data and colours together, the colours arrived first and the plot lagged one change behind."""
+    data = loss_per_step(ctx, profile, run_ids)
+    names = [] if data is None else list(data["run"].unique())
+    return gr.update(color_map={name: RUN_COLOURS[int(name.split()[1]) % len(RUN_COLOURS)] for name in names})
+
+
+def loss_per_step(ctx: Ctx, profile: str | None, run_ids=None):
     """Loss per step of the chosen runs (default: the latest), one series per run; None when there is none."""
     prof = ctx.store.find_profile(profile) if profile else None
     if prof is None:
@@ -182,9 +213,10 @@ class TrainTab:
         train_msg = gr.Markdown(elem_id="train-msg")
         progress = gr.Markdown(elem_id="train-progress")
         runs = gr.Dataframe(runs_table(ctx, None), label="Runs", interactive=False, elem_id="runs")
+        gr.Markdown(LIFT_HELP, elem_id="lift-help")
         compare = gr.CheckboxGroup([], label="Compare runs (loss per step)", elem_id="compare-runs")
         plot = gr.LinePlot(None, x="step", y="loss", color="run", title="Training loss per run", height=280,
-                           elem_id="loss-plot")  # fmt: skip
+                           elem_id="loss-plot", visible=False)  # fmt: skip
         timer = gr.Timer(2.0, active=False)
 
         settings = [profile, objective, steps, epochs, lr, batch, lora_r, max_length]
@@ -197,15 +229,23 @@ class TrainTab:
         on(estimate_btn.click, lambda *a: estimate_md(ctx, *a), settings, [train_msg])
         on(cancel_btn.click, lambda p: cancel(ctx, p), [profile], [train_msg])
         on(resume_btn.click, lambda p: (resume(ctx, p), gr.Timer(active=True)), [profile], [train_msg, timer])
-        on(compare.change, lambda p, ids: curves(ctx, p, ids), [profile, compare], [plot])
+        on(compare.change, lambda p, ids: curves(ctx, p, ids), [profile, compare], [plot]).then(
+            lambda p, ids: colours(ctx, p, ids), [profile, compare], [plot]
+        )
 
         def poll(p, ids):
             return (progress_md(ctx, p), curves(ctx, p, ids), runs_table(ctx, p), gr.Timer(active=active(ctx, p)),
                     status(ctx, p))  # fmt: skip
 
-        timer.tick(poll, [profile, compare], [progress, plot, runs, timer, status_md])
-        self.outputs = [progress, plot, runs, compare, timer]
+        timer.tick(poll, [profile, compare], [progress, plot, runs, timer, status_md]).then(
+            lambda p, ids: colours(ctx, p, ids), [profile, compare], [plot]
+        )  # a new run becomes the one shown: its colour
+        self.outputs = [progress, plot, runs, compare, timer, train_msg]
         self._fresh = [progress, runs]
+        self.after_outputs = [plot]
+
+    def after_views(self, profile):
+        return (colours(self.ctx, profile),)
 
     def on_select(self):
         """Opening the tab re-reads the run and the runs table (a "Sounds like me?" answer given on the Rate tab
@@ -215,4 +255,4 @@ class TrainTab:
     def views(self, profile):
         ctx = self.ctx
         return (progress_md(ctx, profile), curves(ctx, profile), runs_table(ctx, profile),
-                gr.update(choices=run_choices(ctx, profile), value=[]), gr.Timer(active=active(ctx, profile)))  # fmt: skip
+                gr.update(choices=run_choices(ctx, profile), value=[]), gr.Timer(active=active(ctx, profile)), "")  # fmt: skip

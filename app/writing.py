@@ -4,6 +4,7 @@ to delete them (undo brings them back), and the import history with "undo this i
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
@@ -50,14 +51,21 @@ def add_pasted(ctx: Ctx, profile: str | None, text: str) -> str:
     return reports_md([report])
 
 
-def add_files(ctx: Ctx, profile: str | None, files, *, dry_run: bool = False) -> str:
+def add_files(ctx: Ctx, profile: str | None, files, *, dry_run: bool = False, picked_for: str | None = None) -> str:
     """Import the files (writing, chat exports, feedback datasets); ``dry_run`` says what would land and writes
-    nothing."""
+    nothing. ``picked_for``: the profile chosen when the files were picked (the page's upload box); files picked
+    for another profile are refused, never imported into this one."""
     need(ctx, profile)
     if not files:
         raise IdiolectError("Pick one or more files first.")
+    if picked_for is not None and picked_for != profile:
+        raise IdiolectError(
+            f"These files were picked for profile {picked_for}, not {profile}: pick them again to add them here."
+        )
     paths = [f if isinstance(f, str) else f.name for f in files]
     reports = import_samples(ctx.store, profile, paths, dry_run=dry_run)
+    for r in reports:  # the name the user picked, not where the server keeps the upload
+        r.source = Path(r.source).name
     text = reports_md(reports)
     return text + ("\nPreview only: nothing was added. **Add files** imports them." if dry_run else "")
 
@@ -150,6 +158,7 @@ class WritingTab:
                     label="Or upload .txt / .md / .jsonl / .json / .csv, or a chat export (ChatGPT "
                     "conversations.json, Claude, Open WebUI; your own turns become samples, its thumbs ratings)",
                     file_count="multiple", file_types=[".txt", ".md", ".jsonl", ".ndjson", ".json", ".csv", ".tsv"],
+                    elem_id="writing-files",
                 )  # fmt: skip
                 with gr.Row():
                     preview_btn = gr.Button("Preview (adds nothing)", elem_id="preview-files")
@@ -200,13 +209,16 @@ class WritingTab:
         view = [profile, query, page]
         on(paste_btn.click, after(lambda p, t: (add_pasted(ctx, p, t), "")), [*view, paste],
            [import_md, paste, *table_outputs])  # fmt: skip
+        picked_for = gr.State(None)  # the profile chosen when the files in the box were picked
+        files.upload(lambda p: p, [profile], [picked_for])
         on(
             files_btn.click,
-            after(lambda p, f: add_files(ctx, p, f)),
-            [*view, files],
-            [import_md, *table_outputs],
-        )
-        on(preview_btn.click, lambda p, f: add_files(ctx, p, f, dry_run=True), [profile, files], [import_md])
+            after(lambda p, f, who: (add_files(ctx, p, f, picked_for=who), None)),
+            [*view, files, picked_for],
+            [import_md, files, *table_outputs],
+        )  # added files leave the box: a second click adds nothing twice
+        on(preview_btn.click, lambda p, f, who: add_files(ctx, p, f, dry_run=True, picked_for=who),
+           [profile, files, picked_for], [import_md])  # fmt: skip
         on(query.submit, lambda p, q: refresh(p, q, 1), [profile, query], table_outputs)
         on(page.submit, refresh, view, table_outputs)
         on(prev_btn.click, lambda p, q, pg: refresh(p, q, (pg or 1) - 1), view, table_outputs)
@@ -229,7 +241,10 @@ class WritingTab:
            [edit_md, undo_state, *table_outputs])  # fmt: skip
 
         # What main refreshes when the profile changes or the page loads.
-        self.outputs = [samples, page_md, page, import_pick, query, sample_id, prompt, text]
+        # Everything of the last profile is cleared: the upload box (its files were picked for that profile),
+        # the reports and the sample being edited. Pasted text not yet added belongs to no profile and stays.
+        self.outputs = [samples, page_md, page, import_pick, query, sample_id, prompt, text, files, picked_for,
+                        import_md, edit_md]  # fmt: skip
 
     def views(self, profile):
         table, info, shown = samples_page(self.ctx, profile)
@@ -239,6 +254,10 @@ class WritingTab:
             shown,
             gr.update(choices=import_choices(self.ctx, profile), value=None),
             "",
+            None,
+            "",
+            "",
+            None,
             None,
             "",
             "",

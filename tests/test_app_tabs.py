@@ -117,7 +117,7 @@ def test_train_tab_offers_every_objective_default_first_and_checks_settings(ctx)
     ctx.store.update_profile_settings("ana", model="/nowhere")
     with pytest.raises(IdiolectError, match="LoRA|lora r|at least 1"):
         train.start(ctx, "ana", "kto", 0, 3, 1e-4, 4, 0, 512)
-    assert train.progress_md(ctx, "ana") == "No training run yet." and train.curves(ctx, "ana") is None
+    assert train.progress_md(ctx, "ana") == "No training run yet." and train.loss_per_step(ctx, "ana") is None
     with pytest.raises(IdiolectError, match="Nothing is training"):
         train.cancel(ctx, "ana")
 

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TARGET_WRITER, free_port, wait_for_app
+from conftest import CHROMIUM, CHROMIUM_ARGS, ROOT, TARGET_WRITER, free_port, wait_for_app
 
 from idiolect.core.ingest.pool import default_pool_rows
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)"
@@ -60,11 +58,7 @@ def test_first_time_user_journey(app, pretrained_base, tmp_path):
     n_blocks = len({" ".join(b.split()) for b in re.split(r"\n[ \t]*\n", pasted) if b.strip()})
     export_dir = tmp_path / "my-export"
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--no-first-run", "--disable-sync", "--disable-quic"],
-        )  # fmt: skip
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.set_default_timeout(60_000)
         page.goto(url)

@@ -130,11 +130,12 @@ def _plan(store: Store, profile: str, formats, run_id: int | None) -> _Plan:
     plan = _Plan(prof, wanted, run, summaries[0] if summaries else None)
     if any(f in MODEL_FORMATS for f in wanted) and run is None and (asked or not plan.summary):
         raise IdiolectError(
-            f"profile {profile!r} has no trained adapter yet: train one first (launch.py train)"
+            f"profile {profile!r} has no trained adapter yet: train one first (tab Train, or launch.py train)"
         )
     if "summary" in wanted and plan.summary is None and asked and "summary" in asked:
         raise IdiolectError(
-            f"profile {profile!r} has no preference summary yet: make one first (launch.py summary)"
+            f"profile {profile!r} has no preference summary yet: make one first (tab You vs. peers, or launch.py "
+            "summary), or untick the summary format"
         )
     for fmt in MODEL_FORMATS:
         if fmt in wanted and run is None:

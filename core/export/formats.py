@@ -180,7 +180,11 @@ def summary_files(
     snippet = folder / f"{slug}-openai.py"
     snippet.write_text(
         f'''"""Use the preference summary with any OpenAI-compatible chat API (set OPENAI_API_KEY; for a local server,
-also OPENAI_BASE_URL, e.g. http://127.0.0.1:8000/v1)."""
+also OPENAI_BASE_URL, e.g. http://127.0.0.1:8000/v1).
+
+What leaves your machine when you run this: the summary below and the prompt, sent to OpenAI's servers, or to
+the server OPENAI_BASE_URL names (nothing leaves it when that is a server on this machine). Your writing, your
+ratings and the adapter are not sent."""
 from openai import OpenAI
 
 SUMMARY = {json.dumps(summary.strip(), ensure_ascii=False)}

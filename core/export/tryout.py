@@ -20,6 +20,8 @@ def try_export(
     from idiolect.core.models.sampling import SamplingParams
 
     folder = Path(folder)
+    if not (folder / "manifest.json").exists():
+        raise IdiolectError(f"nothing is exported in {folder} yet: export first (with the gguf format)")
     try:
         manifest = _json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
