@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, free_port
+from conftest import ROOT, free_port, random_adapter
 
 from idiolect.core.base.errors import IdiolectError
 from idiolect.core.export.bundle import export
@@ -21,21 +21,6 @@ from idiolect.core.models.gguf.writer import convert_lora_to_gguf
 
 llama_cpp = pytest.importorskip("llama_cpp")
 SUMMARY = "Writes short, plain sentences. Prefers concrete details over adjectives. Never uses emoji."
-
-
-def random_adapter(base_dir, out_dir, seed=1):
-    """A LoRA with non-zero A and B on every linear layer, saved as a PEFT folder."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    peft_model = get_peft_model(
-        model,
-        LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", init_lora_weights=False),
-    )
-    peft_model.save_pretrained(out_dir)
-    return peft_model.eval()
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
@@ -186,7 +171,6 @@ def test_export_all_formats_and_serve_with_openai_client(store, tiny_models, tmp
             assert exc.code == 404
             switchable = False
         assert not switchable, "llama-cpp-python's server now has /lora-adapters: test the switch through it"
-        assert "--lora-init-without-apply" in result.commands["llama-server, persona switchable"]
         assert (
             '"scale": 0.0' in result.commands["persona off"]
             and "/lora-adapters" in result.commands["persona on"]

