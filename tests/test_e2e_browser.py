@@ -253,7 +253,7 @@ def test_first_time_user_journey(app, pretrained_base, tmp_path):
         page.fill("#export-folder input, #export-folder textarea", str(export_dir))
         page.click("#export-btn")
         page.wait_for_function(
-            "document.querySelector('#export-report')?.innerText.includes('Exported to')",
+            "document.querySelector('#export-report')?.innerText.includes('Exported run 1 (cbpo) to')",
             timeout=SLOW * 300_000,
         )
         assert "e2e-lora.gguf" in page.inner_text("#export-report")
@@ -274,10 +274,43 @@ def test_first_time_user_journey(app, pretrained_base, tmp_path):
         )
         shot("6-export")
 
-        # A second profile, deleted after a confirmation that says what goes.
+        # A second profile: nothing of e2e's is on any tab; back on e2e, all of it is; then scratch is deleted
+        # after a confirmation that says what goes.
         page.fill("#new-profile input, #new-profile textarea", "scratch")
         page.click("#create-profile")
         page.wait_for_function("document.querySelector('#status')?.innerText.includes('Profile scratch')")
+
+        def choose(name):
+            page.click("#profile input")
+            page.get_by_role("option", name=name, exact=True).click()
+            page.wait_for_function(f"document.querySelector('#status')?.innerText.includes('Profile {name}')")
+
+        for _ in range(2):  # there and back twice: a switch is not a one-off
+            tab("Your writing")
+            page.wait_for_function("document.querySelector('#page-info')?.innerText.includes('0 samples in all')")
+            tab("Rate")
+            assert page.input_value("#text-a textarea") == "" and page.input_value("#text-b textarea") == ""
+            assert page.input_value("#likeness-0 textarea") == "" and page.is_disabled("#up-a")
+            tab("Train")
+            page.wait_for_function("document.querySelector('#train-progress')?.innerText.includes('No training run')")
+            tab("You vs. peers")
+            assert page.input_value("#summary textarea") == "" and "Writer A" not in page.inner_text("#report")
+            tab("Export")
+            assert "e2e-lora.gguf" not in page.inner_text("#export-report")
+            assert "llama-server" not in page.inner_text("#export-commands")
+            choose("e2e")
+            tab("Your writing")
+            page.wait_for_function(
+                f"document.querySelector('#page-info')?.innerText.includes('{n_blocks} samples in all')"
+            )
+            tab("Train")
+            page.wait_for_function("document.querySelector('#train-progress')?.innerText.includes('Run 1')")
+            tab("You vs. peers")
+            page.wait_for_function("document.querySelector('#summary textarea')?.value.length > 20")
+            assert page.input_value("#summary textarea") == summary
+            tab("Export")
+            page.wait_for_function("document.querySelector('#export-run input')?.value.includes('run 1')")
+            choose("scratch")
         page.click("#profile-manage")
         page.click("#delete-profile")
         page.wait_for_function(

@@ -243,6 +243,15 @@ def _fn(demo, name):
     raise AssertionError(f"no event handler {name}")
 
 
+def _outputs(demo, name, *args) -> dict:
+    """What handler ``name`` returns, by its outputs' elem_id (or class name where they have none)."""
+    for block_fn in demo.fns.values():
+        if getattr(block_fn.fn, "__name__", None) == name:
+            keys = [o.elem_id or type(o).__name__ for o in block_fn.outputs]
+            return dict(zip(keys, block_fn.fn(*args), strict=True))
+    raise AssertionError(f"no event handler {name}")
+
+
 def test_integrity_every_page_load_reads_the_database(tmp_path):
     """Profiles, pools and runs created after the UI was built (another tab, the CLI, a worker) appear on the
     next page load, and the browser's remembered profile is chosen again."""
@@ -258,10 +267,9 @@ def test_integrity_every_page_load_reads_the_database(tmp_path):
     import_peers(store, sorted(DEFAULT_POOL_DIR.glob("*.jsonl"))[0], "fresh pool")
     run = store.create_run(pid, "cbpo", "m", {})
     store.update_run(run, status="running", pid=os.getpid(), stage="training", step=3, total_steps=9)
-    out = _fn(demo, "on_load")("zoe")
-    # on_load's outputs: the profile, the status line, then each tab's (app/main.py TABS order)
-    profile_update, status_md, samples = out[:3]
-    train_msg, timer, pool_update = out[16], out[20], out[21]
+    out = _outputs(demo, "on_load", "zoe")
+    profile_update, status_md, samples = out["profile"], out["status"], out["samples"]
+    train_msg, timer, pool_update = out["train-progress"], out["Timer"], out["pool-pick"]
     assert profile_update["choices"] in (["amy", "zoe"], [("amy", "amy"), ("zoe", "zoe")])
     assert profile_update["value"] == "zoe"
     assert "fresh pool" in [c if isinstance(c, str) else c[0] for c in pool_update["choices"]]
@@ -269,7 +277,7 @@ def test_integrity_every_page_load_reads_the_database(tmp_path):
     assert "Zoe writes this." in samples["text"].tolist()
     assert "training" in train_msg and "step 3/9" in train_msg
     assert timer.active  # the page keeps polling the running job
-    assert _fn(demo, "on_load")("deleted-profile")[0]["value"] == "amy"  # falls back to the first
+    assert _outputs(demo, "on_load", "deleted-profile")["profile"]["value"] == "amy"  # falls back to the first
     store.close()
 
 
