@@ -53,12 +53,20 @@ def models_md(ctx: Ctx, profile: str | None = None) -> str:
         + "):"
     )
     lines += [
-        f"- {m['kind']}: `{m['path']}`"
-        + (f" ({m['bytes'] / 1e9:.2f} GB)" if m["bytes"] else "")
-        + (f" -- {m['name']}" if m["kind"] == "offline" else "")
+        f"- {disk_row(m, code=True)}" + (f" -- {m['name']}" if m["kind"] == "offline" else "")
         for m in models_on_disk()
     ] or ["- none yet"]
     return "\n".join(lines)
+
+
+def disk_row(m: dict, *, code: bool = False) -> str:
+    """One model on disk, in words: a dequantized copy names the GGUF file it was made from and the folder it is
+    in (its path is the file's: the row used to read as the file itself)."""
+    q = (lambda t: f"`{t}`") if code else (lambda t: t)  # noqa: E731
+    size = f" ({m['bytes'] / 1e9:.2f} GB)" if m["bytes"] else ""
+    if m["kind"] == "dequantized":
+        return f"dequantized copy of {q(m['path'])} in {q(m.get('folder', '?'))}{size}"
+    return f"{m['kind']}: {q(m['path'])}{size}"
 
 
 def model_choices(ctx: Ctx, profile: str | None) -> dict:
@@ -72,14 +80,7 @@ def model_choices(ctx: Ctx, profile: str | None) -> dict:
 
 
 def disk_choices() -> list[tuple[str, str]]:
-    return [
-        (
-            f"{m['kind']}: {m['path']}" + (f" ({m['bytes'] / 1e9:.2f} GB)" if m["bytes"] else ""),
-            f"{m['kind']}|{m['path']}",
-        )
-        for m in models_on_disk()
-        if m["kind"] != "offline"
-    ]
+    return [(disk_row(m), f"{m['kind']}|{m['path']}") for m in models_on_disk() if m["kind"] != "offline"]
 
 
 def delete_from_disk(ctx: Ctx, choice: str | None, confirmed: bool) -> str:

@@ -3,6 +3,8 @@ polling, cancel/resume, and a comparison of runs (held-out lifts and loss curves
 
 from __future__ import annotations
 
+import re
+
 import gradio as gr
 import pandas as pd
 
@@ -77,6 +79,11 @@ def progress_md(ctx: Ctx, profile: str | None) -> str:
     pct = 100 * step / total if total else 0
     eta = f", about {run['eta_seconds']:.0f} s left" if run.get("eta_seconds") else ""
     bar = f"<progress value='{step}' max='{total or 1}' style='width:100%'></progress>"
+    before = re.search(r"(\d+)/(\d+)", run["activity"] or "")
+    if step == 0 and before and run["status"] in worker.ACTIVE:  # a pass before the first step (reference log-probs)
+        done, of = int(before.group(1)), int(before.group(2))
+        bar = f"<progress value='{done}' max='{of or 1}' style='width:100%'></progress>"
+        eta = f", that pass {100 * done / (of or 1):.0f}% done"
     msg = (
         f"Run {run['id']} ({run['objective']}): **{run['activity']}**, step {step}/{total or '?'} ({pct:.0f}%)"
         f"{eta}.\n\n{bar}"

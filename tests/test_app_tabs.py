@@ -278,3 +278,45 @@ def test_a_chat_export_can_be_previewed_then_added(ctx, tmp_path):
     assert ctx.store.list_samples(pid) == [] and ctx.store.list_feedback(pid) == []
     added = writing.add_files(ctx, "ana", [str(f)])
     assert "2 added" in added and len(ctx.store.list_feedback(pid)) == 2
+
+
+def test_a_run_before_its_first_step_shows_the_reference_pass_and_the_status_says_it_trains(ctx):
+    """The reference pass used to show 0% for minutes, and the status line said "Next: train your adapter"
+    while a run was training."""
+    import os
+
+    from idiolect.app.common import status
+
+    profiles.create(ctx, "ana")
+    pid = ctx.store.get_profile("ana")["id"]
+    run = ctx.store.create_run(pid, "cbpo", "m", {"model": "m"})
+    ctx.store.update_run(run, status="running", pid=os.getpid(), stage="computing reference log-probs 30/120",
+                         step=0, total_steps=9)  # fmt: skip
+    shown = train.progress_md(ctx, "ana")
+    assert "computing reference log-probs 30/120" in shown and "that pass 25% done" in shown
+    assert "<progress value='30' max='120'" in shown
+    assert f"run {run} is training" in status(ctx, "ana") and "train your adapter" not in status(ctx, "ana")
+
+
+def test_export_names_the_run_and_ticks_only_what_the_profile_has(ctx, tmp_path):
+    profiles.create(ctx, "ana")
+    assert export_tab.run_choices(ctx, "ana") == [] and export_tab.default_formats(ctx, "ana") == list(
+        export_tab.DEFAULT_FORMATS
+    )  # nothing yet: the export refuses with its reason
+    pid = ctx.store.get_profile("ana")["id"]
+    run = ctx.store.create_run(pid, "kto", "m", {"model": "/models/base.gguf"})
+    ctx.store.update_run(run, status="completed", finished_at="2026-12-06T21:30:00Z")
+    assert export_tab.run_choices(ctx, "ana") == [(f"run {run} (kto, base.gguf, 2026-12-06 21:30)", run)]
+    assert export_tab.default_formats(ctx, "ana") == ["peft", "gguf"]  # no summary yet: not ticked
+    ctx.store.add_summary(pid, "Writes tersely.", "user")
+    assert "summary" in export_tab.default_formats(ctx, "ana")
+    with pytest.raises(IdiolectError, match="nothing is exported in .* yet"):  # was a raw [Errno 2]
+        export_tab.try_it(ctx, "ana", str(tmp_path / "never"), "hi")
+
+
+def test_a_dequantized_copy_is_named_as_a_copy_of_its_gguf_file():
+    from idiolect.app.model import disk_row
+
+    row = disk_row({"kind": "dequantized", "path": "/m/a.gguf", "folder": "/data/dequantized/a-1234", "bytes": 2e9})
+    assert row == "dequantized copy of /m/a.gguf in /data/dequantized/a-1234 (2.00 GB)"
+    assert disk_row({"kind": "gguf", "path": "/m/a.gguf", "bytes": 0}) == "gguf: /m/a.gguf"
