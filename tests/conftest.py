@@ -168,3 +168,17 @@ def random_adapter(base_dir, out_dir, seed=1):
     )
     peft_model.save_pretrained(out_dir)
     return peft_model.eval()
+
+
+def cancelled_at(store, run_id: int, step: int) -> dict:
+    """Run ``run_id`` in process and cancel it as the user would once ``step`` is done; returns its result."""
+    from idiolect.core.training.trainer import Trainer
+
+    holder = {}
+
+    def stop(done, total, metrics):
+        if done == step:
+            holder["trainer"].request_stop()
+
+    holder["trainer"] = Trainer(store, run_id, progress=stop)
+    return holder["trainer"].run()

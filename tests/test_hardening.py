@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, cancelled_at
 
 from idiolect.core.ingest.anonymize import scrub
 from idiolect.core.ingest.peers import import_peers
@@ -252,14 +252,7 @@ def test_hardening_an_unreadable_checkpoint_is_set_aside_and_the_run_resumes(pre
     cfg = TrainConfig(model=str(pretrained_base), pool="others", steps=6, batch_size=2, save_every=1,
                       validation_fraction=0.0)  # every step runs: no early stopping
     run = create_run(target_store, "me", cfg)
-    holder = {}
-
-    def stop_at_4(step, total, metrics):
-        if step == 4:
-            holder["trainer"].request_stop()
-
-    holder["trainer"] = Trainer(target_store, run, progress=stop_at_4)
-    assert holder["trainer"].run()["status"] == "cancelled"
+    assert cancelled_at(target_store, run, 4)["status"] == "cancelled"
     folder = run_dir(target_store, run)
     newest = max(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     (newest / "state.pt").write_bytes(b"PK\x03\x04 cut short")

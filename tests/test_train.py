@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, wait_until
+from conftest import ROOT, cancelled_at, wait_until
 
 from idiolect.core.base.errors import IdiolectError
 from idiolect.core.training import worker
@@ -280,14 +280,7 @@ def test_protocol_early_stopping_survives_a_cancel_and_resume(pretrained_base, t
                  patience=10, save_every=1)  # fmt: skip
     whole = Trainer(target_store, create_run(target_store, "me", cfg)).run()["early_stopping"]
     run = create_run(target_store, "me", cfg)
-    holder = {}
-
-    def stop_at_5(step, total, metrics):
-        if step == 5:
-            holder["trainer"].request_stop()
-
-    holder["trainer"] = Trainer(target_store, run, progress=stop_at_5)
-    assert holder["trainer"].run()["status"] == "cancelled"
+    assert cancelled_at(target_store, run, 5)["status"] == "cancelled"
     resumed = Trainer(target_store, run).run()["early_stopping"]
     assert [s for s, _ in resumed["history"]] == [s for s, _ in whole["history"]]  # step 0 scored once
     assert resumed["kept_step"] == whole["kept_step"]
