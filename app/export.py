@@ -17,6 +17,7 @@ from idiolect.core.base.paths import EXPORTS, data_subdir
 from idiolect.core.export.bundle import DEFAULT_FORMATS, FORMATS, export
 from idiolect.core.export.formats import safe_name
 from idiolect.core.export.tryout import try_export
+from idiolect.core.training.runs import runs_with_adapter
 
 
 def downloads_folder() -> Path:
@@ -63,10 +64,10 @@ def download_copy(folder: Path, files: list[Path], slug: str) -> list[str]:
 
 
 def run_choices(ctx: Ctx, profile: str | None) -> list[tuple[str, int]]:
-    """The profile's runs with an adapter to export, newest first, each named by its objective, base model and
+    """The profile's runs with an adapter to export (:func:`runs_with_adapter`), newest first, each named by its objective, base model and
     finishing time."""
     prof = ctx.store.find_profile(profile) if profile else None
-    runs = [] if prof is None else [r for r in ctx.store.list_runs(prof["id"]) if r["status"] == "completed"]
+    runs = [] if prof is None else runs_with_adapter(ctx.store, prof["id"])
     return [(f"run {r['id']} ({r['objective']}, {Path(str(r['config'].get('model') or r['model'])).name}, "
              f"{(r['finished_at'] or '')[:16].replace('T', ' ')})", r["id"]) for r in runs]  # fmt: skip
 

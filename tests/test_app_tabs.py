@@ -13,6 +13,7 @@ from idiolect.app import export as export_tab
 from idiolect.app import profiles, rate, train, writing
 from idiolect.app.common import Ctx, message_of
 from idiolect.core.base.errors import IdiolectError
+from idiolect.core.training.runs import adapter_dir
 
 
 @pytest.fixture
@@ -306,6 +307,8 @@ def test_export_names_the_run_and_ticks_only_what_the_profile_has(ctx, tmp_path)
     pid = ctx.store.get_profile("ana")["id"]
     run = ctx.store.create_run(pid, "kto", "m", {"model": "/models/base.gguf"})
     ctx.store.update_run(run, status="completed", finished_at="2026-12-06T21:30:00Z")
+    assert export_tab.run_choices(ctx, "ana") == []  # completed, but its adapter is gone: nothing to export
+    adapter_dir(ctx.store, ctx.store.get_run(run)).mkdir(parents=True)
     assert export_tab.run_choices(ctx, "ana") == [(f"run {run} (kto, base.gguf, 2026-12-06 21:30)", run)]
     assert export_tab.default_formats(ctx, "ana") == ["peft", "gguf"]  # no summary yet: not ticked
     ctx.store.add_summary(pid, "Writes tersely.", "user")

@@ -25,19 +25,27 @@ def adapter_dir(store: Store, run: dict) -> Path | None:
     return run_dir(store, run["id"]) / "adapter" if run["status"] == "completed" else None
 
 
-def latest_completed_run(
+def runs_with_adapter(
     store: Store, profile_id: int, *, model_dir: str | Path | None = None
-) -> dict | None:
-    """The one definition of "the profile's latest adapter": its newest completed run whose adapter folder is
-    still on disk; with ``model_dir``, only runs trained on that base model (an adapter fits its own base only)."""
+) -> list[dict]:
+    """The profile's runs that have an adapter to use, newest first: completed, with the adapter folder still on
+    disk; with ``model_dir``, only runs trained on that base model (an adapter fits its own base only)."""
+    found = []
     for run in store.list_runs(profile_id):
         adapter = adapter_dir(store, run)
         if adapter is None or not adapter.exists():
             continue
         if model_dir is not None and not (run["model"] and same_model(run["model"], model_dir)):
             continue
-        return run
-    return None
+        found.append(run)
+    return found
+
+
+def latest_completed_run(
+    store: Store, profile_id: int, *, model_dir: str | Path | None = None
+) -> dict | None:
+    """The one definition of "the profile's latest adapter": the newest of :func:`runs_with_adapter`."""
+    return next(iter(runs_with_adapter(store, profile_id, model_dir=model_dir)), None)
 
 
 def seconds_per_step(step_seconds) -> float | None:
