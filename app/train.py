@@ -110,21 +110,36 @@ def colours(ctx: Ctx, profile: str | None, run_ids=None):
     draws the series it saw when its colour map last changed: with data alone, a run ticked later was not drawn;
     with data and colours together, the colours arrived first and the plot lagged one change behind."""
     data = loss_per_step(ctx, profile, run_ids)
-    names = [] if data is None else list(data["run"].unique())
-    return gr.update(color_map={name: RUN_COLOURS[int(name.split()[1]) % len(RUN_COLOURS)] for name in names})
+    drawn = set() if data is None else set(data["run"])
+    return gr.update(
+        color_map={
+            series_name(r): RUN_COLOURS[r["id"] % len(RUN_COLOURS)]
+            for r in shown_runs(ctx, profile, run_ids)
+            if series_name(r) in drawn
+        }
+    )
+
+
+def series_name(run: dict) -> str:
+    """A run's name in the loss plot (its series, its legend entry, its key in the colour map)."""
+    return f"run {run['id']} ({run['objective']})"
+
+
+def shown_runs(ctx: Ctx, profile: str | None, run_ids=None) -> list[dict]:
+    """The runs the loss plot shows: the ticked ones of the profile, else its latest run."""
+    prof = ctx.store.find_profile(profile) if profile else None
+    if prof is None:
+        return []
+    runs = {r["id"]: r for r in ctx.store.list_runs(prof["id"])}
+    return [runs[i] for i in [int(i) for i in (run_ids or []) if int(i) in runs] or list(runs)[:1]]
 
 
 def loss_per_step(ctx: Ctx, profile: str | None, run_ids=None):
     """Loss per step of the chosen runs (default: the latest), one series per run; None when there is none."""
-    prof = ctx.store.find_profile(profile) if profile else None
-    if prof is None:
-        return None
-    runs = {r["id"]: r for r in ctx.store.list_runs(prof["id"])}
-    chosen = [int(i) for i in (run_ids or []) if int(i) in runs] or list(runs)[:1]
     rows = [
-        {"step": m["step"], "loss": m["loss"], "run": f"run {i} ({runs[i]['objective']})"}
-        for i in chosen
-        for m in ctx.store.run_metrics(i)
+        {"step": m["step"], "loss": m["loss"], "run": series_name(r)}
+        for r in shown_runs(ctx, profile, run_ids)
+        for m in ctx.store.run_metrics(r["id"])
         if m.get("loss") is not None
     ]
     return frame(rows, step=int, loss=float, run=str)
@@ -133,7 +148,7 @@ def loss_per_step(ctx: Ctx, profile: str | None, run_ids=None):
 def run_choices(ctx: Ctx, profile: str | None) -> list[tuple[str, int]]:
     prof = ctx.store.find_profile(profile) if profile else None
     runs = [] if prof is None else ctx.store.list_runs(prof["id"])
-    return [(f"run {r['id']} ({r['objective']})", r["id"]) for r in runs]  # no status: it would go stale
+    return [(series_name(r), r["id"]) for r in runs]  # no status: it would go stale
 
 
 def config_of(ctx: Ctx, profile, objective, steps, epochs, lr, batch, lora_r, max_length) -> TrainConfig:

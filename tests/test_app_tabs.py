@@ -323,3 +323,17 @@ def test_a_dequantized_copy_is_named_as_a_copy_of_its_gguf_file():
     row = disk_row({"kind": "dequantized", "path": "/m/a.gguf", "folder": "/data/dequantized/a-1234", "bytes": 2e9})
     assert row == "dequantized copy of /m/a.gguf in /data/dequantized/a-1234 (2.00 GB)"
     assert disk_row({"kind": "gguf", "path": "/m/a.gguf", "bytes": 0}) == "gguf: /m/a.gguf"
+
+
+def test_the_loss_plot_colours_each_drawn_run_as_its_legend_names_it(ctx):
+    profiles.create(ctx, "ana")
+    pid = ctx.store.get_profile("ana")["id"]
+    first, second = (ctx.store.create_run(pid, obj, "m", {"model": "/m"}) for obj in ("kto", "cbpo"))
+    for step, loss in ((1, 0.9), (2, 0.7)):
+        ctx.store.log_metrics(first, step, {"loss": loss})
+    data = train.loss_per_step(ctx, "ana", [first, second])  # the second has no step yet: no series
+    assert sorted(set(data["run"])) == [f"run {first} (kto)"]
+    assert train.loss_per_step(ctx, "ana") is None  # default: the latest run only, which has no step yet
+    colours = train.colours(ctx, "ana", [first, second])["color_map"]
+    assert colours == {f"run {first} (kto)": train.RUN_COLOURS[first % len(train.RUN_COLOURS)]}
+    assert train.run_choices(ctx, "ana") == [(f"run {second} (cbpo)", second), (f"run {first} (kto)", first)]
