@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -93,9 +94,11 @@ def at_a_terminal() -> None:
 
 
 def wait_for_app(port: int, proc, log=None, timeout: float = 120.0) -> None:
-    """Wait until the app started as ``proc`` answers on 127.0.0.1:``port`` (never through a proxy); fail with
-    the end of its terminal output (``log``, a path) if it exits first, or after ``timeout`` seconds."""
+    """Wait until the app started as ``proc`` answers on 127.0.0.1:``port`` (never through a proxy; an HTTP
+    error, e.g. a login wall's, is an answer); fail with the end of its terminal output (``log``, a path) if it
+    exits first, or after ``timeout`` seconds."""
     import time
+    import urllib.error
     import urllib.request
 
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -104,10 +107,32 @@ def wait_for_app(port: int, proc, log=None, timeout: float = 120.0) -> None:
         try:
             opener.open(f"http://127.0.0.1:{port}/", timeout=2)
             return
+        except urllib.error.HTTPError:
+            return
         except OSError:
             assert proc.poll() is None, log.read_text()[-3000:] if log else "the app exited"
             assert time.time() < deadline, "the app did not start"
             time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def running_app(home, log: Path, *args: str, env: dict | None = None):
+    """The app as a user starts it, ``python launch.py --no-browser --port PORT ARGS`` with ``IDIOLECT_HOME=home``
+    (and ``env`` on top of this process's environment; a None there unsets a variable), its terminal output in
+    ``log``; yields ``(url, proc)`` once it answers, and stops it afterwards."""
+    import subprocess
+
+    port = free_port()
+    env = {k: v for k, v in {**os.environ, "IDIOLECT_HOME": str(home), **(env or {})}.items() if v is not None}
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "--no-browser", "--port", str(port), *args],
+                                env=env, stdout=out, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        try:
+            wait_for_app(port, proc, log)
+            yield f"http://127.0.0.1:{port}/", proc
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
 def free_port() -> int:

@@ -11,12 +11,10 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import CHROMIUM, CHROMIUM_ARGS, ROOT, TARGET_WRITER, free_port, wait_for_app
+from conftest import CHROMIUM, CHROMIUM_ARGS, TARGET_WRITER, running_app
 
 from idiolect.core.ingest.pool import default_pool_rows
 
@@ -28,20 +26,8 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture
 def app(tmp_path):
-    port = free_port()
-    env = {**os.environ, "IDIOLECT_HOME": str(tmp_path / "home"), "GRADIO_ANALYTICS_ENABLED": "False"}
-    db = tmp_path / "home" / "idiolect.db"
-    log = open(tmp_path / "app-terminal.log", "w")  # noqa: SIM115 - what the user's terminal would show
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "launch.py"), "--no-browser", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}/"
-    wait_for_app(port, proc, tmp_path / "app-terminal.log")
-    yield url, db
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
+    with running_app(tmp_path / "home", tmp_path / "app-terminal.log") as (url, _):  # the user's terminal output
+        yield url, tmp_path / "home" / "idiolect.db"
 
 
 REAL_MODEL = os.environ.get("IDIOLECT_E2E_MODEL")

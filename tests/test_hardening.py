@@ -128,21 +128,13 @@ def _request(port: int, host_header: str, path: str = "/config") -> int:
 def test_hardening_app_answers_loopback_names_only_ignores_proxies_and_cleans_up_uploads(tmp_path):
     """Started with HTTP(S)_PROXY pointing at nothing (the start-up self-check used to go there and die), the app
     answers 127.0.0.1 / localhost / [::1] and the --allow-host name, and refuses a rebinding domain's name."""
-    import subprocess
-    import sys
 
-    from conftest import ROOT, free_port, wait_for_app
+    from conftest import running_app
 
-    port = free_port()
-    env = {**os.environ, "IDIOLECT_HOME": str(tmp_path / "home"), "HTTP_PROXY": "http://127.0.0.1:9",
-           "HTTPS_PROXY": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9", "NO_PROXY": "", "no_proxy": ""}  # fmt: skip
-    log = open(tmp_path / "app.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "launch.py"), "--no-browser", "--port", str(port), "--allow-host", "my-box.lan"],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        wait_for_app(port, proc, tmp_path / "app.log")
+    env = {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9",
+           "NO_PROXY": "", "no_proxy": ""}  # fmt: skip
+    with running_app(tmp_path / "home", tmp_path / "app.log", "--allow-host", "my-box.lan", env=env) as (url, _):
+        port = int(url.rstrip("/").rsplit(":", 1)[1])
         for ok in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "my-box.lan"):
             assert _request(port, ok) == 200, ok
         for evil in ("rebind.attacker.example", f"rebind.attacker.example:{port}", "127.0.0.1.evil.example"):
@@ -158,10 +150,6 @@ def test_hardening_app_answers_loopback_names_only_ignores_proxies_and_cleans_up
         assert reply.status_code == 200, reply.text
         [stored] = reply.json()
         assert str(tmp_path / "home") in stored and os.path.exists(stored)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
     assert "Traceback" not in (tmp_path / "app.log").read_text()
     assert not os.path.exists(stored) and not list((tmp_path / "home").glob("uploads-*"))
 
@@ -571,21 +559,13 @@ def test_hardening_a_socks_proxy_does_not_kill_the_start(tmp_path):
     """N21: HTTPS_PROXY=socks5://... (or ALL_PROXY) ended the app with an ImportError raised inside
     ``import gradio`` (socksio missing), before the proxy fix ran. socksio is now a dependency, so the app starts
     (loopback bypasses the proxy); where it is missing anyway, the start is one line that says what to install."""
-    from conftest import free_port, wait_for_app
+    from conftest import running_app
 
     socks = "socks5://127.0.0.1:9"
-    env = {**os.environ, "IDIOLECT_HOME": str(tmp_path / "home"), "HTTPS_PROXY": socks, "ALL_PROXY": socks,
-           "all_proxy": socks, "NO_PROXY": "", "no_proxy": ""}  # fmt: skip
-    port = free_port()
-    log = tmp_path / "app.log"
-    with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "--no-browser", "--port", str(port)],
-                                env=env, stdout=fh, stderr=subprocess.STDOUT)  # fmt: skip
-        try:
-            wait_for_app(port, proc, log)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+    proxies = {"HTTPS_PROXY": socks, "ALL_PROXY": socks, "all_proxy": socks, "NO_PROXY": "", "no_proxy": ""}
+    with running_app(tmp_path / "home", tmp_path / "app.log", env=proxies):
+        pass  # it answered
+    env = {**os.environ, "IDIOLECT_HOME": str(tmp_path / "home"), **proxies}
     missing = ("import runpy, sys; sys.modules['socksio'] = None; sys.argv = ['launch.py', '--no-browser']; "
                f"runpy.run_path({str(ROOT / 'launch.py')!r}, run_name='__main__')")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", missing], env=env, capture_output=True, text=True, timeout=300)

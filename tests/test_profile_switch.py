@@ -4,13 +4,10 @@ Selected by ``pytest -k profile_switch``."""
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import subprocess
-import sys
 
 import pytest
-from conftest import CHROMIUM, CHROMIUM_ARGS, ROOT, TARGET_WRITER, free_port, wait_for_app
+from conftest import CHROMIUM, CHROMIUM_ARGS, TARGET_WRITER, running_app
 
 from idiolect.core.ingest.pool import default_pool_rows
 from idiolect.core.store import Store
@@ -19,16 +16,6 @@ playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)"
 )
-
-
-def _start(home, tmp_path):
-    port = free_port()
-    env = {**os.environ, "IDIOLECT_HOME": str(home), "GRADIO_ANALYTICS_ENABLED": "False"}
-    log = open(tmp_path / "app-terminal.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), "--no-browser", "--port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    wait_for_app(port, proc, tmp_path / "app-terminal.log")
-    return proc, log, f"http://127.0.0.1:{port}/"
 
 
 @pytest.fixture
@@ -88,9 +75,8 @@ def test_profile_switch_never_imports_the_last_profiles_upload(two_profiles, bro
     bad = tmp_path / "weights.bin"
     bad.write_bytes(b"\0" * 16)
     before = {name: _samples(db, name) for name in ("ana", "ben")}
-    proc, log, url = _start(home, tmp_path)
     page = browser_page
-    try:
+    with running_app(home, tmp_path / "app-terminal.log") as (url, _):
         page.goto(url)
         _has(page, "#status", "Profile ana")
         page.locator("#writing-files input[type=file]").set_input_files(str(mine))
@@ -110,10 +96,6 @@ def test_profile_switch_never_imports_the_last_profiles_upload(two_profiles, bro
         assert "uploads-" not in page.inner_text("#import-report")
         page.wait_for_function("!(document.querySelector('#writing-files')?.innerText || '').includes('bens-notes')")
         assert {name: _samples(db, name) for name in ("ana", "ben")} == {**before, "ben": before["ben"] + 2}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
     assert "Traceback" not in (tmp_path / "app-terminal.log").read_text()
 
 
@@ -133,9 +115,8 @@ def test_profile_switch_clears_every_view_of_the_last_profile(two_profiles, brow
                       heldout_fraction=0.3, validation_fraction=0.0, save_every=1000)  # fmt: skip
     assert Trainer(store, create_run(store, "ana", cfg)).run()["status"] == "completed"
     store.add_summary(store.get_profile("ana")["id"], "Writes short, plain sentences about ana's coffee.", "user")
-    proc, log, url = _start(home, tmp_path)
     page = browser_page
-    try:
+    with running_app(home, tmp_path / "app-terminal.log") as (url, _):
         page.goto(url)
         _has(page, "#status", "Profile ana")
         page.get_by_role("tab", name="Rate").click()
@@ -173,10 +154,6 @@ def test_profile_switch_clears_every_view_of_the_last_profile(two_profiles, brow
         page.wait_for_function("document.querySelector('#export-run input')?.value.includes('run 1')")
         page.get_by_role("tab", name="You vs. peers").click()
         page.wait_for_function("document.querySelector('#summary textarea')?.value.includes(\"ana's coffee\")")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
     assert "Traceback" not in (tmp_path / "app-terminal.log").read_text()
 
 
@@ -198,7 +175,6 @@ def test_profile_switch_run_comparison_draws_every_ticked_run(two_profiles, brow
         for step in range(1, 6):
             store.log_metrics(run, step, {"loss": 3.0 - 0.3 * step - k, "seconds": 1.0})
         store.update_run(run, status="completed", total_steps=5, step=5, result={"eval": {}})
-    proc, log, url = _start(home, tmp_path)
     page = browser_page
 
     def shows(expected):
@@ -213,7 +189,7 @@ def test_profile_switch_run_comparison_draws_every_ticked_run(two_profiles, brow
     def tick(label):
         page.locator("#compare-runs label", has_text=label).first.click()
 
-    try:
+    with running_app(home, tmp_path / "app-terminal.log") as (url, _):
         page.goto(url)
         _has(page, "#status", "Profile ana")
         page.get_by_role("tab", name="Train").click()
@@ -236,8 +212,4 @@ def test_profile_switch_run_comparison_draws_every_ticked_run(two_profiles, brow
         tick("run 2")
         shows(["run 1 (cbpo)", "run 2 (sft)"])
         assert _legend(page) == ["run 1 (cbpo)", "run 2 (sft)"]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
     assert "Traceback" not in (tmp_path / "app-terminal.log").read_text()

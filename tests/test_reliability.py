@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, free_port
+from conftest import ROOT, running_app
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -262,30 +262,10 @@ def test_app_makes_no_outbound_calls_and_honours_auth(tmp_path):
     guard.mkdir()
     (guard / "sitecustomize.py").write_text(GUARD)
     net_log = tmp_path / "net.log"
-    port = free_port()
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(guard),
-        "IDIOLECT_NET_LOG": str(net_log),
-        "IDIOLECT_HOME": str(tmp_path / "home"),
-    }
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "launch.py"), "--no-browser", "--port", str(port), "--auth", "me:s3cret"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(base + "/", timeout=2)
-                break
-            except urllib.error.HTTPError:
-                break
-            except OSError:
-                assert proc.poll() is None, proc.stdout.read()
-                assert time.time() < deadline
-                time.sleep(0.5)
+    # GRADIO_ANALYTICS_ENABLED unset (this suite sets it): the app must turn Gradio's telemetry off by itself.
+    env = {"PYTHONPATH": str(guard), "IDIOLECT_NET_LOG": str(net_log), "GRADIO_ANALYTICS_ENABLED": None}
+    with running_app(tmp_path / "home", tmp_path / "app.log", "--auth", "me:s3cret", env=env) as (url, _):
+        base = url.rstrip("/")
         with pytest.raises(urllib.error.HTTPError) as denied:
             urllib.request.urlopen(base + "/config", timeout=10)
         assert denied.value.code in (401, 403)
@@ -299,9 +279,6 @@ def test_app_makes_no_outbound_calls_and_honours_auth(tmp_path):
         with urllib.request.urlopen(config, timeout=10) as resp:
             assert resp.status == 200
         time.sleep(3)  # give any background telemetry a chance to show itself
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
     attempts = net_log.read_text().split() if net_log.exists() else []
     assert attempts == [], f"the app tried to reach {attempts}"
 
