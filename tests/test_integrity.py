@@ -236,20 +236,23 @@ def test_integrity_a_profile_cannot_touch_another_profiles_samples(store):
 # 4. Reload / second tab -----------------------------------------------------------------------------------
 
 
-def _fn(demo, name):
+def _handler(demo, name):
+    """The event handler named ``name`` in a built UI (its BlockFunction: the function and its outputs)."""
     for block_fn in demo.fns.values():
         if getattr(block_fn.fn, "__name__", None) == name:
-            return block_fn.fn
+            return block_fn
     raise AssertionError(f"no event handler {name}")
+
+
+def _fn(demo, name):
+    return _handler(demo, name).fn
 
 
 def _outputs(demo, name, *args) -> dict:
     """What handler ``name`` returns, by its outputs' elem_id (or class name where they have none)."""
-    for block_fn in demo.fns.values():
-        if getattr(block_fn.fn, "__name__", None) == name:
-            keys = [o.elem_id or type(o).__name__ for o in block_fn.outputs]
-            return dict(zip(keys, block_fn.fn(*args), strict=True))
-    raise AssertionError(f"no event handler {name}")
+    block_fn = _handler(demo, name)
+    keys = [o.elem_id or type(o).__name__ for o in block_fn.outputs]
+    return dict(zip(keys, block_fn.fn(*args), strict=True))
 
 
 def test_integrity_every_page_load_reads_the_database(tmp_path):
