@@ -126,3 +126,26 @@ def test_protocol_no_measured_text_was_trained_on():
     }
     assert not trained & measured
     assert all(r["writer"] != "a" for r in split["peers"])
+
+
+def test_protocol_the_shipped_defaults_are_the_setting_the_protocol_measured():
+    """What ships is what was measured: the default objective's setting frozen by the tuning phase on SmolLM2
+    (the app's default model), at the protocol's batch and length, is the product's default; a change of either
+    without a new measurement fails here."""
+    import argparse
+    import json
+
+    from conftest import ROOT
+
+    from idiolect.bench.protocol import add_arguments
+    from idiolect.core.training.config import defaults
+
+    shipped = defaults()
+
+    frozen = json.loads((ROOT / "bench/results/protocol/smollm2/tuning.json").read_text())
+    chosen = frozen["chosen"][shipped["objective"]]["settings"]
+    assert [shipped[k] for k in ("lr", "epochs", "beta")] == [chosen[k] for k in ("lr", "epochs", "beta")]
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    protocol = parser.parse_args(["--phase", "report", "--peers", "x", "--base", "x", "--out", "x"])
+    assert (shipped["batch_size"], shipped["max_length"]) == (protocol.batch, protocol.max_length)

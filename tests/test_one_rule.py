@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from idiolect.core.training.config import TrainConfig
+from idiolect.core.training.config import TrainConfig, defaults
 from idiolect.core.training.data import sets_for, total_steps
 from idiolect.core.training.labels import TAR, preference_data
 from idiolect.core.training.runs import estimate_run
@@ -40,7 +40,8 @@ def _profile_with_texts(store, name="ana", n=20):
 
 def _measured_run(store, pid, model: str, folder: str, **config):
     """A completed run of ``model`` (the spec as the user gave it) whose resolved folder is ``folder``."""
-    run = store.create_run(pid, "kto", folder, {"model": model, "batch_size": 4, "max_length": 512, **config})
+    shipped = {k: defaults()[k] for k in ("batch_size", "max_length")}  # the estimate's setting: no scaling
+    run = store.create_run(pid, "kto", folder, {"model": model, **shipped, **config})
     for step, secs in enumerate([9.0, 2.0, 2.0, 2.0], start=1):
         store.log_metrics(run, step, {"seconds": secs, "peak_memory_mb": 1000.0})
     store.update_run(run, status="completed", model=folder)

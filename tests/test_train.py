@@ -103,9 +103,10 @@ def test_out_of_memory_is_one_clear_error(pretrained_base, target_store, monkeyp
     monkeypatch.setattr(
         reference, "logps_of", lambda model, ex, *a, **k: (torch.zeros(len(ex)), torch.ones(len(ex)))
     )
-    run = create_run(target_store, "me", config(pretrained_base, steps=3))
+    cfg = config(pretrained_base, steps=3)
+    run = create_run(target_store, "me", cfg)
     with pytest.raises(
-        IdiolectError, match="out of GPU memory at batch size 4 and max length 512: lower --batch-size"
+        IdiolectError, match=f"out of GPU memory at batch size 4 and max length {cfg.max_length}: lower --batch-size"
     ):
         Trainer(target_store, run).run()
     assert target_store.get_run(run)["status"] == "failed"
@@ -219,7 +220,7 @@ def test_protocol_early_stopping_keeps_the_best_step(pretrained_base, target_sto
     from idiolect.core.training.logprobs import mean_token_ll
     from idiolect.core.training.runs import read_data_record, sets_from_record
 
-    cfg = config(pretrained_base, objective="sft", steps=30, lr=2e-2, validation_fraction=0.3, eval_every=2,
+    cfg = config(pretrained_base, objective="sft", steps=30, lr=1e-2, validation_fraction=0.3, eval_every=2,
                  patience=2)  # fmt: skip
     run = create_run(target_store, "me", cfg)
     result = Trainer(target_store, run).run()
