@@ -561,7 +561,8 @@ def write_report(args, out, cells, labels, seeds, tune_w, report_w, stopped, sec
     command = "python launch.py bench personalization " + " ".join(
         sys.argv[3:] if sys.argv[1:3] == ["bench", "personalization"] else []
     )
-    _, md = write(out, "personalization", result, rows,
+    # One folder holds both phases: the tuning phase's table must survive the report's.
+    _, md = write(out, "personalization" if args.phase == "report" else "personalization-tune", result, rows,
                   f"Personalization, {args.phase} phase, base {Path(str(args.base)).name}: {len(table)} targets x {len(seeds)} "
                   "seed(s); mean ± 95% t-interval half-width over targets; every metric on texts no objective trained on",
                   command.strip())  # fmt: skip
@@ -595,7 +596,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--base", required=True, help="base model: folder, hub id, .gguf file, offline, offline-smollm2"
     )
     p.add_argument(
-        "--out", required=True, help="folder for cells/, personalization.json/.md (and tuning.json)"
+        "--out", required=True, help="folder for cells/, personalization.json/.md (the tune phase: personalization-tune.json/.md and tuning.json)"
     )
     p.add_argument(
         "--settings", help="report phase: the tuning.json whose chosen settings are used unchanged"

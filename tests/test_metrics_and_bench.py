@@ -59,7 +59,8 @@ def test_protocol_tunes_on_tuning_writers_then_reports_frozen_settings_and_resum
     out = _bench(early, pretrained_base, "--phase", "tune", "--tuning-targets", "2", "--budget-hours", "0")
     assert out.returncode == 0, out.stderr[-3000:]
     assert not (early / "tuning.json").exists()
-    assert json.loads((early / "personalization.json").read_text())["complete"] is False
+    assert json.loads((early / "personalization-tune.json").read_text())["complete"] is False
+    assert not (early / "personalization.json").exists()  # the name of the report phase's table
     tune = tmp_path / "tune"
     out = _bench(tune, pretrained_base, "--phase", "tune", "--tuning-targets", "2", "--objectives",
                  "base,sft,cbpo,cbpo_pi0", "--grid", "1e-3,3e-3")  # fmt: skip
