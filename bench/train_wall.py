@@ -6,7 +6,7 @@ steps, held-out evaluation and saving, on one bundled writer against the rest of
 Each variant runs ``launch.py train`` in its own process from a checkout (REPO; default this one) with the
 same data, steps, batch and length, one after the other on the same machine; extra arguments (e.g.
 ``--precision fp32``) follow the colon. Recorded per variant: wall seconds, seconds per step (from the run's
-metrics), the process's peak RSS (GNU time), and the held-out log-likelihood lifts (target and peers) the run
+metrics), the process's peak RSS (GNU time), the model it trained (a variant may name its own ``--model``), and the held-out log-likelihood lifts (target and peers) the run
 reports.
 Writes NAME.json and NAME.md (default name: train_wall).
 """
@@ -53,13 +53,15 @@ def run_variant(repo: Path, model: str, steps: int, extra: list[str], target: st
     found = re.findall(r"PEAK_RSS_KB=(\d+)", out.stderr)
     peak = int(found[-1]) if found else None
     conn = sqlite3.connect(db)
-    result = json.loads(conn.execute("SELECT result FROM runs ORDER BY id DESC LIMIT 1").fetchone()[0])
+    run_model, raw = conn.execute("SELECT model, result FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+    result = json.loads(raw)
     step_s = [
         json.loads(m)["seconds"] for (m,) in conn.execute("SELECT metrics FROM run_metrics ORDER BY step")
     ]
     conn.close()
     ev = result.get("eval", {})
     return {
+        "model": run_model,  # what this variant trained (its extra args may name another --model)
         "wall_s": wall,
         "mean_step_s": sum(step_s) / len(step_s),
         "steps": len(step_s),
@@ -95,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [
         {
             "variant": r["variant"],
+            "model": r["model"],
             "wall s": round(r["wall_s"]),
             "s/step": round(r["mean_step_s"], 2),
             "peak RSS MB": round(r["peak_rss_mb"]) if r["peak_rss_mb"] else "",
@@ -104,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         for r in results
     ]
-    summary = {"model": args.model, "steps": args.steps, "target": args.target, "variants": results}
+    summary = {"default_model": args.model, "steps": args.steps, "target": args.target, "variants": results}
     if len(results) > 1:
         summary["wall_ratio_first_to_last"] = results[0]["wall_s"] / results[-1]["wall_s"]
     command = "python -m bench.train_wall " + " ".join(

@@ -150,3 +150,19 @@ def test_protocol_the_shipped_defaults_are_the_setting_the_protocol_measured():
     add_arguments(parser)
     protocol = parser.parse_args(["--phase", "report", "--peers", "x", "--base", "x", "--out", "x"])
     assert (shipped["batch_size"], shipped["max_length"]) == (protocol.batch, protocol.max_length)
+
+
+def test_train_wall_names_the_model_each_variant_trained(tiny_models, tmp_path):
+    """A variant's extra arguments may name another --model; the figures must say which model made them."""
+    from idiolect.bench import train_wall
+
+    first, second = tiny_models["llama"], tiny_models["qwen2"]
+    train_wall.main([
+        "--model", str(first), "--steps", "2", "--out", str(tmp_path), "--name", "wall",
+        "--variant", "default:--batch-size 2 --max-length 64",
+        "--variant", f"other:--batch-size 2 --max-length 64 --model {second}",
+    ])  # fmt: skip
+    summary = json.loads((tmp_path / "wall.json").read_text())
+    assert summary["default_model"] == str(first)
+    assert [v["model"] for v in summary["variants"]] == [str(first), str(second)]
+    assert str(second) in (tmp_path / "wall.md").read_text()
