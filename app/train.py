@@ -109,13 +109,11 @@ def colours(ctx: Ctx, profile: str | None, run_ids=None):
     """The loss plot's colours, one per run shown, sent after its data (:func:`curves`). Gradio's plot (6.31)
     draws the series it saw when its colour map last changed: with data alone, a run ticked later was not drawn;
     with data and colours together, the colours arrived first and the plot lagged one change behind."""
-    data = loss_per_step(ctx, profile, run_ids)
-    drawn = set() if data is None else set(data["run"])
     return gr.update(
         color_map={
             series_name(r): RUN_COLOURS[r["id"] % len(RUN_COLOURS)]
             for r in shown_runs(ctx, profile, run_ids)
-            if series_name(r) in drawn
+            if any(m.get("loss") is not None for m in ctx.store.run_metrics(r["id"]))  # drawn: it has a point
         }
     )
 

@@ -105,7 +105,10 @@ def test_protocol_tunes_on_tuning_writers_then_reports_frozen_settings_and_resum
         and result["objectives"]["base"]["target_lift"] == 0
     )
     assert result["objectives"]["sft"]["target_lift"] != 0  # trained and applied
-    assert set(result["paired"]) == {"base-cbpo", "sft-cbpo", "cbpo_pi0-cbpo"} and result["paired"]["sft-cbpo"]["n"] == 2
+    assert (
+        set(result["paired"]) == {"base-cbpo", "sft-cbpo", "cbpo_pi0-cbpo"}
+        and result["paired"]["sft-cbpo"]["n"] == 2
+    )
     assert {"mean", "ci"} <= set(result["paired"]["sft-cbpo"])
     assert 0 <= result["attribution_ceiling"] <= 1
 
