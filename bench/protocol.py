@@ -567,11 +567,56 @@ def write_report(args, out, cells, labels, seeds, tune_w, report_w, stopped, sec
                   "seed(s); mean ± 95% t-interval half-width over targets; every metric on texts no objective trained on",
                   command.strip())  # fmt: skip
     extra = f"\nAttribution: floor = the base's answers (base row), ceiling = the writers' own held-out answers: {ceiling}.\n"
+    png = plot(table, names, md.with_suffix(".png")) if table else None
+    if png:
+        extra += f"\n![D per target; target lift against peer lift]({png.name})\n"
     if stopped:
         extra += f"\n**Incomplete:** {stopped}.\n"
     md.write_text(md.read_text() + extra)
     print(md.read_text())
     return result
+
+
+def plot(table: dict[str, dict[str, dict]], labels: list[str], path: Path) -> Path | None:
+    """Two panels, one point per target: D per objective (a bar at its mean), and target lift against peer lift
+    (above the diagonal: more like the person than like whoever else answered the same questions)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install -e '.[dev]')", file=sys.stderr)
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.6), dpi=110)
+    lim = [0.0, 0.0]
+    for i, label in enumerate(labels):
+        rows = [t[label] for t in table.values()]
+        d = [r["discrimination"] for r in rows if r["discrimination"] is not None]
+        if d:
+            left.scatter([i] * len(d), d, color=f"C{i}", alpha=0.45, s=16)
+            left.hlines(sum(d) / len(d), i - 0.3, i + 0.3, color=f"C{i}", lw=2.5)
+        pts = [(r["peer_lift"], r["target_lift"]) for r in rows if None not in (r["peer_lift"], r["target_lift"])]
+        if pts and label != "base":
+            xs, ys = zip(*pts, strict=True)
+            right.scatter(xs, ys, color=f"C{i}", alpha=0.35, s=14)
+            right.scatter([sum(xs) / len(xs)], [sum(ys) / len(ys)], color=f"C{i}", marker="X", s=110, label=label)
+            lim = [min(lim[0], *xs, *ys), max(lim[1], *xs, *ys)]
+    left.axhline(0, color="grey", lw=0.8, ls="--")
+    left.set_xticks(range(len(labels)), labels, rotation=30)
+    left.set_ylabel("D: same-question discrimination (nats/token)")
+    left.set_title(f"D per target ({len(table)} targets), bar = mean")
+    right.plot(lim, lim, color="grey", lw=0.8, ls="--")
+    right.axhline(0, color="grey", lw=0.5)
+    right.axvline(0, color="grey", lw=0.5)
+    right.set_xlabel("peer lift (matched questions, nats/token vs base)")
+    right.set_ylabel("target lift (held-out, nats/token vs base)")
+    right.set_title("Above the diagonal: like the person, not like everyone")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def _cell(row: dict, m: str) -> str:
