@@ -370,7 +370,25 @@ def summarize(table: dict[str, dict[str, dict]], labels: list[str], reference: s
             ci = mean_ci(diffs)
             paired[f"{label}-{reference}"] = {"mean": ci["mean"], "ci": ci["ci95"], "bootstrap_ci": bootstrap_ci(diffs),
                                               "n": len(diffs)}  # fmt: skip
-    return {"objectives": summary, "paired": paired}
+    return {"objectives": summary, "paired": paired, "paired_metrics": paired_metrics(table, labels, reference)}
+
+
+def paired_metrics(table: dict[str, dict[str, dict]], labels: list[str], reference: str | None) -> dict:
+    """Every metric, paired per target against ``reference`` (label minus reference): mean and t-interval.
+    The secondary metrics (attribution, ROUGE-L, lifts) compared the way D is."""
+    from idiolect.bench.metrics import mean_ci
+
+    out = {}
+    for label in labels if reference in labels else []:
+        if label == reference:
+            continue
+        out[f"{label}-{reference}"] = {}
+        for m in METRICS:
+            diffs = [t[label][m] - t[reference][m] for t in table.values()
+                     if t[label][m] is not None and t[reference][m] is not None]  # fmt: skip
+            ci = mean_ci(diffs)
+            out[f"{label}-{reference}"][m] = {"mean": ci["mean"], "ci": ci["ci95"]}
+    return out
 
 
 def choose_settings(summary: dict, candidates: dict[str, tuple[str, dict]]) -> dict[str, dict]:
@@ -536,6 +554,7 @@ def write_report(args, out, cells, labels, seeds, tune_w, report_w, stopped, sec
         "settings": {label: {"objective": o, **s} for label, (o, s) in labels.items()},
         "objectives": summary["objectives"],
         "paired": summary["paired"],
+        "paired_metrics": summary["paired_metrics"],
         "attribution_ceiling": ceiling,
         "complete": stopped is None and len(table) == len({c["target"] for c in cells}) and bool(table),
         "note": stopped,
@@ -567,6 +586,11 @@ def write_report(args, out, cells, labels, seeds, tune_w, report_w, stopped, sec
                   "seed(s); mean ± 95% t-interval half-width over targets; every metric on texts no objective trained on",
                   command.strip())  # fmt: skip
     extra = f"\nAttribution: floor = the base's answers (base row), ceiling = the writers' own held-out answers: {ceiling}.\n"
+    if summary["paired_metrics"]:
+        extra += f"\nEvery metric paired per target against {REFERENCE} (objective minus {REFERENCE}; mean [95% t-interval]):\n\n"
+        extra += "| objective | " + " | ".join(METRICS) + " |\n|---|" + "---|" * len(METRICS) + "\n"
+        for key, row in summary["paired_metrics"].items():
+            extra += f"| {key.rsplit('-', 1)[0]} | " + " | ".join(_paired(row[m]) or "n/a" for m in METRICS) + " |\n"
     png = plot(table, names, md.with_suffix(".png")) if table else None
     if png:
         extra += f"\n![D per target; target lift against peer lift]({png.name})\n"

@@ -110,6 +110,8 @@ def test_protocol_tunes_on_tuning_writers_then_reports_frozen_settings_and_resum
         and result["paired"]["sft-cbpo"]["n"] == 2
     )
     assert {"mean", "ci"} <= set(result["paired"]["sft-cbpo"])
+    assert result["paired_metrics"]["sft-cbpo"]["discrimination"]["mean"] == result["paired"]["sft-cbpo"]["mean"]
+    assert set(result["paired_metrics"]["sft-cbpo"]) >= {"attribution", "rougeL", "target_lift"}
     for folder, name in ((report, "personalization"), (tune, "personalization-tune")):  # the plot, in its table
         assert (folder / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
         assert f"]({name}.png)" in (folder / f"{name}.md").read_text()
