@@ -365,8 +365,7 @@ def summarize(table: dict[str, dict[str, dict]], labels: list[str], reference: s
         for label in labels:
             if label == reference:
                 continue
-            diffs = [t[label]["discrimination"] - t[reference]["discrimination"] for t in table.values()
-                     if t[label]["discrimination"] is not None and t[reference]["discrimination"] is not None]  # fmt: skip
+            diffs = _diffs(table, label, reference, "discrimination")
             ci = mean_ci(diffs)
             paired[f"{label}-{reference}"] = {"mean": ci["mean"], "ci": ci["ci95"], "bootstrap_ci": bootstrap_ci(diffs),
                                               "n": len(diffs)}  # fmt: skip
@@ -384,11 +383,15 @@ def paired_metrics(table: dict[str, dict[str, dict]], labels: list[str], referen
             continue
         out[f"{label}-{reference}"] = {}
         for m in METRICS:
-            diffs = [t[label][m] - t[reference][m] for t in table.values()
-                     if t[label][m] is not None and t[reference][m] is not None]  # fmt: skip
-            ci = mean_ci(diffs)
+            ci = mean_ci(_diffs(table, label, reference, m))
             out[f"{label}-{reference}"][m] = {"mean": ci["mean"], "ci": ci["ci95"]}
     return out
+
+
+def _diffs(table: dict[str, dict[str, dict]], label: str, reference: str, metric: str) -> list[float]:
+    """Per target, ``metric`` of ``label`` minus that of ``reference`` (targets where both have it)."""
+    return [t[label][metric] - t[reference][metric] for t in table.values()
+            if t[label][metric] is not None and t[reference][metric] is not None]  # fmt: skip
 
 
 def choose_settings(summary: dict, candidates: dict[str, tuple[str, dict]]) -> dict[str, dict]:
